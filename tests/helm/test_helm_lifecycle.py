@@ -1,7 +1,7 @@
 """The README's install / upgrade / uninstall story, with Helm's own Go SDK and the real operator.
 
 `helm install`, `helm upgrade` and `helm uninstall` (helm-python-sdk: Helm 4's Go SDK) run against the
-fake API server (modeldeploy.testing.fakeapi), and the operator runs as the installed Deployment says.
+fake API server (localcluster.fakeapi), and the operator runs as the installed Deployment says.
 Checked: the release creates what the chart renders; a ModelDeployment from the README becomes
 Ready; an upgrade with a new serverImage rolls the model pods (maxUnavailable 0); uninstalling
 keeps the CRD, the ModelDeployment and its serving children; without an operator a deletion waits on
@@ -28,7 +28,7 @@ from chart_support import CHART, OperatorProcess
 from helm_python import _native
 from support import condition, wait_for
 
-fakeapi = pytest.importorskip("modeldeploy.testing.fakeapi")
+fakeapi = pytest.importorskip("localcluster.fakeapi")
 pytest.importorskip("kopf")
 
 RELEASE, NS, ML = "modeldeploy", "modeldeploy-system", "ml"

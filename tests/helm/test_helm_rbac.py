@@ -1,7 +1,7 @@
 """The chart's RBAC against what the real operator does.
 
 The operator runs as the chart's Deployment would start it (its rendered arguments, with free
-loopback ports) against the fake API server (modeldeploy.testing.fakeapi), through a scenario that
+loopback ports) against the fake API server (localcluster.fakeapi), through a scenario that
 exercises everything it does: create a ModelDeployment, change its spec, undo the deletion of a
 child, report missing storage, and handle a deletion. The fake's audit log lists every request it
 made; an RBAC evaluator (rbac_eval.py) then checks, for cluster and namespaced mode, that every
@@ -33,7 +33,7 @@ from chart_support import (
 from rbac_eval import Request, allowed, granted_permissions, grants_for, requests_from_audit, used_by
 from support import condition, wait_for
 
-fakeapi = pytest.importorskip("modeldeploy.testing.fakeapi")
+fakeapi = pytest.importorskip("localcluster.fakeapi")
 kopf = pytest.importorskip("kopf")
 
 GROUP, VERSION = "serving.modeldeploy.io", "v1alpha1"

@@ -1,6 +1,6 @@
 """Fixtures for the operator tests: the fake API server, kubectl, and the real operator process.
 
-`fake` is a `modeldeploy.testing.fakeapi.FakeKubeAPI` with our CRD installed; `operator` starts the
+`fake` is a `localcluster.fakeapi.FakeKubeAPI` with our CRD installed; `operator` starts the
 real `modeldeploy operator` (kopf) as a subprocess against it and stops it (by PID) afterwards.
 """
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from modeldeploy.testing.fakeapi import FakeKubeAPI
+from localcluster.fakeapi import FakeKubeAPI
 from operator_support import CRD_FILE, OperatorProcess
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from modeldeploy.testing.fakeapi import FakeKubeAPI
+from localcluster.fakeapi import FakeKubeAPI
 from support import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,8 +10,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from localcluster.fakeapi import ApiError, validate_custom
 from modeldeploy import api, crdgen
-from modeldeploy.testing.fakeapi import ApiError, validate_custom
 from operator_support import CRD_FILE, EXAMPLES, ROOT
 from pydantic import ValidationError
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import requests
-from modeldeploy.testing.fakeapi import FakeKubeAPI
+from localcluster.fakeapi import FakeKubeAPI
 from operator_support import GROUP, PLURAL, make_namespace, md
 
 MDS = f"/apis/{GROUP}/v1alpha1/namespaces/ml/{PLURAL}"

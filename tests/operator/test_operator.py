@@ -13,8 +13,8 @@ from pathlib import Path
 
 import kubernetes_validate
 import yaml
+from localcluster.fakeapi import FakeKubeAPI
 from modeldeploy import render
-from modeldeploy.testing.fakeapi import FakeKubeAPI
 from operator_support import (
     EXAMPLES,
     GROUP,
@@ -56,7 +56,7 @@ def events(fake: FakeKubeAPI, ns: str, name: str) -> list[tuple[str, str]]:
 
 
 def patch_spec(fake: FakeKubeAPI, ns: str, name: str, spec_patch: dict) -> int:
-    from modeldeploy.testing.fakeapi import merge_patch
+    from localcluster.fakeapi import merge_patch
 
     obj = get_md(fake, ns, name)
     assert obj

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 import requests
+from localcluster.fakeapi import FakeKubeAPI
 from modeldeploy import api, modelstatus, render, serverconfig
-from modeldeploy.testing.fakeapi import FakeKubeAPI
 from operator_support import GROUP, PLURAL, ROOT, OperatorProcess, make_namespace, md
 from support import condition, free_port, wait_for
 

@@ -31,7 +31,7 @@ tuples, e.g. to check a Helm chart's RBAC against what the operator really calls
 
 Usage::
 
-    from modeldeploy.testing.fakeapi import FakeKubeAPI
+    from localcluster.fakeapi import FakeKubeAPI
 
     with FakeKubeAPI() as fake:                 # serves http://127.0.0.1:<free port>
         kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
