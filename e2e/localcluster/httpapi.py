@@ -1,0 +1,352 @@
+"""The fake API server's HTTP front end: routing, discovery, OpenAPI, verbs, patches, watches, tables.
+
+A mixin of `FakeKubeAPI` (which holds the store and its lock); only this module speaks aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+from typing import Any
+
+import yaml
+from aiohttp import web
+from localcluster.apimachinery import (
+    ApiError,
+    AuditEntry,
+    Obj,
+    Resource,
+    age,
+    jsonpath,
+    matches,
+    merge_patch,
+    parse_label_selector,
+    server_side_apply,
+    strategic_merge,
+)
+
+
+class HttpFront:
+    """Serves the store over kube-apiserver's REST API (mixed into FakeKubeAPI)."""
+
+    # Provided by FakeKubeAPI.
+    lock: Any
+    resources: dict[tuple[str, str], Resource]
+    applied: dict[Any, Obj]
+    history: list[Any]
+    compacted_rv: int
+    rv: int
+    url: str
+    fail_next: list[tuple[str, str, int]]
+    _audit: list[AuditEntry]
+    _watchers: list[Any]
+
+    def _record(self, request: web.Request, verb: str, r: Resource | None, sub: str, ns: str, name: str, code: int) -> None:
+        if r is None:
+            return
+        with self.lock:
+            self._audit.append(AuditEntry(verb, r.group, r.plural, sub, ns, name, request.headers.get("User-Agent", ""), code))
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        verb, r, sub, ns, name = "", None, "", "", ""
+        try:
+            parts = [p for p in request.path.split("/") if p]
+            if not parts or parts[0] not in ("api", "apis"):
+                if request.path == "/version":
+                    return web.json_response({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake", "platform": "linux/amd64"})
+                if parts[:2] == ["openapi", "v3"]:
+                    return web.json_response(self._openapi_v3(parts[2:]))
+                if request.path in ("/healthz", "/livez", "/readyz"):
+                    return web.Response(text="ok")
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            discovery = self._discovery(parts)
+            if discovery is not None:
+                return web.json_response(discovery)
+            r, ns, name, sub = self._route(parts)
+            verb = self._verb(request.method, name, request.query)
+            injected = next((f for f in self.fail_next if f[0] == verb and f[1] == r.plural), None)
+            if injected:
+                self.fail_next.remove(injected)
+                raise ApiError(injected[2], "InternalError" if injected[2] >= 500 else "Conflict", "injected failure")
+            if verb == "watch":
+                self._record(request, verb, r, sub, ns, name, 200)
+                return await self._watch(request, r, ns)
+            body = await self._dispatch(request, verb, r, ns, name, sub)
+            self._record(request, verb, r, sub, ns, name, 201 if verb == "create" else 200)
+            if verb in ("list",) and "as=Table" in request.headers.get("Accept", ""):
+                body = self._table(r, body["items"], body["metadata"])
+            elif verb == "get" and "as=Table" in request.headers.get("Accept", ""):
+                body = self._table(r, [body], {"resourceVersion": body["metadata"]["resourceVersion"]})
+            return web.json_response(body, status=201 if verb == "create" else 200)
+        except ApiError as exc:
+            self._record(request, verb, r, sub, ns, name, exc.code)
+            return web.json_response(exc.status(), status=exc.code)
+
+    def _discovery(self, parts: list[str]) -> Obj | None:
+        with self.lock:
+            if parts == ["api"]:
+                return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": self.url.removeprefix("http://")}]}
+            if parts == ["apis"]:
+                return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [self._group(g) for g in sorted({r.group for r in self.resources.values() if r.group})]}
+            if parts[0] == "apis" and len(parts) == 2:
+                return {"kind": "APIGroup", "apiVersion": "v1", **self._group(parts[1])}
+            gv = ("", parts[1]) if parts[0] == "api" and len(parts) == 2 else (parts[1], parts[2]) if parts[0] == "apis" and len(parts) == 3 else None
+            if gv is None:
+                return None
+            resources = []
+            for r in self.resources.values():
+                if (r.group, r.version) != gv:
+                    continue
+                verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+                entry = {"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind, "verbs": verbs}
+                if r.short_names:
+                    entry["shortNames"] = r.short_names
+                if r.categories:
+                    entry["categories"] = r.categories
+                resources.append(entry)
+                if r.has_status:
+                    resources.append({"name": f"{r.plural}/status", "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]})
+            if not resources:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "/".join(x for x in gv if x), "resources": resources}
+
+    def _openapi_v3(self, gv_parts: list[str]) -> Obj:
+        """Just enough OpenAPI v3 for kubectl: it learns that fieldValidation is supported."""
+        with self.lock:
+            gvs = sorted({(r.group, r.version) for r in self.resources.values()})
+            if not gv_parts:
+                index = {}
+                for g, v in gvs:
+                    rel = f"apis/{g}/{v}" if g else f"api/{v}"
+                    index[rel] = {"serverRelativeURL": f"/openapi/v3/{rel}?hash={self.rv}"}
+                return {"paths": index}
+            g, v = ("", gv_parts[1]) if gv_parts[0] == "api" else (gv_parts[1], gv_parts[2])
+            paths: dict[str, Any] = {}
+            schemas: dict[str, Any] = {}
+            for r in self.resources.values():
+                if (r.group, r.version) != (g, v):
+                    continue
+                gvk = [{"group": r.group, "version": r.version, "kind": r.kind}]
+                param = [{"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": True}}]
+                prefix = f"/apis/{g}/{v}" if g else f"/api/{v}"
+                coll = f"{prefix}/namespaces/{{namespace}}/{r.plural}" if r.namespaced else f"{prefix}/{r.plural}"
+                ext = {"x-kubernetes-group-version-kind": gvk[0]}
+                paths[coll] = {"post": {**ext, "x-kubernetes-action": "post", "parameters": param, "responses": {}}}
+                paths[coll + "/{name}"] = {
+                    "put": {**ext, "x-kubernetes-action": "put", "parameters": param, "responses": {}},
+                    "patch": {**ext, "x-kubernetes-action": "patch", "parameters": param, "responses": {}},
+                }
+                schema = copy.deepcopy(r.schema) if r.schema else {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                schema["x-kubernetes-group-version-kind"] = gvk
+                schemas[f"{'.'.join(reversed(r.group.split('.'))) if r.group else 'io.k8s.api.core'}.{r.version}.{r.kind}"] = schema
+            return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": paths, "components": {"schemas": schemas}}
+
+    def _group(self, group: str) -> Obj:
+        versions = sorted({r.version for r in self.resources.values() if r.group == group})
+        if not versions:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        gvs = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+        return {"name": group, "versions": gvs, "preferredVersion": gvs[0]}
+
+    def _route(self, parts: list[str]) -> tuple[Resource, str, str, str]:
+        if parts[0] == "api":
+            group, version, rest = "", parts[1], parts[2:]
+        else:
+            group, version, rest = parts[1], parts[2], parts[3:]
+        ns = ""
+        if len(rest) >= 3 and rest[0] == "namespaces":
+            candidate = self.resources.get((group, rest[2]))
+            if candidate and candidate.namespaced:
+                ns, rest = rest[1], rest[2:]
+        if not rest:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        r = self.resources.get((group, rest[0]))
+        if r is None or r.version != version:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        name = rest[1] if len(rest) > 1 else ""
+        sub = rest[2] if len(rest) > 2 else ""
+        if sub and not (sub == "status" and r.has_status):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return r, ns, name, sub
+
+    @staticmethod
+    def _verb(method: str, name: str, query: Any) -> str:
+        if method == "GET":
+            if query.get("watch") in ("true", "1"):
+                return "watch"
+            return "get" if name else "list"
+        return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete" if name else "deletecollection"}.get(method, method.lower())
+
+    async def _dispatch(self, request: web.Request, verb: str, r: Resource, ns: str, name: str, sub: str) -> Obj:
+        q = request.query
+        strict = q.get("fieldValidation") == "Strict"
+        dry_run = q.get("dryRun") == "All"
+        if verb == "get":
+            obj = self.get(r.group, r.plural, ns, name)
+            if obj is None:
+                raise ApiError(404, "NotFound", f'{r.plural}.{r.group} "{name}" not found'.replace(". ", " "), {"name": name, "group": r.group, "kind": r.plural})
+            return obj
+        if verb == "list":
+            preds = parse_label_selector(q.get("labelSelector", ""))
+            with self.lock:
+                items = [o for o in self.list_objects(r.group, r.plural, ns if r.namespaced and ns else None) if matches(o, preds, q.get("fieldSelector", ""))]
+                return {"kind": f"{r.kind}List", "apiVersion": r.api_version, "metadata": {"resourceVersion": str(self.rv)}, "items": items}
+        if verb == "deletecollection":
+            preds = parse_label_selector(q.get("labelSelector", ""))
+            items = [o for o in self.list_objects(r.group, r.plural, ns or None) if matches(o, preds, q.get("fieldSelector", ""))]
+            for o in items:
+                with contextlib.suppress(ApiError):
+                    self.delete(r, ns, o["metadata"]["name"])
+            return {"kind": f"{r.kind}List", "apiVersion": r.api_version, "metadata": {"resourceVersion": str(self.rv)}, "items": items}
+        raw = await request.read()
+        ctype = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
+        if verb == "delete":
+            opts = json.loads(raw) if raw else {}
+            propagation = q.get("propagationPolicy") or opts.get("propagationPolicy") or ("Orphan" if opts.get("orphanDependents") else "Background")
+            return self.delete(r, ns, name, propagation)
+        try:
+            body = yaml.safe_load(raw) if ctype.endswith("yaml") else json.loads(raw or b"null")
+        except (ValueError, yaml.YAMLError) as exc:
+            raise ApiError(400, "BadRequest", f"cannot decode the body: {exc}") from None
+        if verb == "create":
+            if not isinstance(body, dict):
+                raise ApiError(400, "BadRequest", "the body must be an object")
+            return self.create(r, ns, body, strict, dry_run)
+        if verb == "update":
+            return self.update(r, ns, name, body, sub, strict)
+        if verb == "patch":
+            return self._patch(r, ns, name, sub, ctype, body, q, strict)
+        raise ApiError(405, "MethodNotAllowed", f"{verb} is not supported")
+
+    def _patch(self, r: Resource, ns: str, name: str, sub: str, ctype: str, patch: Any, q: Any, strict: bool) -> Obj:
+        import jsonpatch
+
+        with self.lock:
+            key = (r.group, r.plural, ns, name)
+            live = self.get(r.group, r.plural, ns, name)
+            if ctype == "application/apply-patch+yaml":
+                manager = q.get("fieldManager")
+                if not manager:
+                    raise ApiError(422, "Invalid", "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch")
+                if not isinstance(patch, dict):
+                    raise ApiError(400, "BadRequest", "apply patch must be an object")
+                patch.setdefault("metadata", {}).setdefault("name", name)
+                if r.namespaced:
+                    patch["metadata"].setdefault("namespace", ns)
+                intent = copy.deepcopy(patch)
+                intent["metadata"].pop("resourceVersion", None)
+                prev = self.applied.get((key, manager, sub))
+                if live is None:
+                    if sub:
+                        raise ApiError(404, "NotFound", f'{r.plural} "{name}" not found')
+                    result = self.create(r, ns, copy.deepcopy(intent), strict)
+                else:
+                    want_rv = patch["metadata"].get("resourceVersion")
+                    if want_rv and want_rv != live["metadata"]["resourceVersion"]:
+                        raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {r.plural} "{name}": the object has been modified; please apply your changes to the latest version and try again')
+                    base = {k: v for k, v in live.items()}
+                    new = server_side_apply(base, intent, prev)
+                    new["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
+                    result = self.update(r, ns, name, new, sub, strict)
+                self.applied[(key, manager, sub)] = intent
+                return result
+            if live is None:
+                raise ApiError(404, "NotFound", f'{r.plural}.{r.group} "{name}" not found'.replace(". ", " "), {"name": name, "group": r.group, "kind": r.plural})
+            if ctype == "application/json-patch+json":
+                try:
+                    new = jsonpatch.apply_patch(live, patch)
+                except jsonpatch.JsonPatchTestFailed as exc:
+                    raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: {exc}") from None
+                except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError) as exc:
+                    raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: {exc}") from None
+            elif ctype == "application/merge-patch+json":
+                new = merge_patch(live, patch)
+            elif ctype == "application/strategic-merge-patch+json":
+                if r.custom:
+                    raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml")
+                new = strategic_merge(live, patch)
+            else:
+                raise ApiError(415, "UnsupportedMediaType", f"unsupported patch type {ctype}")
+            if not isinstance(new, dict):
+                raise ApiError(422, "Invalid", "the patch did not produce an object")
+            patch_rv = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch, dict) else None
+            new.setdefault("metadata", {})["resourceVersion"] = patch_rv or live["metadata"]["resourceVersion"]
+            return self.update(r, ns, name, new, sub, strict)
+
+    async def _watch(self, request: web.Request, r: Resource, ns: str) -> web.StreamResponse:
+        q = request.query
+        preds = parse_label_selector(q.get("labelSelector", ""))
+        field_sel = q.get("fieldSelector", "")
+        since = q.get("resourceVersion", "")
+        timeout = float(q.get("timeoutSeconds", "1800"))
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        with self.lock:
+            if since not in ("", "0") and int(since) < self.compacted_rv:
+                backlog: list[tuple[int, str, Obj]] | None = None
+            elif since in ("", "0") or q.get("sendInitialEvents") == "true":
+                backlog = [(self.rv, "ADDED", o) for o in self.list_objects(r.group, r.plural, ns or None)]
+            else:
+                backlog = [(rv, t, o) for rv, t, g, p, o in self.history if g == r.group and p == r.plural and rv > int(since)]
+            watcher = (r.group, r.plural, queue)
+            self._watchers.append(watcher)
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        try:
+            if backlog is None:
+                gone = ApiError(410, "Expired", f"too old resource version: {since} ({self.compacted_rv})").status()
+                await resp.write(json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")
+                return resp
+            for item in backlog:
+                queue.put_nowait(item)
+            if q.get("sendInitialEvents") == "true":
+                # WatchList (kubectl >= 1.32): initial state, then a bookmark marking its end.
+                bookmark = {"kind": r.kind, "apiVersion": r.api_version,
+                            "metadata": {"resourceVersion": str(self.rv), "annotations": {"k8s.io/initial-events-end": "true"}}}
+                queue.put_nowait((self.rv, "BOOKMARK", bookmark))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    break
+                if item is None:
+                    break
+                _, etype, obj = item
+                if etype != "BOOKMARK":
+                    if ns and obj["metadata"].get("namespace") != ns:
+                        continue
+                    if not matches(obj, preds, field_sel):
+                        continue
+                await resp.write(json.dumps({"type": etype, "object": obj}).encode() + b"\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            with self.lock:
+                if watcher in self._watchers:
+                    self._watchers.remove(watcher)
+        return resp
+
+    def _table(self, r: Resource, items: list[Obj], list_meta: Obj) -> Obj:
+        columns = [{"name": "Name", "type": "string", "format": "name", "description": "name", "priority": 0}]
+        extra = r.printer_columns or [{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}]
+        for c in extra:
+            columns.append({"name": c["name"], "type": "string" if c["type"] == "date" else c["type"], "format": c.get("format", ""), "description": c.get("description", ""), "priority": c.get("priority", 0)})
+        rows = []
+        for o in items:
+            cells: list[Any] = [o["metadata"]["name"]]
+            for c in extra:
+                found = jsonpath(o, c["jsonPath"])
+                value = found[0] if found else None
+                if c["type"] == "date":
+                    value = age(value)
+                elif value is None:
+                    value = "<none>" if c["type"] == "string" else None
+                cells.append(value)
+            rows.append({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}})
+        return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "columnDefinitions": columns, "rows": rows}
