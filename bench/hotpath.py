@@ -5,15 +5,15 @@ request perf_analyzer sends: tensor_content, serving_default), each in a tight l
 several repeats (so that a busy machine disturbs it little):
 
 - parse: PredictRequest.FromString (grpc's deserializer)
-- convert: request tensors -> numpy (modelserver.inference.predict_inputs)
+- convert: request tensors -> numpy (modelserver.proto_api.predict_inputs)
 - validate: modelserver.servable.validate_inputs
-- model: Signature.run (the signature's fast flat call + .numpy()), batch 1
+- model: Signature.run (the signature's prepared session callable), batch 1
 - respond: PredictResponse with model_spec and outputs (modelserver.tensors.to_tensor_proto)
 - serialize: PredictResponse.SerializeToString
-- predict(): modelserver.inference.predict end to end with an inline runner (convert + validate
-  + model + respond), under asyncio
-- signature call: `loaded.signatures["serving_default"](x=...)`, TF's own keyword call (the
-  in-process limit's call)
+- predict(): modelserver.proto_api.predict end to end on an inline data plane (convert +
+  validate + model + respond), under asyncio
+- signature call: `tf.saved_model.load(dir).signatures["serving_default"](x=...)`, TF2's own
+  keyword call (how the server called TF2 models before it loaded them into sessions)
 
 Prints one JSON object per model: {"model", "steps_us": {step: µs}}.
 
@@ -59,39 +59,42 @@ def request_bytes(model: str) -> bytes:
 
 def measure(model_dir: Path, model: str, n: int) -> dict[str, float]:
     import tensorflow as tf
-    from modelserver import inference
+    from modelserver import proto_api
     from modelserver.context import RequestContext
+    from modelserver.dataplane import DataPlane
     from modelserver.runner import InlineRunner
     from modelserver.servable import load_servable, validate_inputs
+    from modelserver.tensors import to_tensor_proto
     from tensorflow_serving.apis import predict_pb2
 
     servable = load_servable(model, 1, model_dir)
     sig = servable.signature("")
     raw = request_bytes(model)
     req = predict_pb2.PredictRequest.FromString(raw)
-    inputs = inference.predict_inputs(sig, req)
+    inputs = proto_api.predict_inputs(sig, req)
     outputs = sig.run(inputs)
-    keyword = servable.loaded.signatures["serving_default"]
+    keyword = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
     feed = {k: tf.constant(v) for k, v in inputs.items()}
     runner = InlineRunner()
+    plane = DataPlane(None, lambda _model: runner)
 
     def respond() -> Any:
         resp = predict_pb2.PredictResponse()
-        inference.fill_model_spec(resp.model_spec, servable, sig.name)
+        proto_api.fill_model_spec(resp.model_spec, servable, sig.name)
         for name in outputs:
-            resp.outputs[name].CopyFrom(inference.to_tensor_proto(outputs[name]))
+            resp.outputs[name].CopyFrom(to_tensor_proto(outputs[name]))
         return resp
 
     resp = respond()
     loop = asyncio.new_event_loop()
 
     def predict_e2e() -> Any:
-        return loop.run_until_complete(inference.predict(servable, req, runner, RequestContext("grpc", "predict")))
+        return loop.run_until_complete(proto_api.predict(plane, req, RequestContext("grpc", "predict"), servable))
 
     model_n = max(50, n // 20)
     steps = {
         "parse": best_us(lambda: predict_pb2.PredictRequest.FromString(raw), n),
-        "convert": best_us(lambda: inference.predict_inputs(sig, req), n),
+        "convert": best_us(lambda: proto_api.predict_inputs(sig, req), n),
         "validate": best_us(lambda: validate_inputs(sig, inputs), n),
         "model": best_us(lambda: sig.run(inputs), model_n),
         "respond": best_us(respond, n),

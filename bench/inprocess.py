@@ -1,8 +1,11 @@
 """The in-process limit: a SavedModel's serving_default signature called directly.
 
-No server, no protocol: `tf.saved_model.load(dir).signatures["serving_default"](x=batch)` in a
-loop, TensorFlow limited to N intra-op and inter-op threads, at several batch sizes. Prints one
-JSON object: {"model", "threads", "results": [{"batch", "calls_per_s", "inferences_per_s",
+No server, no protocol: the signature called in a loop, TensorFlow limited to N intra-op and
+inter-op threads, at several batch sizes. `--loader session` (the default: the fastest call TF
+offers, and the server's own) loads the model into a tf.compat.v1 Session, as TF Serving does, and
+calls a prepared callable; `--loader function` calls
+`tf.saved_model.load(dir).signatures["serving_default"](x=batch)`. Prints one JSON object:
+{"model", "threads", "loader", "results": [{"batch", "calls_per_s", "inferences_per_s",
 "call_p50_us", "call_p99_us"}]}.
 
     python bench/inprocess.py --model-dir DIR/1 --name mlp --batches 1,32,128 --seconds 2
@@ -60,22 +63,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,32,128")
     parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per batch size")
     parser.add_argument("--threads", type=int, default=2, help="TF intra-op and inter-op threads")
+    parser.add_argument("--loader", choices=["session", "function"], default="session")
     args = parser.parse_args(argv)
 
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    fn = tf.saved_model.load(args.model_dir).signatures["serving_default"]
+    if args.loader == "session":
+        from pathlib import Path
+
+        from modelserver.servable import SessionBundle, read_meta_graph
+
+        sdef = read_meta_graph(Path(args.model_dir)).signature_def["serving_default"]
+        call = SessionBundle(Path(args.model_dir), ("serve",)).callable_for(sdef)
+
+        def fn(**inputs):  # type: ignore[no-untyped-def]
+            return call(inputs)  # type: ignore[misc]
+    else:
+        fn = tf.saved_model.load(args.model_dir).signatures["serving_default"]
     results = []
     for batch in (int(b) for b in args.batches.split(",")):
-        feed = {k: tf.constant(v) for k, v in input_for(args.name, batch).items()}
+        inputs = input_for(args.name, batch)
+        feed = inputs if args.loader == "session" else {k: tf.constant(v) for k, v in inputs.items()}
         r = measure(fn, feed, args.seconds)
         r.update(batch=batch, inferences_per_s=r["calls_per_s"] * batch)
         results.append(r)
         print(f"{args.name} batch {batch}: {r['calls_per_s']:.0f} calls/s, "
               f"{r['inferences_per_s']:.0f} inferences/s, p50 {r['call_p50_us']:.0f} us", file=sys.stderr)
-    print(json.dumps({"model": args.name, "threads": args.threads, "results": results}))
+    print(json.dumps({"model": args.name, "threads": args.threads, "loader": args.loader, "results": results}))
     return 0
 
 

@@ -614,9 +614,7 @@ def _loop_busy(loop: asyncio.AbstractEventLoop) -> bool:
     return bool(getattr(loop, "_ready", None))
 
 
-def batcher_from_flags(flags: Any, on_batch: BatchObserver | None = None) -> Batcher | None:
-    """The shared Batcher when `--enable_batching` is on (raises BatchingConfigError for a bad
-    `--batching_parameters_file`, which the server reports before starting), else None."""
-    if not flags.enable_batching:
-        return None
-    return Batcher(load_batching_parameters(flags.batching_parameters_file), on_batch=on_batch)
+def batcher_for(options: BatchingOptions, flags: Any, on_batch: BatchObserver | None = None) -> Batcher:
+    """The server's shared Batcher: the batching file's options, and `--inline_call_max_us` (on
+    an idle server, a call whose recent cost is below it runs on the event loop; 0 = never)."""
+    return Batcher(options, on_batch=on_batch, inline_below_s=flags.inline_call_max_us / 1e6)

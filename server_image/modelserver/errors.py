@@ -30,16 +30,18 @@ _HTTP_STATUS = {
 
 
 class ServingError(Exception):
-    """A failure to report to the client with a gRPC status code and a message."""
+    """A failure to report to the client with a gRPC status code and a message (and, where
+    HTTP has a more precise status than the code's mapping, e.g. 413, that status)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, http: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self._http = http
 
     @property
     def http_status(self) -> int:
-        return http_status(self.code)
+        return self._http if self._http is not None else http_status(self.code)
 
     def __repr__(self) -> str:
         return f"ServingError({self.code.name}, {self.message!r})"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,12 +21,10 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from . import inference
+from . import proto_api
 from .config import ConfigError, model_configs_from_proto
 from .context import RequestContext
 from .errors import ServingError, invalid_argument
-from .manager import STATE_NAMES
-from .servable import Servable
 from .server_state import ServerState
 
 log = logging.getLogger("modelserver.grpc")
@@ -57,137 +54,57 @@ def server_options(channel_arguments: str) -> list[tuple[str, Any]]:
     return list(opts.items())
 
 
-def resolve_spec(state: ServerState, spec: Any, ctx: RequestContext) -> Servable:
-    name = spec.name
-    if not name:
-        raise invalid_argument("Missing ModelSpec name")
-    ctx.model = name
-    choice = spec.WhichOneof("version_choice")
-    if choice == "version_label":
-        ctx.label = spec.version_label
-        servable = state.manager.resolve(name, label=spec.version_label)
-    elif choice == "version":
-        servable = state.manager.resolve(name, version=spec.version.value)
-    else:
-        servable = state.manager.resolve(name)
-    ctx.version = servable.version  # known from here on, so errors count against their version
-    return servable
-
-
 class _Base:
+    """The transport: a request's lifecycle is the data plane's; this adds only what is gRPC's
+    own (malformed bytes, the SIGTERM hold, the deadline, the status on the wire)."""
+
     def __init__(self, state: ServerState) -> None:
         self.state = state
+        self.plane = state.plane
 
     async def _handle(
         self, api: str, request: Any, context: grpc.aio.ServicerContext,
         body: Callable[[RequestContext], Awaitable[Any]],
     ) -> Any:
-        state = self.state
-        ctx = RequestContext("grpc", api)
-        if isinstance(request, MalformedRequest):
-            ctx.status = grpc.StatusCode.INVALID_ARGUMENT.name
-            state.finish(ctx)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        if state.drain_gate is not None:  # SIGTERM: held until gRPC stops taking calls (main.py)
-            await state.drain_gate.wait()
+        if self.state.drain_gate is not None and not isinstance(request, MalformedRequest):
+            await self.state.drain_gate.wait()  # SIGTERM: held until gRPC stops taking calls (main.py)
         remaining = context.time_remaining()
-        if remaining is not None:
-            ctx.deadline = time.perf_counter() + remaining
-        state.in_flight += 1
+        deadline = time.perf_counter() + remaining if remaining is not None else None
         try:
-            response = await body(ctx)
+            async with self.plane.request("grpc", api, deadline=deadline) as ctx:
+                if isinstance(request, MalformedRequest):
+                    raise invalid_argument(request.message)
+                return await body(ctx)
         except ServingError as exc:
-            ctx.status = exc.code.name
-            state.finish(ctx)
             await context.abort(exc.code, exc.message)
-        except asyncio.CancelledError:  # the client went away or its deadline passed
-            ctx.status = (grpc.StatusCode.DEADLINE_EXCEEDED.name if ctx.remaining() is not None
-                          and ctx.remaining() <= 0 else grpc.StatusCode.CANCELLED.name)  # type: ignore[operator]
-            state.finish(ctx)
-            raise
-        except Exception as exc:  # a bug, not a client error: INTERNAL, server goes on
-            log.exception("%s failed", api)
-            ctx.status = grpc.StatusCode.INTERNAL.name
-            state.finish(ctx)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-        finally:
-            state.in_flight -= 1
-        state.finish(ctx)
-        return response
 
 
 class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        async def body(ctx: RequestContext) -> Any:
-            servable = resolve_spec(self.state, request.model_spec, ctx)
-            return await inference.predict(servable, request, self.state.runner_for(servable.name), ctx)
-
-        return await self._handle("predict", request, context, body)
+        return await self._handle("predict", request, context, lambda ctx: proto_api.predict(self.plane, request, ctx))
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        async def body(ctx: RequestContext) -> Any:
-            servable = resolve_spec(self.state, request.model_spec, ctx)
-            return await inference.classify(servable, request, self.state.runner_for(servable.name), ctx)
-
-        return await self._handle("classify", request, context, body)
+        return await self._handle("classify", request, context,
+                                  lambda ctx: proto_api.classify(self.plane, request, ctx))
 
     async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        async def body(ctx: RequestContext) -> Any:
-            servable = resolve_spec(self.state, request.model_spec, ctx)
-            return await inference.regress(servable, request, self.state.runner_for(servable.name), ctx)
-
-        return await self._handle("regress", request, context, body)
+        return await self._handle("regress", request, context, lambda ctx: proto_api.regress(self.plane, request, ctx))
 
     async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        async def body(ctx: RequestContext) -> Any:
-            if not request.tasks:
-                raise invalid_argument("MultiInferenceRequest must contain at least one task")
-            servable = resolve_spec(self.state, request.tasks[0].model_spec, ctx)
-            return await inference.multi_inference(
-                servable, request, self.state.runner_for(servable.name), ctx
-            )
-
-        return await self._handle("multi_inference", request, context, body)
+        return await self._handle("multi_inference", request, context,
+                                  lambda ctx: proto_api.multi_inference(self.plane, request, ctx))
 
     async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         async def body(ctx: RequestContext) -> Any:
-            servable = resolve_spec(self.state, request.model_spec, ctx)
-            ctx.version = servable.version
-            return inference.get_model_metadata(servable, request)
+            return proto_api.get_model_metadata(self.plane, request, ctx)
 
         return await self._handle("get_model_metadata", request, context, body)
-
-
-def model_status_response(state: ServerState, spec: Any) -> get_model_status_pb2.GetModelStatusResponse:
-    if not spec.name:
-        raise invalid_argument("Missing ModelSpec name")
-    choice = spec.WhichOneof("version_choice")
-    records = state.manager.status(
-        spec.name,
-        version=spec.version.value if choice == "version" else None,
-        label=spec.version_label if choice == "version_label" else None,
-    )
-    response = get_model_status_pb2.GetModelStatusResponse()
-    for r in records:
-        mvs = response.model_version_status.add()
-        mvs.version = r.version
-        mvs.state = r.state
-        mvs.status.SetInParent()
-        if r.error is not None:
-            mvs.status.error_code = r.error.code.value[0]
-            mvs.status.error_message = r.error.message
-    return response
-
-
-def state_name(state: int) -> str:
-    return STATE_NAMES.get(state, "UNKNOWN")
 
 
 class ModelService(_Base, model_service_pb2_grpc.ModelServiceServicer):
     async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         async def body(ctx: RequestContext) -> Any:
-            ctx.model = request.model_spec.name
-            return model_status_response(self.state, request.model_spec)
+            return proto_api.get_model_status(self.plane, request, ctx)
 
         return await self._handle("get_model_status", request, context, body)
 

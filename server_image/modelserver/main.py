@@ -101,7 +101,7 @@ async def serve(flags: Flags, configs: list[ModelConfig], monitoring_config: obj
     import grpc
 
     from . import metrics, tracing, warmup
-    from .batching import Batcher
+    from .batching import batcher_for
     from .grpc_service import add_services, server_options
     from .manager import Manager
     from .rest import make_app
@@ -124,7 +124,7 @@ async def serve(flags: Flags, configs: list[ModelConfig], monitoring_config: obj
     server_metrics = metrics.install(state, batching_options.thread_pool_name if batching_options else "")
     batcher = None
     if batching_options is not None:
-        batcher = Batcher(batching_options, on_batch=server_metrics.record_batch if server_metrics else None)
+        batcher = batcher_for(batching_options, flags, server_metrics.record_batch if server_metrics else None)
         state.default_runner = batcher
         if server_metrics is not None:
             server_metrics.add_queue_depth_source(batcher.queue_depth)

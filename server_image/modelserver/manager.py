@@ -42,6 +42,7 @@ class VersionRecord:
     servable: Servable | None = None
     attempts: int = 0  # failed or current load attempts
     retry_at: float = 0.0  # time.monotonic() after which a failed load may be retried
+    path: Path | None = None  # the version's directory, as named on disk (e.g. <base>/00000123)
 
 
 @dataclass(slots=True)
@@ -51,6 +52,7 @@ class ModelRecord:
     labels: dict[str, int] = field(default_factory=dict)
     latest: Servable | None = None  # highest AVAILABLE version (hot path)
     warned_no_versions: bool = False  # logged once until versions appear
+    warned_clashes: dict[int, list[str]] = field(default_factory=dict)  # logged once per change
 
 
 # ---- pure decisions ------------------------------------------------------------------------------
@@ -97,20 +99,40 @@ def retry_due(attempts: int, max_retries: int, retry_at: float, now: float) -> b
     return attempts <= max_retries and now >= retry_at
 
 
-def list_versions(base_path: str) -> list[int]:
-    """Numeric subdirectories of base_path that hold a SavedModel."""
+INT64_MAX = 2**63 - 1
+
+
+def version_dirs(names: list[str]) -> tuple[dict[int, str], dict[int, list[str]]]:
+    """Version directories among `names`, as TF Serving reads them: a directory whose whole name
+    is a decimal number is that version, leading zeros ignored (`00000123` is 123). Returns
+    version -> directory name, and the versions named by more than one directory with all their
+    names. Of those, the canonical name (`123`) wins, else the shortest, then the first in sort
+    order, so the choice never depends on listing order."""
+    found: dict[int, list[str]] = {}
+    for n in names:
+        if n.isascii() and n.isdigit() and int(n) <= INT64_MAX:
+            found.setdefault(int(n), []).append(n)
+    chosen = {}
+    clashes = {}
+    for v, dirs in found.items():
+        dirs.sort(key=lambda d: (d != str(v), len(d), d))
+        chosen[v] = dirs[0]
+        if len(dirs) > 1:
+            clashes[v] = dirs
+    return chosen, clashes
+
+
+def list_versions(base_path: str) -> tuple[dict[int, str], dict[int, list[str]]]:
+    """The version directories of base_path that hold a SavedModel: version -> path, and the
+    clashes of `version_dirs` (versions named by several such directories)."""
     try:
         entries = os.listdir(base_path)
     except OSError:
-        return []
-    out = []
-    for e in entries:
-        if e.isdigit() and (
-            os.path.exists(os.path.join(base_path, e, "saved_model.pb"))
-            or os.path.exists(os.path.join(base_path, e, "saved_model.pbtxt"))
-        ):
-            out.append(int(e))
-    return sorted(out)
+        return {}, {}
+    with_model = [e for e in entries if os.path.exists(os.path.join(base_path, e, "saved_model.pb"))
+                  or os.path.exists(os.path.join(base_path, e, "saved_model.pbtxt"))]
+    chosen, clashes = version_dirs(with_model)
+    return {v: os.path.join(base_path, d) for v, d in chosen.items()}, clashes
 
 
 # ---- the manager ---------------------------------------------------------------------------------
@@ -226,30 +248,35 @@ class Manager:
         return {v for v, r in rec.versions.items() if r.state == AVAILABLE}
 
     async def _apply(self, rec: ModelRecord) -> None:
-        on_disk = await asyncio.get_running_loop().run_in_executor(
+        paths, clashes = await asyncio.get_running_loop().run_in_executor(
             self._executor, list_versions, rec.config.base_path
         )
-        if not on_disk and not rec.warned_no_versions:
+        if not paths and not rec.warned_no_versions:
             log.warning("No versions of servable %s found under base path %s. Did you forget to name "
                         "your leaf directory as a number (eg. '/1/')?", rec.config.name, rec.config.base_path)
-        rec.warned_no_versions = not on_disk
+        rec.warned_no_versions = not paths
+        if clashes != rec.warned_clashes:
+            for v, dirs in sorted(clashes.items()):
+                log.warning("model %s: directories %s under %s all name version %d; serving %s",
+                            rec.config.name, ", ".join(dirs), rec.config.base_path, v, dirs[0])
+            rec.warned_clashes = clashes
+        on_disk = list(paths)
         aspired = aspired_versions(rec.config.policy, on_disk)
         now = time.monotonic()
         tried = {v for v, r in rec.versions.items() if r.state in (START, LOADING, AVAILABLE)
                  or (r.error is not None and not retry_due(r.attempts, self._retries, r.retry_at, now))}
         new = sorted(aspired - tried)
         if new:
-            await asyncio.gather(*(self._load(rec, v) for v in new))
+            await asyncio.gather(*(self._load(rec, v, Path(paths[v])) for v in new))
         loaded = self._available(rec)
         for v in sorted(versions_to_unload(loaded, aspired, loaded & aspired)):
             self._unload(rec, v)
 
-    async def _load(self, rec: ModelRecord, version: int) -> None:
+    async def _load(self, rec: ModelRecord, version: int, version_dir: Path) -> None:
         name = rec.config.name
         old = rec.versions.get(version)
-        vr = VersionRecord(version, START, attempts=old.attempts if old and old.error else 0)
+        vr = VersionRecord(version, START, attempts=old.attempts if old and old.error else 0, path=version_dir)
         rec.versions[version] = vr
-        version_dir = Path(rec.config.base_path) / str(version)
         vr.state = LOADING
         vr.attempts += 1
         try:

@@ -3,7 +3,6 @@ and any extra routes registered in ServerState.rest_routes (e.g. the Prometheus 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -12,12 +11,12 @@ from typing import Any
 import grpc
 from aiohttp import web
 from google.protobuf import json_format
-from tensorflow_serving.apis import classification_pb2, regression_pb2
+from tensorflow_serving.apis import input_pb2
 
-from . import inference, rest_json
+from . import rest_json
 from .context import RequestContext
-from .errors import ServingError, deadline_exceeded, invalid_argument
-from .grpc_service import state_name
+from .dataplane import ModelRef, VersionStatus
+from .errors import ServingError, invalid_argument
 from .servable import Servable
 from .server_state import ServerState
 
@@ -51,22 +50,33 @@ def _version(text: str) -> int:
     return version
 
 
-def _resolve(state: ServerState, m: re.Match[str], ctx: RequestContext) -> Servable:
-    ctx.model = m["name"]
-    if m["label"]:
-        ctx.label = m["label"]
-        servable = state.manager.resolve(m["name"], label=m["label"])
-    elif m["version"]:
-        servable = state.manager.resolve(m["name"], version=_version(m["version"]))
-    else:
-        servable = state.manager.resolve(m["name"])
-    ctx.version = servable.version  # known from here on, so errors count against their version
-    return servable
+def model_ref(m: re.Match[str]) -> ModelRef:
+    return ModelRef(m["name"], version=_version(m["version"]) if m["version"] else None, label=m["label"] or None)
+
+
+def status_json(records: list[VersionStatus]) -> dict[str, Any]:
+    return {"model_version_status": [
+        {"version": str(r.version), "state": r.state_name,
+         "status": {"error_code": r.error.code.name if r.error else "OK",
+                    "error_message": r.error.message if r.error else ""}}
+        for r in records]}
+
+
+def metadata_json(servable: Servable, sdm: Any) -> dict[str, Any]:
+    """TF Serving's metadata JSON: every field of the SignatureDef map printed, default-valued
+    ones included (`"name": ""`, `"unknown_rank": false`, `"defaults": {}`), proto field names."""
+    return {"model_spec": {"name": servable.name, "signature_name": "", "version": str(servable.version)},
+            "metadata": {"signature_def": json_format.MessageToDict(
+                sdm, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)}}
 
 
 class RestApi:
+    """The transport: decodes TF Serving's REST requests into data plane calls (whose lifecycle
+    counts, times and maps every request) and encodes the answers as its JSON."""
+
     def __init__(self, state: ServerState) -> None:
         self.state = state
+        self.plane = state.plane
         self.timeout_s = state.flags.rest_api_timeout_in_ms / 1000.0 if state.flags.rest_api_timeout_in_ms > 0 else None
 
     # -- health --
@@ -88,101 +98,67 @@ class RestApi:
         m = _GET_RE.fullmatch(request.path)
         if m is None:
             return _json_response({"error": f"Malformed request: GET {request.path}"}, 400)  # as TF Serving
-        ctx = RequestContext("rest", "get_model_metadata" if m["metadata"] else "get_model_status")
         try:
             if m["metadata"]:
-                servable = _resolve(self.state, m, ctx)
-                ctx.version = servable.version
-                body = self._metadata(servable)
+                async with self.plane.request("rest", "get_model_metadata", timeout=self.timeout_s) as ctx:
+                    body = metadata_json(*self.plane.metadata(model_ref(m), ctx))
             else:
-                ctx.model = m["name"]
-                records = self.state.manager.status(
-                    m["name"], version=_version(m["version"]) if m["version"] else None, label=m["label"])
-                body = {"model_version_status": [
-                    {"version": str(r.version), "state": state_name(r.state),
-                     "status": {"error_code": r.error.code.name if r.error else "OK",
-                                "error_message": r.error.message if r.error else ""}}
-                    for r in records]}
+                async with self.plane.request("rest", "get_model_status", timeout=self.timeout_s) as ctx:
+                    body = status_json(self.plane.status(model_ref(m), ctx))
         except ServingError as exc:
-            ctx.status = exc.code.name
-            self.state.finish(ctx)
             return error_response(exc)
-        self.state.finish(ctx)
         return _json_response(body)
-
-    @staticmethod
-    def _metadata(servable: Servable) -> dict[str, Any]:
-        sdm = json_format.MessageToDict(inference.signature_def_map(servable), preserving_proto_field_name=True)
-        return {"model_spec": {"name": servable.name, "signature_name": "", "version": str(servable.version)},
-                "metadata": {"signature_def": sdm}}
 
     async def post(self, request: web.Request) -> web.Response:
         m = _POST_RE.fullmatch(request.path)
         if m is None:
             return _json_response({"error": f"Malformed request: POST {request.path}"}, 400)  # as TF Serving
-        ctx = RequestContext("rest", m["method"].lower())
-        if self.timeout_s is not None:
-            ctx.deadline = ctx.t_receive + self.timeout_s
-        self.state.in_flight += 1
+        method = m["method"].lower()
         try:
-            async with asyncio.timeout(self.timeout_s):
-                body = await self._post(request, m, ctx)
-        except web.HTTPRequestEntityTooLarge:
-            ctx.status = grpc.StatusCode.RESOURCE_EXHAUSTED.name
-            self.state.finish(ctx)
-            return _json_response({"error": "Request body larger than "
-                                   f"{self.state.flags.rest_api_max_request_bytes} bytes"}, 413)
-        except TimeoutError:
-            exc: ServingError = deadline_exceeded("Request timed out after "
-                                                  f"{self.state.flags.rest_api_timeout_in_ms} ms")
-            return self._fail(ctx, exc)
+            async with self.plane.request("rest", method, timeout=self.timeout_s) as ctx:
+                body = await self._post(request, m, method, ctx)
         except ServingError as exc:
-            return self._fail(ctx, exc)
-        except RecursionError:  # JSON nested deeper than Python's recursion limit
-            return self._fail(ctx, invalid_argument("JSON Value nested too deeply"))
-        except Exception as exc:  # a bug, not a client error
-            log.exception("REST %s failed", request.path)
-            return self._fail(ctx, ServingError(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
-        finally:
-            self.state.in_flight -= 1
-        self.state.finish(ctx)
+            return error_response(exc)
         return _json_response(body)
 
-    def _fail(self, ctx: RequestContext, exc: ServingError) -> web.Response:
-        ctx.status = exc.code.name
-        self.state.finish(ctx)
-        return error_response(exc)
-
-    async def _post(self, request: web.Request, m: re.Match[str], ctx: RequestContext) -> dict[str, Any]:
-        raw = await request.read()  # over client_max_size: HTTPRequestEntityTooLarge (413)
+    async def _read_json(self, request: web.Request) -> dict[str, Any]:
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, "Request body larger than "
+                               f"{self.state.flags.rest_api_max_request_bytes} bytes", http=413) from None
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise invalid_argument(f"JSON Parse error: {exc}") from None
+        except RecursionError:
+            raise invalid_argument("JSON Value nested too deeply") from None
         if not isinstance(body, dict):
             raise invalid_argument("JSON Value: request body must be a JSON object")
         sig_name = body.get("signature_name", "")
         if not isinstance(sig_name, str):
             raise invalid_argument("'signature_name' must be a string")
-        servable = _resolve(self.state, m, ctx)
-        runner = self.state.runner_for(servable.name)
-        method = m["method"].lower()
+        return body
+
+    async def _post(self, request: web.Request, m: re.Match[str], method: str, ctx: RequestContext) -> dict[str, Any]:
+        body = await self._read_json(request)
+        sig_name = body.get("signature_name", "")
+        servable = self.plane.resolve(model_ref(m), ctx)
         if method == "predict":
             sig = servable.signature(sig_name)
-            inputs, row = rest_json.predict_inputs(body, sig)
-            outputs = await inference.run_signature(servable, sig, inputs, runner, ctx)
-            return rest_json.predict_response(outputs, row)
+            try:
+                inputs, row = rest_json.predict_inputs(body, sig)
+            except RecursionError:  # values nested deeper than Python's recursion limit
+                raise invalid_argument("JSON Value nested too deeply") from None
+            pred = await self.plane.predict(servable, sig, inputs, ctx)
+            return rest_json.predict_response(pred.outputs, row)
+        examples = input_pb2.Input()
+        rest_json.fill_example_input(body, examples)
         if method == "classify":
-            creq = classification_pb2.ClassificationRequest()
-            creq.model_spec.signature_name = sig_name
-            rest_json.fill_example_input(body, creq.input)
-            cres = await inference.classify(servable, creq, runner, ctx)
-            return rest_json.classify_json(cres.result)
-        rreq = regression_pb2.RegressionRequest()
-        rreq.model_spec.signature_name = sig_name
-        rest_json.fill_example_input(body, rreq.input)
-        rres = await inference.regress(servable, rreq, runner, ctx)
-        return rest_json.regress_json(rres.result)
+            res = await self.plane.classify(servable, sig_name, examples, ctx)
+            return rest_json.classify_json(res.result)
+        res = await self.plane.regress(servable, sig_name, examples, ctx)
+        return rest_json.regress_json(res.result)
 
 
 @web.middleware

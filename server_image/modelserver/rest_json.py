@@ -233,11 +233,11 @@ def fill_example_input(body: dict[str, Any], inp: Any) -> None:
 
 
 def classify_json(result: Any) -> dict[str, Any]:
-    return {"result": [[[c.label, _f32(c.score)] for c in cl.classes] for cl in result.classifications]}
+    return {"results": [[[c.label, _f32(c.score)] for c in cl.classes] for cl in result.classifications]}
 
 
 def regress_json(result: Any) -> dict[str, Any]:
-    return {"result": [_f32(r.value) for r in result.regressions]}
+    return {"results": [_f32(r.value) for r in result.regressions]}
 
 
 def _f32(x: float) -> float:

@@ -1,4 +1,4 @@
-"""What the front ends share: the manager, the runner choice, and the extension hooks.
+"""What the front ends share: the manager, the data plane, the runner choice, and the hooks.
 
 Hooks (for batching, warmup, metrics, tracing):
 - `runner_for(model)`: the runner of a model's computations (`DirectRunner` unless a per-model
@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from .context import RequestContext
+from .dataplane import DataPlane
 from .flags import Flags
 from .manager import Manager
 from .runner import Runner
@@ -40,7 +41,15 @@ class ServerState:
     monitoring_config: Any = None  # monitoring_config_pb2.MonitoringConfig or None
     draining: bool = False
     drain_gate: asyncio.Event | None = None  # set while draining: new gRPC calls wait on it
-    in_flight: int = 0
+    plane: DataPlane = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.plane = DataPlane(self.manager, self.runner_for, self.finish)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests received and not yet answered, over every front end."""
+        return self.plane.in_flight
 
     def runner_for(self, model: str) -> Runner:
         return self.runners.get(model, self.default_runner)

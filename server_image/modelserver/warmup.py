@@ -82,13 +82,13 @@ Replayer = Callable[[Any, Any], Any]  # (servable, request) -> response
 
 def default_replayers() -> dict[str, Replayer]:
     """log_type -> (request field, transport-free call) for the logs TF Serving replays."""
-    from . import inference
+    from . import proto_api
 
     return {
-        "predict_log": inference.predict_sync,
-        "classify_log": inference.classify_sync,
-        "regress_log": inference.regress_sync,
-        "multi_inference_log": inference.multi_inference_sync,
+        "predict_log": proto_api.predict_sync,
+        "classify_log": proto_api.classify_sync,
+        "regress_log": proto_api.regress_sync,
+        "multi_inference_log": proto_api.multi_inference_sync,
     }
 
 

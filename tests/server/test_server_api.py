@@ -96,12 +96,12 @@ def test_rest_bytes_model_b64(server) -> None:  # type: ignore[no-untyped-def]
 def test_rest_classify_regress(server) -> None:  # type: ignore[no-untyped-def]
     ex = {"examples": [{"x": 1.0}, {"x": 3.0}]}
     r = post(server, "/v1/models/half_plus_two_tf1:classify", {"signature_name": "classify_x_to_y", **ex})
-    assert r.status_code == 200 and r.json() == {"result": [[["", 2.5]], [["", 3.5]]]}
+    assert r.status_code == 200 and r.json() == {"results": [[["", 2.5]], [["", 3.5]]]}
     r = post(server, "/v1/models/half_plus_two_tf1:regress", {"signature_name": "regress_x_to_y", **ex})
-    assert r.json() == {"result": [2.5, 3.5]}
+    assert r.json() == {"results": [2.5, 3.5]}
     r = post(server, "/v1/models/half_plus_two:regress",
              {"signature_name": "regress", "context": {"x": 4.0}, "examples": [{}, {"x": 0.0}]})
-    assert r.json() == {"result": [4.0, 2.0]}  # context merged; the example's own feature wins
+    assert r.json() == {"results": [4.0, 2.0]}  # context merged; the example's own feature wins
 
 
 def test_rest_status_and_metadata(server) -> None:  # type: ignore[no-untyped-def]
@@ -185,7 +185,8 @@ def test_grpc_metadata_signature_def_map(stub) -> None:  # type: ignore[no-untyp
     res = stub.GetModelMetadata(req)
     sdm = get_model_metadata_pb2.SignatureDefMap()
     assert res.metadata["signature_def"].Unpack(sdm)
-    assert set(sdm.signature_def) == {"serving_default", "classify", "regress"}
+    # the SavedModel's whole map, TF2's initializer included, as TF Serving reports it
+    assert set(sdm.signature_def) == {"serving_default", "classify", "regress", "__saved_model_init_op"}
     assert sdm.signature_def["serving_default"].outputs["y"].dtype == tf.float32.as_datatype_enum
     assert res.model_spec.version.value == 1
 

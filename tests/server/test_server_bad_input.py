@@ -48,7 +48,9 @@ REST_CASES = [
     (PREDICT, '{"instances": []}', 400, "non-empty"),
     (PREDICT, '{"instances": ["a", "b"]}', 400, "float"),
     (PREDICT, '{"instances": [[1.0, 2.0], [3.0]]}', 400, "ragged"),
-    (PREDICT, '{"instances": [[1.0], [2.0]]}', 400, "shape"),
+    # shapes are fed as sent (TF Serving's rule): only TensorFlow rejects one, with its own message
+    ("/v1/models/half_plus_two_tf1:predict", '{"signature_name": "classify_x_to_y", "instances": [["a", "b"]]}',
+     400, "Expected serialized to be a scalar or vector, got shape: [1,2]"),
     (PREDICT, '{"inputs": {"y": [1.0]}}', 400, "alias not found"),
     (PREDICT, '{"instances": [{"y": 1.0}]}', 400, "alias not found"),
     (PREDICT, '{"instances": [null]}', 400, "float"),
@@ -114,7 +116,8 @@ def _tp(values: object, dtype: tf.DType) -> tensor_pb2.TensorProto:
 
 GRPC_CASES = [
     (_predict({"x": _tp([1], tf.int32)}), grpc.StatusCode.INVALID_ARGUMENT, "to be float"),
-    (_predict({"x": _tp([[1.0]], tf.float32)}), grpc.StatusCode.INVALID_ARGUMENT, "shape"),
+    (_predict({"inputs": _tp([["a", "b"]], tf.string)}, name="half_plus_two_tf1", sig="classify_x_to_y"),
+     grpc.StatusCode.INVALID_ARGUMENT, "Expected serialized to be a scalar or vector"),
     (_predict({}), grpc.StatusCode.INVALID_ARGUMENT, "Missing input"),
     (_predict({"x": _tp([1.0], tf.float32), "z": _tp([1.0], tf.float32)}), grpc.StatusCode.INVALID_ARGUMENT,
      "alias not found"),

@@ -157,7 +157,9 @@ def _sig(**inputs: tuple[np.dtype, tuple[int | None, ...]]) -> Signature:
 def test_validate_inputs() -> None:
     sig = _sig(x=(np.float32, (None, 2)))
     validate_inputs(sig, {"x": np.zeros((3, 2), np.float32)})
-    for bad, words in [({"x": np.zeros((3, 3), np.float32)}, "shape"), ({"x": np.zeros((3, 2))}, "float32"),
+    validate_inputs(sig, {"x": np.zeros((3,), np.float32)})  # shapes are TensorFlow's to judge, as in TF Serving
+    validate_inputs(sig, {"x": np.zeros((3, 3, 1), np.float32)})
+    for bad, words in [({"x": np.zeros((3, 2))}, "float32"),
                        ({}, "Missing"), ({"x": np.zeros((1, 2), np.float32), "y": np.zeros(1)}, "alias")]:
         with pytest.raises(ServingError, match=words):
             validate_inputs(sig, bad)
