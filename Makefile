@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Debian packages the tests and benchmarks use (a real Prometheus server; wrk for REST load).
 APT_PACKAGES := prometheus wrk libb64-0d
 
-.PHONY: setup system-deps run test e2e bench lint crds chart image demo-models clean
+.PHONY: setup system-deps run serve test e2e bench lint crds chart image demo-models clean
 
 setup: $(STAMP) system-deps
 
@@ -28,18 +28,35 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-demo-models: setup
+# The demo SavedModels (rebuilt when the builder changes), and warmup files for the two versions
+# that the local cluster's example serves (its pods turn ready only after replaying them).
+DEMO_CONFIG := demo_models/models.config
+DEMO_WARMUP := $(foreach v,1 2,demo_models/two_versions/$(v)/assets.extra/tf_serving_warmup_requests)
+
+$(DEMO_CONFIG): $(STAMP) server_image/modelserver/demo.py
 	$(PY) -m modelserver.demo --out demo_models
 
-# The main job on a local default: build the demo models and serve them (gRPC :8500, REST :8501).
+demo_models/two_versions/%/assets.extra/tf_serving_warmup_requests: $(DEMO_CONFIG)
+	$(VENV)/bin/modeldeploy warmup demo_models/two_versions/$* --batch_sizes 1,2,4,8,16,32,64,128
+
+demo-models: setup $(DEMO_CONFIG) $(DEMO_WARMUP)
+
+# The whole system on this machine, in the foreground: a local Kubernetes API, the operator, a node
+# agent running pods as model-server processes, Services on 127.0.0.1, Prometheus; then the canary
+# example (examples/local-canary.yaml). Ctrl-C stops everything. See README, "Local cluster".
 run: demo-models
+	PYTHONPATH=e2e $(PY) -m localcluster --state-dir .localcluster --mount /models=$(CURDIR)/demo_models --example examples/local-canary.yaml
+
+# The model server alone on the demo models (gRPC :8500, REST :8501).
+serve: demo-models
 	$(VENV)/bin/model-server --port=8500 --rest_api_port=8501 --model_config_file=demo_models/models.config
 
 test: setup
 	$(PY) -m pytest -m "not e2e" -q
 
+# The end-to-end scenarios (e2e/): on the local cluster, or on the cluster E2E_KUBECONFIG names.
 e2e: setup
-	$(PY) -m pytest -m e2e -q tests e2e
+	$(PY) -m pytest -q e2e
 
 bench: setup
 	$(PY) bench/run.py
@@ -60,4 +77,4 @@ image:
 	docker build -t modeldeploy/operator:latest -f operator/Dockerfile .
 
 clean:
-	rm -rf $(VENV) demo_models .pytest_cache
+	rm -rf $(VENV) demo_models .pytest_cache .localcluster

@@ -76,7 +76,10 @@ BUILTINS = [
     Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True, "persistentvolumeclaim", ["pvc"], has_status=True),
     Resource("", "v1", "secrets", "Secret", True, "secret"),
     Resource("", "v1", "serviceaccounts", "ServiceAccount", True, "serviceaccount", ["sa"]),
+    Resource("", "v1", "nodes", "Node", False, "node", ["no"], has_status=True),
     Resource("apps", "v1", "deployments", "Deployment", True, "deployment", ["deploy"], has_status=True),
+    Resource("apps", "v1", "replicasets", "ReplicaSet", True, "replicaset", ["rs"], has_status=True),
+    Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True, "endpointslice"),
     Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, "poddisruptionbudget", ["pdb"], has_status=True),
     Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True, "horizontalpodautoscaler", ["hpa"], has_status=True),
     Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False, "customresourcedefinition", ["crd", "crds"], has_status=True),
@@ -84,13 +87,11 @@ BUILTINS = [
     Resource("events.k8s.io", "v1", "events", "Event", True, "event", ["ev"]),
 ]
 # Kinds that carry metadata.generation (everything with a spec).
-_NO_GENERATION = {"configmaps", "events", "secrets", "serviceaccounts", "leases"}
-VALIDATE_K8S_VERSION = "1.33"
+_NO_GENERATION = {"configmaps", "events", "secrets", "serviceaccounts", "leases", "endpointslices", "nodes"}
 
 
 def now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -273,7 +274,12 @@ def jsonpath(obj: Any, path: str) -> list[Any]:
 def age(timestamp: str | None) -> str:
     if not timestamp:
         return "<unknown>"
-    then = dt.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    try:  # RFC 3339, with or without fractions (kopf's Events carry microseconds)
+        then = dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return "<unknown>"
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=dt.UTC)
     secs = max(0, int((dt.datetime.now(dt.UTC) - then).total_seconds()))
     if secs < 120:
         return f"{secs}s"

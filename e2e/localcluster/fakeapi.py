@@ -54,13 +54,14 @@ import json
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import yaml
 from aiohttp import web
+
 from localcluster.admission import VALIDATE_K8S_VERSION, validate_builtin, validate_custom
 from localcluster.apimachinery import (
     _NO_GENERATION,
@@ -105,6 +106,10 @@ class FakeKubeAPI(HttpFront):
         self._audit: list[AuditEntry] = []
         self._watchers: list[tuple[str, str, asyncio.Queue[Any]]] = []
         self._deployment_overrides: dict[tuple[str, str], int] = {}
+        # In-process watchers (the local cluster's controllers): (resources or None for all, callback, loop).
+        self._subscribers: list[tuple[frozenset[tuple[str, str]] | None, Callable[[str, str, Obj], None], asyncio.AbstractEventLoop]] = []
+        # (namespace, pod, container, tailLines) -> the container's log, for `kubectl logs` (set by the node agent).
+        self.log_source: Callable[[str, str, str, int | None], str | None] | None = None
         self.fail_next: list[tuple[str, str, int]] = []  # (verb, plural, code): inject one transient error
         self.loop: asyncio.AbstractEventLoop | None = None
         self.url = ""
@@ -229,6 +234,21 @@ class FakeKubeAPI(HttpFront):
             if obj:
                 self._write_deployment_status(namespace, name)
 
+    def subscribe(self, resources: set[tuple[str, str]] | None, callback: Callable[[str, str, Obj], None],
+                  loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+        """Call `callback(event type, plural, object)` on `loop` for every change of `resources`
+        ((group, plural) pairs; None: all), in order, after the change. The object is shared: do not
+        modify it. Returns the function that unsubscribes."""
+        entry = (frozenset(resources) if resources is not None else None, callback, loop)
+        with self.lock:
+            self._subscribers.append(entry)
+
+        def unsubscribe() -> None:
+            with self.lock, contextlib.suppress(ValueError):
+                self._subscribers.remove(entry)
+
+        return unsubscribe
+
     def compact(self) -> None:
         """Forget the watch history, as etcd compaction does: older resourceVersions get 410 Gone."""
         with self.lock:
@@ -244,6 +264,10 @@ class FakeKubeAPI(HttpFront):
         rv = int(obj["metadata"]["resourceVersion"])
         snapshot = copy.deepcopy(obj)
         self.history.append((rv, etype, r.group, r.plural, snapshot))
+        for wanted, callback, loop in list(self._subscribers):
+            if wanted is None or (r.group, r.plural) in wanted:
+                with contextlib.suppress(RuntimeError):  # a subscriber whose loop has closed
+                    loop.call_soon_threadsafe(callback, etype, r.plural, snapshot)
         if self.loop is None:
             return
         for group, plural, q in list(self._watchers):
@@ -308,7 +332,7 @@ class FakeKubeAPI(HttpFront):
             meta = new.setdefault("metadata", {})
             if meta.get("name", name) != name:
                 raise ApiError(400, "BadRequest", "the name of the object does not match the name on the URL")
-            for k in ("uid", "creationTimestamp", "namespace", "deletionTimestamp", "generation"):
+            for k in ("uid", "creationTimestamp", "namespace", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"):
                 if k in old["metadata"]:
                     meta[k] = old["metadata"][k]
                 else:
@@ -319,7 +343,7 @@ class FakeKubeAPI(HttpFront):
                 merged["status"] = new.get("status")
                 if merged["status"] is None:
                     merged.pop("status")
-                new = merged
+                new, meta = merged, merged["metadata"]  # a status write bumps the stored resourceVersion too
             elif r.has_status:
                 if "status" in old:
                     new["status"] = copy.deepcopy(old["status"])
@@ -331,7 +355,8 @@ class FakeKubeAPI(HttpFront):
                 meta["generation"] = old["metadata"]["generation"] + 1
             if new == {**old, "metadata": {**old["metadata"], "resourceVersion": new["metadata"].get("resourceVersion", old["metadata"]["resourceVersion"])}}:
                 return copy.deepcopy(old)  # no-op writes do not bump resourceVersion
-            if old["metadata"].get("deletionTimestamp") and not meta.get("finalizers"):
+            waiting_for_kubelet = r.plural == "pods" and old["metadata"].get("deletionGracePeriodSeconds")
+            if old["metadata"].get("deletionTimestamp") and not meta.get("finalizers") and not waiting_for_kubelet:
                 meta["resourceVersion"] = self._bump()
                 self.objects[key] = new
                 self._finish_delete(r, key, "Background")
@@ -344,12 +369,14 @@ class FakeKubeAPI(HttpFront):
             self._after_write(r, new)
             return copy.deepcopy(new)
 
-    def delete(self, r: Resource, namespace: str, name: str, propagation: str = "Background") -> Obj:
+    def delete(self, r: Resource, namespace: str, name: str, propagation: str = "Background", grace: int | None = None) -> Obj:
         with self.lock:
             key = (r.group, r.plural, namespace, name)
             obj = self.objects.get(key)
             if obj is None:
                 raise ApiError(404, "NotFound", f'{r.plural} "{name}" not found', {"name": name, "kind": r.plural})
+            if r.plural == "pods" and self._graceful(obj, grace):
+                return self._mark_terminating(r, key, obj, grace)
             if propagation == "Foreground":
                 obj = copy.deepcopy(obj)
                 obj["metadata"].setdefault("finalizers", [])
@@ -369,6 +396,27 @@ class FakeKubeAPI(HttpFront):
                     return self.update(r, namespace, name, {**obj, "metadata": {**obj["metadata"], "finalizers": fins}})
                 return copy.deepcopy(obj)
             return self._finish_delete(r, key, propagation)
+
+    @staticmethod
+    def _graceful(pod: Obj, grace: int | None) -> bool:
+        """A pod on a node is deleted gracefully: its kubelet stops it, then deletes it with grace 0.
+        Unscheduled or finished pods, and a grace of 0, delete at once."""
+        if grace == 0 or pod["metadata"].get("deletionGracePeriodSeconds") == 0:
+            return False
+        return bool((pod.get("spec") or {}).get("nodeName")) and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+    def _mark_terminating(self, r: Resource, key: Key, pod: Obj, grace: int | None) -> Obj:
+        period = int(grace if grace is not None else (pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+        current = pod["metadata"].get("deletionGracePeriodSeconds")
+        if pod["metadata"].get("deletionTimestamp") and current is not None and period >= current:
+            return copy.deepcopy(pod)  # already terminating (a shorter grace may still be asked for)
+        pod = copy.deepcopy(pod)
+        pod["metadata"].setdefault("deletionTimestamp", now())
+        pod["metadata"]["deletionGracePeriodSeconds"] = period
+        pod["metadata"]["resourceVersion"] = self._bump()
+        self.objects[key] = pod
+        self._emit("MODIFIED", r, pod)
+        return copy.deepcopy(pod)
 
     def _finish_delete(self, r: Resource, key: Key, propagation: str) -> Obj:
         obj = self.objects.pop(key)

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 from aiohttp import web
+
+from localcluster import printers
 from localcluster.apimachinery import (
     ApiError,
     AuditEntry,
@@ -27,6 +29,9 @@ from localcluster.apimachinery import (
     strategic_merge,
 )
 
+# Subresources besides status: a pod's log (`kubectl logs`), the scale of Deployments and ReplicaSets.
+SUBRESOURCES = {("log", "pods"), ("scale", "deployments"), ("scale", "replicasets")}
+
 
 class HttpFront:
     """Serves the store over kube-apiserver's REST API (mixed into FakeKubeAPI)."""
@@ -40,6 +45,7 @@ class HttpFront:
     rv: int
     url: str
     fail_next: list[tuple[str, str, int]]
+    log_source: Any
     _audit: list[AuditEntry]
     _watchers: list[Any]
 
@@ -73,6 +79,13 @@ class HttpFront:
             if verb == "watch":
                 self._record(request, verb, r, sub, ns, name, 200)
                 return await self._watch(request, r, ns)
+            if sub == "log":
+                self._record(request, verb, r, sub, ns, name, 200)
+                return self._log(ns, name, request.query)
+            if sub == "scale":
+                body = await self._scale(request, verb, r, ns, name)
+                self._record(request, verb, r, sub, ns, name, 200)
+                return web.json_response(body)
             body = await self._dispatch(request, verb, r, ns, name, sub)
             self._record(request, verb, r, sub, ns, name, 201 if verb == "create" else 200)
             if verb in ("list",) and "as=Table" in request.headers.get("Accept", ""):
@@ -167,7 +180,7 @@ class HttpFront:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         name = rest[1] if len(rest) > 1 else ""
         sub = rest[2] if len(rest) > 2 else ""
-        if sub and not (sub == "status" and r.has_status):
+        if sub and not ((sub == "status" and r.has_status) or (sub, r.plural) in SUBRESOURCES):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         return r, ns, name, sub
 
@@ -205,7 +218,11 @@ class HttpFront:
         if verb == "delete":
             opts = json.loads(raw) if raw else {}
             propagation = q.get("propagationPolicy") or opts.get("propagationPolicy") or ("Orphan" if opts.get("orphanDependents") else "Background")
-            return self.delete(r, ns, name, propagation)
+            grace = q.get("gracePeriodSeconds", opts.get("gracePeriodSeconds"))
+            try:
+                return self.delete(r, ns, name, propagation, None if grace is None else int(grace))
+            except ValueError:
+                raise ApiError(400, "BadRequest", f"gracePeriodSeconds: invalid value {grace!r}") from None
         try:
             body = yaml.safe_load(raw) if ctype.endswith("yaml") else json.loads(raw or b"null")
         except (ValueError, yaml.YAMLError) as exc:
@@ -332,14 +349,53 @@ class HttpFront:
                     self._watchers.remove(watcher)
         return resp
 
+    def _log(self, ns: str, name: str, q: Any) -> web.Response:
+        pod = self.get("", "pods", ns, name)
+        if pod is None:
+            raise ApiError(404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"})
+        containers = [c["name"] for c in (pod.get("spec") or {}).get("containers") or []]
+        container = q.get("container") or (containers[0] if len(containers) == 1 else "")
+        if container not in containers:
+            raise ApiError(400, "BadRequest", f"a container name must be specified for pod {name}, choose one of: {containers}")
+        tail = int(q["tailLines"]) if q.get("tailLines", "").isdigit() else None
+        text = self.log_source(ns, name, container, tail) if self.log_source else None
+        if text is None:
+            raise ApiError(400, "BadRequest", f'container "{container}" in pod "{name}" is waiting to start: no log yet')
+        return web.Response(text=text, content_type="text/plain")
+
+    async def _scale(self, request: web.Request, verb: str, r: Resource, ns: str, name: str) -> Obj:
+        """The scale subresource (autoscaling/v1 Scale): `kubectl scale` and HorizontalPodAutoscalers."""
+        obj = self.get(r.group, r.plural, ns, name)
+        if obj is None:
+            raise ApiError(404, "NotFound", f'{r.plural}.{r.group} "{name}" not found', {"name": name, "kind": r.plural})
+        if verb in ("update", "patch"):
+            raw = await request.read()
+            try:
+                body = json.loads(raw or b"{}")
+                replicas = int((body.get("spec") or {}).get("replicas"))
+            except (ValueError, TypeError, AttributeError):
+                raise ApiError(400, "BadRequest", "the body must be a Scale with spec.replicas") from None
+            obj = self.update(r, ns, name, {**obj, "spec": {**obj["spec"], "replicas": replicas}})
+        elif verb != "get":
+            raise ApiError(405, "MethodNotAllowed", f"{verb} is not supported on scale")
+        selector = ",".join(f"{k}={v}" for k, v in sorted(((obj["spec"].get("selector") or {}).get("matchLabels") or {}).items()))
+        return {"kind": "Scale", "apiVersion": "autoscaling/v1",
+                "metadata": {k: obj["metadata"][k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in obj["metadata"]},
+                "spec": {"replicas": obj["spec"].get("replicas", 1)},
+                "status": {"replicas": (obj.get("status") or {}).get("replicas", 0), "selector": selector}}
+
     def _table(self, r: Resource, items: list[Obj], list_meta: Obj) -> Obj:
         columns = [{"name": "Name", "type": "string", "format": "name", "description": "name", "priority": 0}]
-        extra = r.printer_columns or [{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}]
+        builtin = printers.COLUMNS.get((r.group, r.plural))
+        extra = r.printer_columns or ([] if builtin else [{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}])
+        for name, ctype, priority, _ in builtin or []:
+            columns.append({"name": name, "type": ctype, "format": "", "description": name, "priority": priority})
         for c in extra:
             columns.append({"name": c["name"], "type": "string" if c["type"] == "date" else c["type"], "format": c.get("format", ""), "description": c.get("description", ""), "priority": c.get("priority", 0)})
         rows = []
         for o in items:
             cells: list[Any] = [o["metadata"]["name"]]
+            cells += [fn(o) for _, _, _, fn in builtin or []]
             for c in extra:
                 found = jsonpath(o, c["jsonPath"])
                 value = found[0] if found else None
