@@ -123,7 +123,8 @@ def parse_batching_parameters(text: str) -> BatchingOptions:
     try:
         text_format.Parse(text, msg)
     except text_format.ParseError as e:
-        raise BatchingConfigError(f"invalid batching parameters: {e}") from None
+        raise BatchingConfigError(f"Error parsing text-format {msg.DESCRIPTOR.full_name}: {e}\n"
+                                  "invalid batching parameters") from None
     values: dict[str, Any] = {}
     for name, _num, typ, repeated in _FIELDS:
         if repeated:

@@ -15,7 +15,7 @@ from typing import Any
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from .monitoring_proto import MonitoringConfig
+from .config_protos import MonitoringConfig
 
 
 class ConfigError(ValueError):
@@ -41,13 +41,24 @@ class ModelConfig:
     platform: str = "tensorflow"
 
 
-def parse_model_config_text(text: str, source: str = "model config") -> model_server_config_pb2.ModelServerConfig:
-    cfg = model_server_config_pb2.ModelServerConfig()
+def parse_error_text(message: Any, exc: text_format.ParseError, source: str) -> str:
+    """A text proto parse error as tensorflow_model_server reports it: the protobuf library's
+    `Error parsing text-format <type>: <line>:<column>: <detail>`, then the file."""
+    return (f"Error parsing text-format {message.DESCRIPTOR.full_name}: {exc}\n"
+            f"Invalid protobuf file: '{source}'")
+
+
+def parse_text_proto(text: str, message: Any, source: str) -> Any:
+    """Parses `text` into `message` (a new message instance); ConfigError as TF Serving words it."""
     try:
-        text_format.Parse(text, cfg)
+        text_format.Parse(text, message)
     except text_format.ParseError as exc:
-        raise ConfigError(f"{source}: not a valid ModelServerConfig text proto: {exc}") from None
-    return cfg
+        raise ConfigError(parse_error_text(message, exc, source)) from None
+    return message
+
+
+def parse_model_config_text(text: str, source: str = "model config") -> model_server_config_pb2.ModelServerConfig:
+    return parse_text_proto(text, model_server_config_pb2.ModelServerConfig(), source)  # type: ignore[no-any-return]
 
 
 def load_model_config_file(path: str | Path) -> list[ModelConfig]:
@@ -131,11 +142,7 @@ def load_monitoring_config(path: str | Path) -> Any:
         text = p.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read monitoring config file {p}: {exc.strerror}") from None
-    cfg = MonitoringConfig()
-    try:
-        text_format.Parse(text, cfg)
-    except text_format.ParseError as exc:
-        raise ConfigError(f"{p}: not a valid MonitoringConfig text proto: {exc}") from None
+    cfg = parse_text_proto(text, MonitoringConfig(), str(p))
     if cfg.prometheus_config.enable:
         path_ = cfg.prometheus_config.path or DEFAULT_METRICS_PATH
         if not path_.startswith("/"):

@@ -31,6 +31,7 @@ from .config import (
 )
 from .errors import ServingError
 from .flags import Flags, ignored_combinations, parse_or_exit, unimplemented_given
+from .tls import TlsConfig, load_ssl_config, server_credentials
 
 log = logging.getLogger("modelserver")
 
@@ -97,7 +98,7 @@ def configure_tensorflow(flags: Flags) -> None:
 
 
 async def serve(flags: Flags, configs: list[ModelConfig], monitoring_config: object | None,
-                batching_options: BatchingOptions | None = None) -> int:
+                batching_options: BatchingOptions | None = None, tls: TlsConfig | None = None) -> int:
     import grpc
 
     from . import metrics, tracing, warmup
@@ -154,20 +155,27 @@ async def serve(flags: Flags, configs: list[ModelConfig], monitoring_config: obj
             return 1
         grpc_server = grpc.aio.server(options=options)
         add_services(grpc_server, state)
+        if flags.enable_profiler:  # TensorBoard's profile capture, on the gRPC port as in TF Serving
+            from .profiler_service import add_service as add_profiler_service
+
+            add_profiler_service(grpc_server)
         grpc_host = f"[{host}]" if ":" in host else host
         addresses = [f"{grpc_host}:{flags.port}"] if flags.port else []
         if flags.grpc_socket_path:
             addresses.append(f"unix:{flags.grpc_socket_path}")
+        credentials = server_credentials(tls) if tls is not None else None
         for address in addresses:
             try:
-                bound = grpc_server.add_insecure_port(address)
+                bound = (grpc_server.add_secure_port(address, credentials) if credentials is not None
+                         else grpc_server.add_insecure_port(address))
             except RuntimeError:
                 bound = 0
             if not bound:
                 log.error("cannot bind gRPC to %s", address)
                 return 1
         await grpc_server.start()
-        log.info("Running gRPC ModelServer at %s ...", ", ".join(addresses))
+        log.info("Running gRPC ModelServer at %s%s ...", ", ".join(addresses),
+                 "" if tls is None else " (TLS, client certificates required)" if tls.client_verify else " (TLS)")
     rest_runner = None
     rest_port = rest_api_port(flags)
     if rest_port != flags.rest_api_port:
@@ -314,12 +322,13 @@ def main(argv: list[str] | None = None) -> int:
         configs = initial_model_configs(flags)
         monitoring = load_monitoring_config(flags.monitoring_config_file) if flags.monitoring_config_file else None
         batching = load_batching_parameters(flags.batching_parameters_file) if flags.enable_batching else None
+        tls = load_ssl_config(flags.ssl_config_file) if flags.ssl_config_file else None
     except (ConfigError, BatchingConfigError) as exc:
         sys.stderr.write(f"model-server: {exc}\n")
         return 1
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     configure_tensorflow(flags)
-    return asyncio.run(serve(flags, configs, monitoring, batching))
+    return asyncio.run(serve(flags, configs, monitoring, batching, tls))
 
 
 if __name__ == "__main__":

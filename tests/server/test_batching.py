@@ -487,3 +487,27 @@ async def test_idle_server_holds_a_batch_while_the_loop_is_still_admitting_reque
     await b.submit(KEY, model, {"x": np.array([9.0])}, ctx())
     assert batches[-1] == (1, 1) and model.sizes == [1, 8, 1]
     await b.close()
+
+
+async def test_server_batcher_follows_inline_call_max_us():
+    """`--inline_call_max_us` reaches the batcher that `model-server --enable_batching` builds
+    (batcher_for): 0 keeps every call on a batch thread, the default lets cheap ones run inline."""
+    from modelserver.batching import batcher_for
+    from modelserver.flags import parse_args
+
+    threads: list[str] = []
+
+    def fast(inputs):
+        threads.append(threading.current_thread().name)
+        return {"y": inputs["x"] + 1}
+
+    opts = BatchingOptions(max_batch_size=8, num_batch_threads=1, thread_pool_name="bt")
+    for argv, inline_after_first in ((["--inline_call_max_us=0"], False), ([], True)):
+        threads.clear()
+        b = batcher_for(opts, parse_args(argv))
+        for _ in range(3):
+            await b.submit(KEY, fast, {"x": np.array([1.0])}, ctx())
+        main = threading.current_thread().name
+        assert threads[0].startswith("bt")
+        assert threads[1:] == ([main, main] if inline_after_first else [threads[0]] * 2), (argv, threads)
+        await b.close()

@@ -278,7 +278,7 @@ def test_bad_model_config_file_exits_1(tmp_path: Path) -> None:
     bad = tmp_path / "bad.config"
     bad.write_text("model_config_list { config { name: 'a' base_path: '/x' model_version_policy { latest { } } }")
     r = run_cli(f"--model_config_file={bad}", "--port=0")
-    assert r.returncode == 1 and "not a valid ModelServerConfig" in r.stderr
+    assert r.returncode == 1 and "Error parsing text-format tensorflow.serving.ModelServerConfig" in r.stderr
     dup = tmp_path / "dup.config"
     dup.write_text("model_config_list { config { name: 'a' base_path: '/x' } config { name: 'a' base_path: '/y' } }")
     r = run_cli(f"--model_config_file={dup}", "--port=0")
@@ -289,14 +289,14 @@ def test_bad_model_config_file_exits_1(tmp_path: Path) -> None:
 
 def test_unimplemented_flags_warning_and_timeouts(start_server, models_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     srv = start_server(["--model_name=bytes_model", f"--model_base_path={models_dir / 'bytes_model'}",
-                        "--rest_api_num_threads=4", "--enable_profiler=false", "--ssl_config_file", "",
+                        "--rest_api_num_threads=4", "--use_alts_credentials=false", "--ssl_config_file", "",
                         "--tensorflow_intra_op_parallelism=1", "--tensorflow_inter_op_parallelism=1",
                         "--rest_api_timeout_in_ms=300", f"--grpc_socket_path={tmp_path / 'grpc.sock'}"])
     r = requests.post(f"{srv.url}/v1/models/bytes_model:predict", json={"instances": ["ab"]}, timeout=30)
     assert r.json() == {"predictions": [{"data_bytes": {"b64": "YWI="}, "length": 2}]}
     out = srv.output()
     assert "--rest_api_num_threads is accepted for compatibility but has no effect" in out
-    assert "--enable_profiler is accepted" in out
+    assert "--use_alts_credentials is accepted" in out and "--ssl_config_file is accepted" not in out
     # a request that outlives --rest_api_timeout_in_ms gets 504 (the model waits for a file)
     target = tmp_path / "never.data"
     r = requests.post(f"{srv.url}/v1/models/bytes_model:predict",

@@ -1,0 +1,165 @@
+"""TensorFlow's profiler service (`tensorflow.ProfilerService`) on model-server's gRPC port.
+
+TensorBoard's "Capture Profile" and `tf.profiler.experimental.client.trace("grpc://host:8500",
+logdir, duration_ms)` are pointed at TF Serving's gRPC address, because TF Serving serves the
+profiler service there. This module serves it the same way on our grpc.aio server:
+
+- Profile: starts a profiler session in this process (host, Python and device tracer levels from
+  the request's ProfileOptions), keeps it open for `duration_ms` while requests flow (ended early
+  by Terminate for its session id, or by the client going away), collects the XSpace and writes
+  it where the client looks for it, `<repository_root>/<session_id>/<host_name>.xplane.pb`, as
+  TensorFlow's own ProfilerServiceImpl does; the response says whether any event was collected
+  (and carries the XSpace itself when `emit_xspace` is set).
+- Terminate: ends an open session early. Monitor and continuous profiling: UNIMPLEMENTED (as in
+  TensorFlow's own service).
+
+The request and response messages are TensorFlow's (`tsl/profiler/protobuf/profiler_service.proto`,
+not shipped as Python); they are defined here with the same names and field numbers, in a private
+descriptor pool, over the ProfileOptions message TensorFlow does ship.
+`--profiler_port` still starts TensorFlow's own profiler server on a port of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+log = logging.getLogger("modelserver.profiler")
+
+SERVICE = "tensorflow.ProfilerService"
+MAX_DURATION_MS = 60 * 60 * 1000  # TensorFlow's cap on one capture
+_F = descriptor_pb2.FieldDescriptorProto
+
+
+def _messages() -> dict[str, Any]:
+    from tensorflow.tsl.profiler.protobuf import profiler_options_pb2, xplane_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    for dep in (profiler_options_pb2, xplane_pb2):
+        pool.Add(descriptor_pb2.FileDescriptorProto.FromString(dep.DESCRIPTOR.serialized_pb))
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="tsl/profiler/protobuf/profiler_service.proto", package="tensorflow", syntax="proto3",
+        dependency=[profiler_options_pb2.DESCRIPTOR.name, xplane_pb2.DESCRIPTOR.name])
+
+    def message(name: str, *fields: tuple[str, int, int, str, bool]) -> None:
+        m = fdp.message_type.add(name=name)
+        for fname, number, ftype, type_name, repeated in fields:
+            m.field.add(name=fname, number=number, type=ftype, type_name=type_name or None,
+                        label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL)
+
+    message("ProfileRequest",
+            ("duration_ms", 1, _F.TYPE_UINT64, "", False), ("max_events", 2, _F.TYPE_UINT64, "", False),
+            ("tools", 3, _F.TYPE_STRING, "", True), ("opts", 4, _F.TYPE_MESSAGE, ".tensorflow.ProfileOptions", False),
+            ("repository_root", 5, _F.TYPE_STRING, "", False), ("session_id", 6, _F.TYPE_STRING, "", False),
+            ("host_name", 7, _F.TYPE_STRING, "", False), ("emit_xspace", 9, _F.TYPE_BOOL, "", False))
+    # The XSpace travels as the bytes TensorFlow produced: its string fields may hold bytes that
+    # are not UTF-8, which a proto3 parse would reject. Only its event count is read, through
+    # skeleton messages that keep XSpace's field numbers for planes, lines and events.
+    message("ProfileResponse", ("empty_trace", 7, _F.TYPE_BOOL, "", False), ("xspace", 8, _F.TYPE_BYTES, "", False))
+    message("TerminateRequest", ("session_id", 1, _F.TYPE_STRING, "", False))
+    message("TerminateResponse")
+    number = {m.name: {f.name: f.number for f in m.fields} for m in
+              (xplane_pb2.XSpace.DESCRIPTOR, xplane_pb2.XPlane.DESCRIPTOR, xplane_pb2.XLine.DESCRIPTOR)}
+    message("EventCountLine", ("events", number["XLine"]["events"], _F.TYPE_BYTES, "", True))
+    message("EventCountPlane", ("lines", number["XPlane"]["lines"], _F.TYPE_MESSAGE, ".tensorflow.EventCountLine", True))
+    message("EventCountSpace", ("planes", number["XSpace"]["planes"], _F.TYPE_MESSAGE, ".tensorflow.EventCountPlane",
+                                True))
+    pool.Add(fdp)
+    names = ("ProfileRequest", "ProfileResponse", "TerminateRequest", "TerminateResponse", "EventCountSpace")
+    return {n: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.{n}")) for n in names}
+
+
+def session_options(opts: Any) -> dict[str, int]:
+    """ProfileOptions as the Python profiler session's options (TensorFlow's defaults where the
+    request leaves a level unset: host 2, device 1, Python 0)."""
+    given = opts.version > 0 or opts.host_tracer_level or opts.device_tracer_level or opts.python_tracer_level
+    if not given:
+        return {"host_tracer_level": 2, "device_tracer_level": 1, "python_tracer_level": 0, "delay_ms": 0}
+    return {"host_tracer_level": int(opts.host_tracer_level), "device_tracer_level": int(opts.device_tracer_level),
+            "python_tracer_level": int(opts.python_tracer_level), "delay_ms": 0}
+
+
+def has_events(xspace: Any) -> bool:
+    return any(len(line.events) for plane in xspace.planes for line in plane.lines)
+
+
+def xplane_path(repository_root: str, session_id: str, host_name: str) -> Path:
+    return Path(repository_root) / session_id / f"{host_name or socket.gethostname()}.xplane.pb"
+
+
+class ProfilerService:
+    """The servicer: one capture at a time per process (TensorFlow allows one profiler session)."""
+
+    def __init__(self) -> None:
+        self.msgs = _messages()
+        self._terminate: dict[str, asyncio.Event] = {}
+
+    async def Profile(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        from tensorflow.python.profiler.internal import _pywrap_profiler
+
+        loop = asyncio.get_running_loop()
+        session = _pywrap_profiler.ProfilerSession()
+        with tempfile.TemporaryDirectory(prefix="modelserver-profile-") as scratch:
+            try:
+                await loop.run_in_executor(None, session.start, scratch, session_options(request.opts))
+            except Exception as exc:  # AlreadyExists: another capture (or the profiler API) is running
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"Cannot start profiling: {exc}")
+            stop = self._terminate.setdefault(request.session_id, asyncio.Event())
+            try:
+                duration = min(int(request.duration_ms), MAX_DURATION_MS) / 1000.0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), duration)
+            finally:  # also when the client went away: never leave the process's session open
+                data = await loop.run_in_executor(None, _collect, session, Path(scratch))
+                self._terminate.pop(request.session_id, None)
+        response = self.msgs["ProfileResponse"](empty_trace=not has_events(self.msgs["EventCountSpace"].FromString(data)))
+        if request.repository_root:
+            path = xplane_path(request.repository_root, request.session_id, request.host_name)
+            await loop.run_in_executor(None, _write, path, data)
+            log.info("profile of %d ms written to %s", request.duration_ms, path)
+        if request.emit_xspace:
+            response.xspace = data
+        return response
+
+    async def Terminate(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        event = self._terminate.get(request.session_id)
+        if event is not None:
+            event.set()
+        return self.msgs["TerminateResponse"]()
+
+
+def _collect(session: Any, scratch: Path) -> bytes:
+    """Stops the session and returns its serialized XSpace (which the Python session API only
+    exports as TensorBoard's `<logdir>/plugins/profile/<run>/<host>.xplane.pb`)."""
+    session.export_to_tb()
+    files = sorted(scratch.glob("plugins/profile/*/*.xplane.pb"))
+    return files[0].read_bytes() if files else b""
+
+
+def _write(path: Path, data: bytes) -> None:
+    os.makedirs(path.parent, exist_ok=True)
+    path.write_bytes(data)
+
+
+def add_service(server: grpc.aio.Server) -> ProfilerService:
+    service = ProfilerService()
+    m = service.msgs
+    handlers = {
+        "Profile": grpc.unary_unary_rpc_method_handler(
+            service.Profile, request_deserializer=m["ProfileRequest"].FromString,
+            response_serializer=m["ProfileResponse"].SerializeToString),
+        "Terminate": grpc.unary_unary_rpc_method_handler(
+            service.Terminate, request_deserializer=m["TerminateRequest"].FromString,
+            response_serializer=m["TerminateResponse"].SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    return service
