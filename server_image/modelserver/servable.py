@@ -215,8 +215,10 @@ class SessionBundle:
 
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph)  # the process's TF config (threads, GPUs)
+        from tensorflow.python.util import deprecation
+
         try:
-            with self.graph.as_default():
+            with self.graph.as_default(), deprecation.silence():  # "use tf.saved_model.load": not for TF1 graphs
                 tf.compat.v1.saved_model.loader.load(self.session, list(tags), str(version_dir))
         except BaseException:
             self.session.close()
