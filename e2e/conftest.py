@@ -1,6 +1,9 @@
-"""Fixtures for the e2e scenarios: a real cluster from E2E_KUBECONFIG, a fresh namespace, the operator.
+"""Fixtures for the e2e scenarios: the cluster (a real one from E2E_KUBECONFIG, else the local
+cluster, started once per session), a fresh namespace, the operator, the models.
 
-Every test here is marked e2e and skipped unless E2E_KUBECONFIG names a kubeconfig (see README.md).
+The local cluster runs without its own operator here (`--no-operator`): each scenario starts the
+operator for its namespace, as on a real cluster (`modeldeploy operator --namespace NS`), with
+Service names reachable through the local cluster's HTTP proxy.
 """
 
 from __future__ import annotations
@@ -11,30 +14,28 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import Cluster, OperatorProcess
+from e2e_support import Cluster, LocalRun, OperatorProcess, build_models, wait_local_ready
 
 KUBECONFIG = os.environ.get("E2E_KUBECONFIG", "")
-
-
-HERE = Path(__file__).resolve().parent
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # This hook sees every collected item (`make e2e` collects tests/ too): mark only our own.
-    for item in items:
-        if HERE not in Path(str(item.fspath)).resolve().parents:
-            continue
-        item.add_marker(pytest.mark.e2e)
-        if not KUBECONFIG:
-            item.add_marker(pytest.mark.skip(reason="E2E_KUBECONFIG is not set (see e2e/README.md)"))
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Cluster:
-    c = Cluster(Path(KUBECONFIG))
-    c.kubectl("apply", "-f", str(Path(__file__).resolve().parents[1] / "crds"))
-    c.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.serving.modeldeploy.io", "--timeout=60s")
-    return c
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    if KUBECONFIG:
+        c = Cluster(Path(KUBECONFIG))
+        c.kubectl("apply", "-f", str(ROOT / "crds"))
+        c.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.serving.modeldeploy.io", "--timeout=60s")
+        yield c
+        return
+    models = build_models(tmp_path_factory.mktemp("models"))
+    state = tmp_path_factory.mktemp("localcluster")
+    run = LocalRun(state, ["--no-operator", "--no-example", "--mount", f"/models={models}"], state.parent / "localcluster.log").start()
+    try:
+        info = wait_local_ready(run)
+        yield Cluster(Path(info["kubeconfig"]), local=info)
+    finally:
+        run.stop()
 
 
 @pytest.fixture
@@ -47,6 +48,6 @@ def namespace(cluster: Cluster) -> Iterator[str]:
 
 @pytest.fixture
 def operator(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster.kubeconfig, namespace, tmp_path / "operator.log").start()
+    op = OperatorProcess(cluster.kubeconfig, namespace, tmp_path / "operator.log", cluster.operator_env()).start()
     yield op
     op.stop()

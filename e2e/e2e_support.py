@@ -1,15 +1,21 @@
-"""Helpers for the e2e scenarios: a thin client for the real cluster, kubectl, the operator process."""
+"""Helpers for the e2e scenarios: the cluster they run on (the local cluster, or the real one
+E2E_KUBECONFIG names), kubectl, the operator process, the local cluster's process, traffic through
+a Service."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import requests
 from kubernetes import client, config
 from modeldeploy.kube import Kube, KubeError, path_for
 
@@ -25,6 +31,7 @@ MD_API = f"{GROUP}/v1alpha1"
 SERVER_IMAGE = os.environ.get("E2E_SERVER_IMAGE", "modeldeploy/model-server:e2e")
 SKIP_READY = os.environ.get("E2E_SKIP_READY") == "1"
 READY_TIMEOUT = float(os.environ.get("E2E_READY_TIMEOUT", "300"))
+SERVICE_PORTS_ANNOTATION = "localcluster.modeldeploy.io/ports"
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
@@ -33,8 +40,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "con
 
 
 class Cluster:
-    def __init__(self, kubeconfig: Path):
-        self.kubeconfig = kubeconfig
+    """A cluster by its kubeconfig; `local` holds what the local cluster recorded (run.json) when it is one."""
+
+    def __init__(self, kubeconfig: Path, local: dict[str, Any] | None = None):
+        self.kubeconfig, self.local = kubeconfig, local
         cfg = client.Configuration()
         config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
         self.kube = Kube(client.ApiClient(cfg))
@@ -73,14 +82,72 @@ class Cluster:
         out = self.kube.request("GET", f"/api/v1/namespaces/{ns}/events", query={"fieldSelector": f"involvedObject.name={name}"})
         return [(e.get("type"), e.get("reason")) for e in out.get("items", [])]
 
+    def pods(self, ns: str, md_name: str) -> list[dict]:
+        out = self.kube.request("GET", f"/api/v1/namespaces/{ns}/pods",
+                                query={"labelSelector": f"serving.modeldeploy.io/model-deployment={md_name}"})
+        return list(out.get("items", []))
+
+    def operator_env(self) -> dict[str, str]:
+        """On the local cluster, Service names resolve through its HTTP proxy (the operator's model-status probe)."""
+        if self.local is None or not self.local.get("http_proxy"):
+            return {}
+        return {"http_proxy": self.local["http_proxy"], "no_proxy": "127.0.0.1,localhost"}
+
+    # -- traffic through a Service --
+    def predict(self, ns: str, service: str, model: str, instances: list[float], label: str = "", timeout: float = 10) -> list[float]:
+        """A REST prediction through the Service: its local port (a new connection each time, so the
+        per-connection balancing spreads them), or the API server's service proxy on a real cluster."""
+        path = f"v1/models/{model}" + (f"/labels/{label}" if label else "") + ":predict"
+        body = {"instances": instances}
+        if self.local is not None:
+            resp = requests.post(f"{self.service_url(ns, service)}/{path}", json=body, timeout=timeout)
+            resp.raise_for_status()
+            return list(resp.json()["predictions"])
+        out = self.kube.request("POST", f"/api/v1/namespaces/{ns}/services/{service}:http/proxy/{path}", body=body, timeout=timeout)
+        return list(out["predictions"])
+
+    def service_url(self, ns: str, service: str, port: str = "http") -> str:
+        svc = self.get("v1", "Service", ns, service) or {}
+        ports = json.loads(((svc.get("metadata") or {}).get("annotations") or {}).get(SERVICE_PORTS_ANNOTATION) or "{}")
+        if port not in ports:
+            raise AssertionError(f"service {ns}/{service} has no local port {port!r} yet")
+        return f"http://127.0.0.1:{ports[port]}"
+
+    def kill_server(self, pod: dict) -> None:
+        """Kill a pod's model-server process: SIGKILL by its PID here; on a real cluster, SIGTERM to
+        the container's PID 1 through `kubectl exec` (PID 1 ignores a SIGKILL from inside)."""
+        ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        if self.local is not None:
+            pid = server_pid(pod)
+            assert pid, f"no running container in {name}"
+            os.kill(pid, signal.SIGKILL)
+        else:
+            self.kubectl("-n", ns, "exec", name, "--", "sh", "-c", "kill -TERM 1")
+
+
+def server_pid(pod: dict) -> int | None:
+    for c in (pod.get("status") or {}).get("containerStatuses") or []:
+        cid = c.get("containerID", "")
+        if cid.startswith("local://") and "running" in (c.get("state") or {}):
+            return int(cid.removeprefix("local://"))
+    return None
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path):
-        self.kubeconfig, self.namespace, self.log = kubeconfig, namespace, log
+    def __init__(self, kubeconfig: Path, namespace: str, log: Path, env: dict[str, str] | None = None):
+        self.kubeconfig, self.namespace, self.log, self.env = kubeconfig, namespace, log, env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig))
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), **self.env)
         cmd = [sys.executable, "-m", "modeldeploy.cli", "operator", "--namespace", self.namespace, "--server-image", SERVER_IMAGE,
                "--metrics-port", "0", "--health-port", "0", "--resync-seconds", "5"]
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT)
@@ -91,6 +158,73 @@ class OperatorProcess:
         self.proc = None
 
 
+class LocalRun:
+    """`python -m localcluster` (what `make run` starts) as a subprocess: its printed lines, its
+    recorded state, and its orderly stop."""
+
+    def __init__(self, state_dir: Path, args: list[str], log: Path):
+        self.state_dir, self.args, self.log = state_dir, args, log
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self._reader: threading.Thread | None = None
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "localcluster", "--state-dir", str(self.state_dir), *self.args]
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "e2e"), os.environ.get("PYTHONPATH")])))
+
+    def start(self) -> LocalRun:
+        self.proc = subprocess.Popen(self.command(), env=self.env(), stdout=subprocess.PIPE, stderr=self.log.open("ab"),
+                                     text=True, cwd=ROOT)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_printed(self, timeout: float = 600) -> list[str]:
+        """Until it printed everything (the last line names the logs); fails early if it exits."""
+        def done() -> list[str] | None:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"localcluster exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            return list(self.lines) if any(line.startswith("Logs in ") for line in self.lines) else None
+        return _wait_for(done, "the local cluster's printed lines", timeout=timeout, interval=0.2)
+
+    def info(self) -> dict[str, Any]:
+        return dict(json.loads((self.state_dir / "run.json").read_text()))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self._reader is not None:
+            self._reader.join(5)
+        return self.proc.returncode
+
+
+def build_models(out: Path) -> Path:
+    """The scenarios' SavedModels (e2e/models.py), built once per directory."""
+    if not (out / ".complete").exists():
+        subprocess.run([sys.executable, str(ROOT / "e2e" / "models.py"), str(out)], check=True, capture_output=True, timeout=600)
+    return out
+
+
+def wait_local_ready(run: LocalRun, timeout: float = 120) -> dict[str, Any]:
+    """Until a local cluster started with --no-example has recorded its state."""
+    run.wait_printed(timeout)
+    return run.info()
+
+
 def half_plus_two(name: str, ns: str, **spec: Any) -> dict:
     body: dict[str, Any] = {
         "model": {"name": "half_plus_two", "storage": {"hostPath": {"path": "/models/half_plus_two"}}},
@@ -99,3 +233,34 @@ def half_plus_two(name: str, ns: str, **spec: Any) -> dict:
     }
     body.update(spec)
     return {"apiVersion": MD_API, "kind": "ModelDeployment", "metadata": {"name": name, "namespace": ns}, "spec": body}
+
+
+class Load:
+    """Continuous REST predictions through a Service from a few threads; counts what failed."""
+
+    def __init__(self, cluster: Cluster, ns: str, service: str, model: str, threads: int = 3):
+        self.cluster, self.ns, self.service, self.model = cluster, ns, service, model
+        self.ok, self.failures = 0, []  # type: ignore[var-annotated]
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        self._lock = threading.Lock()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                assert self.cluster.predict(self.ns, self.service, self.model, [1.0, 2.0]) == [2.5, 3.0]
+                with self._lock:
+                    self.ok += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is what the scenario counts
+                with self._lock:
+                    self.failures.append(f"{time.strftime('%H:%M:%S')} {type(exc).__name__}: {exc}")
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)

@@ -1,4 +1,4 @@
-"""The operator scenarios of tests/operator/ on a real cluster (skipped without E2E_KUBECONFIG)."""
+"""The operator scenarios of tests/operator/ on a cluster: the local one, or the real one E2E_KUBECONFIG names."""
 
 from __future__ import annotations
 
@@ -74,14 +74,14 @@ def test_invalid_specs(cluster: Cluster, namespace: str, operator: OperatorProce
 
 
 def test_operator_restart_converges(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
-    op = OperatorProcess(cluster.kubeconfig, namespace, tmp_path / "op1.log").start()
+    op = OperatorProcess(cluster.kubeconfig, namespace, tmp_path / "op1.log", cluster.operator_env()).start()
     try:
         cluster.create(half_plus_two("restart", namespace))
         wait_for(lambda: cluster.get("v1", "ConfigMap", namespace, "restart-config"), 60, "started reconciling")
     finally:
         op.stop(signal.SIGKILL)
     gen = cluster.patch_spec(namespace, "restart", {"replicas": 2})
-    op = OperatorProcess(cluster.kubeconfig, namespace, tmp_path / "op2.log").start()
+    op = OperatorProcess(cluster.kubeconfig, namespace, tmp_path / "op2.log", cluster.operator_env()).start()
     try:
         wait_for(lambda: reconciled(cluster, namespace, "restart", gen), READY_TIMEOUT, "converged")
         assert cluster.get("apps/v1", "Deployment", namespace, "restart")["spec"]["replicas"] == 2

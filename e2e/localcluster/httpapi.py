@@ -298,6 +298,7 @@ class HttpFront:
         field_sel = q.get("fieldSelector", "")
         since = q.get("resourceVersion", "")
         timeout = float(q.get("timeoutSeconds", "1800"))
+        as_table = "as=Table" in request.headers.get("Accept", "")
         queue: asyncio.Queue[Any] = asyncio.Queue()
         with self.lock:
             if since not in ("", "0") and int(since) < self.compacted_rv:
@@ -340,6 +341,8 @@ class HttpFront:
                         continue
                     if not matches(obj, preds, field_sel):
                         continue
+                if as_table and etype != "BOOKMARK":  # `kubectl get -w`: each event's object as a one-row Table
+                    obj = self._table(r, [obj], {"resourceVersion": obj["metadata"].get("resourceVersion", "")})
                 await resp.write(json.dumps({"type": etype, "object": obj}).encode() + b"\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass
