@@ -21,6 +21,8 @@ class RequestContext:
     model: str = ""
     version: int | None = None
     label: str | None = None
+    routed: bool = False  # the label was chosen by the model's traffic split (not named by the request)
+    route_key: bytes | None = None  # the client's routing key (X-Model-Route-Key / x-model-route-key)
     signature: str = ""
     batch_size: int = 0
     status: str = "OK"  # gRPC status code name

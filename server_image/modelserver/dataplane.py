@@ -101,12 +101,12 @@ class DataPlane:
 
     @contextlib.asynccontextmanager
     async def request(self, protocol: str, api: str, *, deadline: float | None = None,
-                      timeout: float | None = None) -> AsyncIterator[RequestContext]:
+                      timeout: float | None = None, route_key: bytes | None = None) -> AsyncIterator[RequestContext]:
         """One request from receipt to answer: counted in flight, bounded by `timeout` seconds
         (DEADLINE_EXCEEDED; gRPC passes its own `deadline` instead), its status recorded, and
         `on_finish` called once. Raises only ServingError (or CancelledError when the client
         went away); a bug becomes INTERNAL, logged, and the server goes on."""
-        ctx = RequestContext(protocol, api)
+        ctx = RequestContext(protocol, api, route_key=route_key)
         if timeout is not None:
             ctx.deadline = ctx.t_receive + timeout
         elif deadline is not None:
@@ -143,13 +143,21 @@ class DataPlane:
         return self.manager
 
     def resolve(self, ref: ModelRef, ctx: RequestContext) -> Servable:
-        """The servable a request names (NOT_FOUND, or INVALID_ARGUMENT for an unknown label)."""
+        """The servable a request names (NOT_FOUND, or INVALID_ARGUMENT for an unknown label). A
+        request naming neither version nor label is split across labels by the model's routing
+        table (routing.py), by `ctx.route_key` when the client sent one; the chosen label goes
+        into `ctx.label` (`ctx.routed`), so metrics, traces and the REST headers report it."""
         if not ref.name:
             raise invalid_argument("Missing ModelSpec name")
         ctx.model = ref.name
         if ref.label:
             ctx.label = ref.label
-        servable = self._manager().resolve(ref.name, version=ref.version, label=ref.label)
+        if ref.version is None and not ref.label:
+            servable, chosen = self._manager().resolve_unlabelled(ref.name, ctx.route_key)
+            if chosen is not None:
+                ctx.label, ctx.routed = chosen, True
+        else:
+            servable = self._manager().resolve(ref.name, version=ref.version, label=ref.label)
         ctx.version = servable.version  # known from here on, so errors count against their version
         return servable
 

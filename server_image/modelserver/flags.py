@@ -71,6 +71,10 @@ _FLAGS: dict[str, tuple[type, Any, bool, str]] = {
     "trace_file": (str, "", True, "write request traces (JSON lines) to this file"),
     "trace_sample_rate": (int, 0, True, "trace every Nth request to --trace_file (0: every request)"),
     "profiler_port": (int, 0, True, "start the TensorFlow profiler server on this port (0 = off)"),
+    "routing_config_file": (str, "", True,
+        "routing table (JSON: labels and traffic weights per model), polled with the model config"),
+    "admin_port": (int, 0, True, "admin HTTP port for routing pushes (0 = off; needs --admin_token_file)"),
+    "admin_token_file": (str, "", True, "file holding the admin port's bearer token"),
 }
 
 

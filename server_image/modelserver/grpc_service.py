@@ -25,6 +25,7 @@ from . import proto_api
 from .config import ConfigError, model_configs_from_proto
 from .context import RequestContext
 from .errors import ServingError, invalid_argument
+from .routing import LABEL_METADATA, ROUTE_KEY_METADATA
 from .server_state import ServerState
 
 log = logging.getLogger("modelserver.grpc")
@@ -71,12 +72,23 @@ class _Base:
         remaining = context.time_remaining()
         deadline = time.perf_counter() + remaining if remaining is not None else None
         try:
-            async with self.plane.request("grpc", api, deadline=deadline) as ctx:
+            async with self.plane.request("grpc", api, deadline=deadline, route_key=route_key(context)) as ctx:
                 if isinstance(request, MalformedRequest):
                     raise invalid_argument(request.message)
-                return await body(ctx)
+                response = await body(ctx)
+                if ctx.routed and ctx.label:  # the label the traffic split chose (the version is in model_spec)
+                    context.set_trailing_metadata(((LABEL_METADATA, ctx.label),))
+                return response
         except ServingError as exc:
             await context.abort(exc.code, exc.message)
+
+
+def route_key(context: grpc.aio.ServicerContext) -> bytes | None:
+    """The client's `x-model-route-key` metadata (str or, for a `-bin` key, bytes), if any."""
+    for key, value in context.invocation_metadata() or ():
+        if key == ROUTE_KEY_METADATA:
+            return value.encode() if isinstance(value, str) else bytes(value)
+    return None
 
 
 class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServicer):

@@ -31,6 +31,7 @@ from .config import (
 )
 from .errors import ServingError
 from .flags import Flags, ignored_combinations, parse_or_exit, unimplemented_given
+from .pollers import apply_initial_routing, start_pollers
 from .tls import TlsConfig, load_ssl_config, server_credentials
 
 log = logging.getLogger("modelserver")
@@ -196,10 +197,20 @@ async def serve(flags: Flags, configs: list[ModelConfig], monitoring_config: obj
                 await grpc_server.stop(None)
             return 1
         log.info("Exporting HTTP/REST API at:%s:%d ...", host, rest_port)
+    try:
+        admin_runner = await start_admin(flags, manager)
+    except OSError as exc:
+        log.error("cannot bind the admin port %s:%d: %s", host, flags.admin_port, exc)
+        if rest_runner is not None:
+            await rest_runner.cleanup()
+        if grpc_server is not None:
+            await grpc_server.stop(None)
+        return 1
 
     rc = 0
     tasks: list[asyncio.Task[None]] = []
     try:
+        manager.routing_required = bool(flags.routing_config_file)
         load = asyncio.ensure_future(manager.reload(configs))
         stopped = asyncio.ensure_future(stop.wait())
         await asyncio.wait([load, stopped], return_when=asyncio.FIRST_COMPLETED)
@@ -210,9 +221,11 @@ async def serve(flags: Flags, configs: list[ModelConfig], monitoring_config: obj
                 log.error("model config rejected: %s", exc.message)
                 rc = 1
                 stop.set()
-            else:
+            routed = bool(flags.routing_config_file) and await apply_initial_routing(
+                manager, Path(flags.routing_config_file))
+            if rc == 0:
                 log.info("initial load done; ready=%s", manager.is_ready())
-            tasks = start_pollers(flags, manager)
+            tasks = start_pollers(flags, manager, routed)
         await stopped
     finally:
         log.info("draining: %d request(s) in flight", state.in_flight)
@@ -241,6 +254,8 @@ async def serve(flags: Flags, configs: list[ModelConfig], monitoring_config: obj
                 state.drain_gate.set()
         if rest_runner is not None:
             drains.append(rest_runner.cleanup())
+        if admin_runner is not None:
+            drains.append(admin_runner.cleanup())  # type: ignore[attr-defined]
         await asyncio.gather(*drains, return_exceptions=True)
         if not load.done():
             load.cancel()
@@ -256,56 +271,44 @@ async def serve(flags: Flags, configs: list[ModelConfig], monitoring_config: obj
     return rc
 
 
-def start_pollers(flags: Flags, manager: object) -> list[asyncio.Task[None]]:
-    from .manager import Manager
+def check_admin_and_routing_flags(flags: Flags) -> None:
+    """A routing file that cannot be read or parsed, or an admin port without a usable token,
+    is a start-up error (ConfigError), like any other config file."""
+    from .admin import TokenFile
+    from .routing import load_table
 
-    assert isinstance(manager, Manager)
-    tasks = []
-    if flags.file_system_poll_wait_seconds > 0:
-        tasks.append(asyncio.ensure_future(_poll_versions(manager, flags.file_system_poll_wait_seconds)))
-    if flags.model_config_file and flags.model_config_file_poll_wait_seconds > 0:
-        tasks.append(asyncio.ensure_future(
-            _poll_config(manager, Path(flags.model_config_file), flags.model_config_file_poll_wait_seconds)))
-    return tasks
-
-
-async def _poll_versions(manager: object, every_s: float) -> None:
-    while True:
-        await asyncio.sleep(every_s)
+    if flags.routing_config_file:
         try:
-            await manager.poll()  # type: ignore[attr-defined]
-        except Exception:
-            log.exception("file-system poll failed")
-
-
-async def _poll_config(manager: object, path: Path, every_s: float) -> None:
-    last = None
-    failed: str | None = None
-    with contextlib.suppress(OSError):
-        last = path.read_text()
-    while True:
-        await asyncio.sleep(every_s)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            log.error("cannot read model config file %s: %s", path, exc)
-            continue
-        if text == last:
-            continue
-        try:
-            configs = load_model_config_file(path)
-            await manager.reload(configs)  # type: ignore[attr-defined]
-            log.info("model config reloaded from %s", path)
-            last, failed = text, None
-        except ConfigError as exc:
-            log.error("model config file not applied: %s", exc)
-            last = text  # a broken file stays broken until it changes
+            load_table(flags.routing_config_file)
         except ServingError as exc:
-            # Typically a label moved to a version that is still loading: apply the same file
-            # again on the next polls, so the label moves once the version is AVAILABLE.
-            if exc.message != failed:
-                log.error("model config file not fully applied (retrying every %gs): %s", every_s, exc.message)
-            failed = exc.message
+            raise ConfigError(exc.message) from None
+    if flags.admin_port:
+        if not flags.admin_token_file:
+            raise ConfigError("--admin_port needs --admin_token_file (the admin port is never open without a token)")
+        try:
+            TokenFile(flags.admin_token_file)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--admin_token_file: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+async def start_admin(flags: Flags, manager: object) -> object | None:
+    """The admin port's aiohttp runner (None when off); raises OSError when it cannot bind."""
+    if not flags.admin_port:
+        return None
+    from aiohttp import web
+
+    from .admin import TokenFile, make_admin_app
+
+    runner = web.AppRunner(make_admin_app(manager, TokenFile(flags.admin_token_file)),  # type: ignore[arg-type]
+                           access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, flags.bind_address, flags.admin_port).start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    log.info("admin API (routing pushes) at %s:%d", flags.bind_address, flags.admin_port)
+    return runner
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         monitoring = load_monitoring_config(flags.monitoring_config_file) if flags.monitoring_config_file else None
         batching = load_batching_parameters(flags.batching_parameters_file) if flags.enable_batching else None
         tls = load_ssl_config(flags.ssl_config_file) if flags.ssl_config_file else None
+        check_admin_and_routing_flags(flags)
     except (ConfigError, BatchingConfigError) as exc:
         sys.stderr.write(f"model-server: {exc}\n")
         return 1

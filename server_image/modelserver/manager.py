@@ -22,6 +22,7 @@ import grpc
 
 from .config import ModelConfig, VersionPolicy
 from .errors import ServingError, failed_precondition, invalid_argument, not_found
+from .routing import EMPTY, ModelRoute, RoutingTable, choose
 from .servable import Servable, load_servable
 
 log = logging.getLogger("modelserver.manager")
@@ -53,6 +54,7 @@ class ModelRecord:
     latest: Servable | None = None  # highest AVAILABLE version (hot path)
     warned_no_versions: bool = False  # logged once until versions appear
     warned_clashes: dict[int, list[str]] = field(default_factory=dict)  # logged once per change
+    route: ModelRoute | None = None  # set by a routing table, which then owns the labels
 
 
 # ---- pure decisions ------------------------------------------------------------------------------
@@ -158,6 +160,8 @@ class Manager:
         self._retry_interval = load_retry_interval_s
         self._configured = False  # the first reload (versions and labels) has been applied
         self._lock = asyncio.Lock()
+        self.routing: RoutingTable = EMPTY  # the routing table in force
+        self.routing_required = False  # --routing_config_file: not ready until a table is in force
 
     # -- queries (hot path: plain dict lookups) --
 
@@ -176,6 +180,21 @@ class Manager:
             raise not_found(f"Servable not found for request: Specific({name}, {version})")
         return vr.servable
 
+    def resolve_unlabelled(self, name: str, route_key: bytes | None = None) -> tuple[Servable, str | None]:
+        """A request naming neither version nor label: split across labels by the model's route
+        (the chosen label is returned), else the latest version as in TF Serving. A chosen label
+        whose version cannot serve falls back to the others, heaviest first, then the latest."""
+        rec = self.models.get(name)
+        route = rec.route if rec is not None else None
+        if route is None or not route.total:
+            return self.resolve(name), None
+        label = choose(route, route_key)
+        for candidate in (label, *(lbl for lbl, _ in sorted(route.weights, key=lambda w: -w[1]))):
+            vr = rec.versions.get(rec.labels.get(candidate, -1)) if rec is not None else None  # type: ignore[arg-type]
+            if vr is not None and vr.state == AVAILABLE and vr.servable is not None:
+                return vr.servable, candidate
+        return self.resolve(name), None
+
     def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionRecord]:
         rec = self.models.get(name)
         if label:
@@ -193,7 +212,12 @@ class Manager:
     def is_ready(self) -> bool:
         """Every configured model has an AVAILABLE version, and the initial config is applied in
         full (its other versions loaded or failed, its labels set), so labelled requests work."""
-        return self._configured and bool(self.models) and all(r.latest is not None for r in self.models.values())
+        return (self._configured and bool(self.models) and all(r.latest is not None for r in self.models.values())
+                and not self.routing_pending())
+
+    def routing_pending(self) -> bool:
+        """A routing file is configured and no table is in force yet (its labels wait on a version)."""
+        return self.routing_required and self.routing is EMPTY
 
     def not_ready_models(self) -> list[str]:
         return sorted(n for n, r in self.models.items() if r.latest is None or not self._configured
@@ -209,6 +233,30 @@ class Manager:
         finally:
             self._configured = True
 
+    def apply_routing(self, table: RoutingTable) -> None:
+        """Puts a routing table in force, all of it or nothing: an older generation is ABORTED,
+        a model not served is NOT_FOUND, a label on a version that is not AVAILABLE is TF Serving's
+        FAILED_PRECONDITION. Synchronous, so every request sees the old labels and weights or the
+        new ones, never a mix. Models routed before and absent now lose their split (their labels
+        stay until the model config sets them)."""
+        if table.generation < self.routing.generation:
+            raise ServingError(grpc.StatusCode.ABORTED, f"routing table generation {table.generation} is older "
+                               f"than the one in force ({self.routing.generation})")
+        for name, route in sorted(table.models.items()):
+            rec = self.models.get(name)
+            if rec is None:
+                raise not_found(f"routing table names model {name}, which is not served")
+            err = label_error(name, dict(route.labels), rec.labels, self._available(rec),
+                              self._allow_unavailable_labels)
+            if err is not None:
+                raise err
+        for name, rec in self.models.items():
+            new_route = table.models.get(name)
+            if new_route is not None:
+                rec.labels = dict(new_route.labels)
+            rec.route = new_route
+        self.routing = table
+
     async def _reload(self, configs: list[ModelConfig]) -> None:
         async with self._lock:
             wanted = {c.name: c for c in configs}
@@ -223,6 +271,8 @@ class Manager:
             errors = []
             for name, cfg in wanted.items():
                 rec = self.models[name]
+                if rec.route is not None:
+                    continue  # the routing table owns this model's labels
                 err = label_error(name, cfg.labels, rec.labels, self._available(rec), self._allow_unavailable_labels)
                 if err is None:
                     rec.labels = dict(cfg.labels)

@@ -17,6 +17,7 @@ from . import rest_json
 from .context import RequestContext
 from .dataplane import ModelRef, VersionStatus
 from .errors import ServingError, invalid_argument
+from .routing import LABEL_HEADER, ROUTE_KEY_HEADER, VERSION_HEADER
 from .servable import Servable
 from .server_state import ServerState
 
@@ -70,6 +71,16 @@ def metadata_json(servable: Servable, sdm: Any) -> dict[str, Any]:
                 sdm, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)}}
 
 
+def with_version_headers(response: web.Response, ctx: RequestContext | None) -> web.Response:
+    """`X-Model-Version`: the version that answered; `X-Model-Label`: the label the traffic
+    split chose for a request that named neither version nor label."""
+    if ctx is not None and ctx.version is not None:
+        response.headers[VERSION_HEADER] = str(ctx.version)
+        if ctx.routed and ctx.label:
+            response.headers[LABEL_HEADER] = ctx.label
+    return response
+
+
 class RestApi:
     """The transport: decodes TF Serving's REST requests into data plane calls (whose lifecycle
     counts, times and maps every request) and encodes the answers as its JSON."""
@@ -90,7 +101,10 @@ class RestApi:
             return _json_response({"status": "draining"}, 503)
         if mgr.is_ready():
             return _json_response({"status": "ready"})
-        return _json_response({"status": "not ready", "models_not_ready": mgr.not_ready_models()}, 503)
+        body: dict[str, Any] = {"status": "not ready", "models_not_ready": mgr.not_ready_models()}
+        if mgr.routing_pending():
+            body["routing_pending"] = True
+        return _json_response(body, 503)
 
     # -- /v1/models --
 
@@ -114,12 +128,16 @@ class RestApi:
         if m is None:
             return _json_response({"error": f"Malformed request: POST {request.path}"}, 400)  # as TF Serving
         method = m["method"].lower()
+        key = request.headers.get(ROUTE_KEY_HEADER)
+        seen: RequestContext | None = None
         try:
-            async with self.plane.request("rest", method, timeout=self.timeout_s) as ctx:
+            async with self.plane.request("rest", method, timeout=self.timeout_s,
+                                          route_key=key.encode() if key is not None else None) as ctx:
+                seen = ctx
                 body = await self._post(request, m, method, ctx)
         except ServingError as exc:
-            return error_response(exc)
-        return _json_response(body)
+            return with_version_headers(error_response(exc), seen)
+        return with_version_headers(_json_response(body), seen)
 
     async def _read_json(self, request: web.Request) -> dict[str, Any]:
         try:
