@@ -4,6 +4,7 @@ Label moves and traffic weights must be live on every pod within seconds, which 
 refresh (up to a minute) cannot do, so the operator also pushes each routing table (routing.py)
 to every ready pod here and reads back what is in force:
 
+    GET /v1/admin/models       -> 200 every model's versions (state, error, warmup), labels
     GET /v1/admin/routing      -> 200 {"generation": G, "models": {...}}   (the table in force)
     PUT /v1/admin/routing      <- a routing document -> 200 the table now in force
                                   400 invalid, or a label on a version that is not AVAILABLE
@@ -34,6 +35,24 @@ from .routing import parse_table
 log = logging.getLogger("modelserver.admin")
 
 ROUTING_PATH = "/v1/admin/routing"
+MODELS_PATH = "/v1/admin/models"
+
+
+def models_json(manager: Manager) -> dict[str, Any]:
+    """Every model's versions (state, error, warmup report), labels and route, in one answer:
+    what the operator reads from each pod to decide where labels and weights may move."""
+    from .manager import STATE_NAMES
+
+    models = {}
+    for name, rec in sorted(manager.models.items()):
+        models[name] = {
+            "versions": {str(v): {"state": STATE_NAMES.get(r.state, "UNKNOWN"),
+                                  "error": r.error.message if r.error else "",
+                                  "warmup": r.warmup.as_json() if hasattr(r.warmup, "as_json") else None}
+                         for v, r in sorted(rec.versions.items())},
+            "labels": dict(rec.labels),
+        }
+    return {"ready": manager.is_ready(), "routingGeneration": manager.routing.generation, "models": models}
 
 
 class TokenFile:
@@ -80,6 +99,9 @@ def make_admin_app(manager: Manager, token: TokenFile) -> web.Application:
     async def get_routing(request: web.Request) -> web.Response:
         return _json(manager.routing.as_json())
 
+    async def get_models(request: web.Request) -> web.Response:
+        return _json(models_json(manager))
+
     async def put_routing(request: web.Request) -> web.Response:
         try:
             try:
@@ -97,5 +119,6 @@ def make_admin_app(manager: Manager, token: TokenFile) -> web.Application:
 
     app = web.Application(middlewares=[auth], client_max_size=1 << 20)
     app.router.add_get(ROUTING_PATH, get_routing)
+    app.router.add_get(MODELS_PATH, get_models)
     app.router.add_put(ROUTING_PATH, put_routing)
     return app

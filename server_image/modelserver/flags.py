@@ -75,6 +75,8 @@ _FLAGS: dict[str, tuple[type, Any, bool, str]] = {
         "routing table (JSON: labels and traffic weights per model), polled with the model config"),
     "admin_port": (int, 0, True, "admin HTTP port for routing pushes (0 = off; needs --admin_token_file)"),
     "admin_token_file": (str, "", True, "file holding the admin port's bearer token"),
+    "warmup_config_file": (str, "", True,
+        "warmup requests: JSON {source: model|generated|requests, ...} (default: the model's own file)"),
 }
 
 

@@ -33,6 +33,7 @@ from .errors import ServingError
 from .flags import Flags, ignored_combinations, parse_or_exit, unimplemented_given
 from .pollers import apply_initial_routing, start_pollers
 from .tls import TlsConfig, load_ssl_config, server_credentials
+from .warmup_sources import load_plan
 
 log = logging.getLogger("modelserver")
 
@@ -99,7 +100,8 @@ def configure_tensorflow(flags: Flags) -> None:
 
 
 async def serve(flags: Flags, configs: list[ModelConfig], monitoring_config: object | None,
-                batching_options: BatchingOptions | None = None, tls: TlsConfig | None = None) -> int:
+                batching_options: BatchingOptions | None = None, tls: TlsConfig | None = None,
+                warmup_plan: object | None = None) -> int:
     import grpc
 
     from . import metrics, tracing, warmup
@@ -132,7 +134,7 @@ async def serve(flags: Flags, configs: list[ModelConfig], monitoring_config: obj
             server_metrics.add_queue_depth_source(batcher.queue_depth)
             server_metrics.add_busy_threads_source(batcher.busy_threads)
     manager.on_version_loaded = warmup.load_hook(flags.enable_model_warmup,
-                                                 flags.num_request_iterations_for_warmup, server_metrics)
+                                                 flags.num_request_iterations_for_warmup, server_metrics, warmup_plan)
     try:
         tracer = tracing.install(state)
     except ValueError as exc:
@@ -327,12 +329,13 @@ def main(argv: list[str] | None = None) -> int:
         batching = load_batching_parameters(flags.batching_parameters_file) if flags.enable_batching else None
         tls = load_ssl_config(flags.ssl_config_file) if flags.ssl_config_file else None
         check_admin_and_routing_flags(flags)
+        plan = load_plan(flags.warmup_config_file) if flags.warmup_config_file else None
     except (ConfigError, BatchingConfigError) as exc:
         sys.stderr.write(f"model-server: {exc}\n")
         return 1
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     configure_tensorflow(flags)
-    return asyncio.run(serve(flags, configs, monitoring, batching, tls))
+    return asyncio.run(serve(flags, configs, monitoring, batching, tls, plan))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -44,6 +45,7 @@ class VersionRecord:
     attempts: int = 0  # failed or current load attempts
     retry_at: float = 0.0  # time.monotonic() after which a failed load may be retried
     path: Path | None = None  # the version's directory, as named on disk (e.g. <base>/00000123)
+    warmup: Any = None  # what the load hook returned (warmup.WarmupResult), shown by the admin API
 
 
 @dataclass(slots=True)
@@ -330,8 +332,8 @@ class Manager:
         vr.state = LOADING
         vr.attempts += 1
         try:
-            servable = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._load_blocking, name, version, version_dir)
+            servable, vr.warmup = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._load_and_warm, name, version, version_dir)
         except Exception as exc:  # any load failure is reported in the version's status
             vr.error = exc if isinstance(exc, ServingError) else ServingError(
                 grpc.StatusCode.UNKNOWN, f"Failed to load {name} version {version}: {exc}")
@@ -347,10 +349,12 @@ class Manager:
         log.info("model %s version %d AVAILABLE", name, version)
 
     def _load_blocking(self, name: str, version: int, version_dir: Path) -> Servable:
-        servable = load_servable(name, version, version_dir, self._tags)
-        if self.on_version_loaded is not None:
-            self.on_version_loaded(servable, version_dir)
-        return servable
+        return load_servable(name, version, version_dir, self._tags)
+
+    def _load_and_warm(self, name: str, version: int, version_dir: Path) -> tuple[Servable, Any]:
+        servable = self._load_blocking(name, version, version_dir)
+        hooked = self.on_version_loaded(servable, version_dir) if self.on_version_loaded is not None else None
+        return servable, hooked
 
     def _unload(self, rec: ModelRecord, version: int) -> None:
         vr = rec.versions[version]

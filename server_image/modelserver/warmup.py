@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -38,9 +37,15 @@ def warmup_file(version_dir: str | Path) -> Path:
 
 @dataclass(frozen=True, slots=True)
 class WarmupResult:
-    records: int  # records in the file (0: no file)
+    records: int  # records in the file, or requests generated (0: no warmup)
     requests: int  # requests replayed (records x iterations)
     seconds: float
+    source: str = "model"  # model | generated | requests (warmup_sources.py)
+    skipped: tuple[tuple[str, str], ...] = ()  # (signature, why): generated requests it refused
+
+    def as_json(self) -> dict[str, Any]:
+        return {"source": self.source, "records": self.records, "requests": self.requests,
+                "seconds": round(self.seconds, 6), "skipped": dict(self.skipped)}
 
 
 def read_records(path: Path) -> list[bytes]:
@@ -196,33 +201,20 @@ def inputs_from_json(body: dict[str, Any], signature: Any) -> list[dict[str, np.
     return [out]
 
 
-def random_inputs(signature: Any, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random inputs shaped from the signature (unknown dimensions: `batch` for the first, 1
-    for others); strings are random bytes."""
-    out = {}
-    for name, spec in signature.inputs.items():
-        shape = spec.shape if spec.shape is not None else (None,)
-        dims = tuple((batch if i == 0 else 1) if d is None else d for i, d in enumerate(shape))
-        if spec.dtype == np.dtype(object):
-            out[name] = np.array([rng.bytes(8) for _ in range(int(np.prod(dims)))], dtype=object).reshape(dims)
-        elif np.issubdtype(spec.dtype, np.bool_):
-            out[name] = rng.integers(0, 2, dims).astype(spec.dtype)
-        elif np.issubdtype(spec.dtype, np.integer):
-            out[name] = rng.integers(0, 10, dims).astype(spec.dtype)
-        else:
-            out[name] = rng.standard_normal(dims).astype(spec.dtype)
-    return out
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The writer's arguments (also usable as a `modeldeploy` subcommand: add_arguments / run)."""
     parser.add_argument("version_dir", help="the SavedModel version directory (e.g. /models/m/1)")
-    parser.add_argument("--signature_name", default="serving_default")
+    parser.add_argument("--signature_name", action="append", default=[],
+                        help="signature to warm (repeatable; default serving_default)")
+    parser.add_argument("--all_signatures", action="store_true", help="warm every signature of the model")
     parser.add_argument("--sample", action="append", default=[],
-                        help="JSON file with a REST-style body ({\"instances\": ...} or {\"inputs\": ...}); "
-                             "repeatable; without it, random inputs shaped from the signature")
-    parser.add_argument("--batch_sizes", default="1",
-                        help="comma-separated batch sizes for random inputs (default 1)")
+                        help="JSON file of REST API bodies ({\"instances\": ...} or {\"inputs\": ...}, optionally "
+                             "with \"signature_name\"; one object or a list); repeatable; without it, requests are "
+                             "generated from the signature")
+    parser.add_argument("--batch_sizes", default="1", help="comma-separated batch sizes of generated requests")
+    parser.add_argument("--count", type=int, default=1, help="generated requests per batch size and signature")
+    parser.add_argument("--data", choices=["zero", "random"], default="random",
+                        help="generated values: zeros, or random values of each input's dtype (strings: b'')")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write here instead of the version's assets.extra/")
 
@@ -237,26 +229,34 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The same requests the server generates for `--warmup_config_file` (warmup_sources.py),
+    or the samples given, each replayed once (the server would fail the load on any that fails)."""
+    from .config import ConfigError
     from .servable import load_servable
+    from .warmup_sources import WarmupPlan, from_rest_bodies, generate, load_rest_bodies
 
     vdir = Path(args.version_dir)
     try:
         servable = load_servable("warmup", 0, vdir)
-        sig = servable.signature(args.signature_name)
-        samples: list[dict[str, np.ndarray]] = []
-        for f in args.sample:
-            samples += inputs_from_json(json.loads(Path(f).read_text()), sig)
-        if not args.sample:
-            rng = np.random.default_rng(args.seed)
-            samples = [random_inputs(sig, int(b), rng) for b in args.batch_sizes.split(",")]
-        logs = [predict_log(s, signature_name=args.signature_name) for s in samples]
-        replay(servable, logs, 1, vdir)  # each record must run, or the server would fail the load
+        names = tuple(sorted(servable.signatures)) if args.all_signatures else tuple(args.signature_name) or (
+            "serving_default",)
+        if args.sample:
+            bodies = []
+            for f in args.sample:
+                for body in load_rest_bodies(f):
+                    bodies.append({"signature_name": names[0], **body} if isinstance(body, dict) else body)
+            gen = from_rest_bodies(bodies, servable.signatures, ", ".join(args.sample))
+        else:
+            sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+            gen = generate(WarmupPlan("generated", names, sizes, args.count, args.data, args.seed), servable.signatures)
+        logs = [predict_log(inputs, signature_name=sig) for sig, inputs in gen.requests]
         if len(logs) > MAX_RECORDS:
-            raise ValueError(f"at most {MAX_RECORDS} records")
+            raise ValueError(f"at most {MAX_RECORDS} records (TF Serving's limit), not {len(logs)}")
+        replay(servable, logs, 1, vdir)
     except ServingError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return 1
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     out = write_records(args.out or warmup_file(vdir), logs)
@@ -264,28 +264,77 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+LoadHook = Callable[[Any, Path], Any]
 
 
-LoadHook = Callable[[Any, Path], None]
-
-
-def load_hook(enabled: bool, iterations: int, metrics: Any = None) -> LoadHook | None:
+def load_hook(enabled: bool, iterations: int, metrics: Any = None, plan: Any = None) -> LoadHook | None:
     """The manager's `on_version_loaded` hook (`--enable_model_warmup`,
-    `--num_request_iterations_for_warmup`); records warmup latency when metrics are on."""
+    `--num_request_iterations_for_warmup`, `--warmup_config_file`'s plan): returns the
+    WarmupResult the manager keeps per version; records warmup latency when metrics are on."""
     if not enabled:
         return None
     import logging
 
     log = logging.getLogger("modelserver")
 
-    def hook(servable: Any, version_dir: Path) -> None:
-        result = run_warmup(servable, version_dir, iterations)
+    def hook(servable: Any, version_dir: Path) -> WarmupResult:
+        if plan is None or plan.source == "model":
+            result = run_warmup(servable, version_dir, iterations)
+        else:
+            result = run_planned_warmup(servable, plan, iterations)
         if result.records:
-            log.info("model %s version %d warmed up: %d record(s), %d request(s) in %.3f s",
-                     servable.name, servable.version, result.records, result.requests, result.seconds)
+            log.info("model %s version %d warmed up (%s): %d record(s), %d request(s) in %.3f s%s",
+                     servable.name, servable.version, result.source, result.records, result.requests,
+                     result.seconds, "".join(f"; skipped {s}: {why}" for s, why in result.skipped))
             if metrics is not None:
                 metrics.record_warmup(servable.name, servable.version, str(version_dir), result.seconds)
+        return result
 
     return hook
+
+
+def run_planned_warmup(servable: Any, plan: Any, iterations: int) -> WarmupResult:
+    """Generated or user-given requests (warmup_sources.py) replayed like a warmup file's
+    records, through the same Predict path as real requests. A failure fails the load (naming
+    the request), except that generated requests for signatures nobody named skip a signature
+    that refuses them."""
+    from . import proto_api
+    from .config import ConfigError
+    from .warmup_sources import from_rest_bodies, generate, load_rest_bodies
+
+    t0 = time.perf_counter()
+    try:
+        if plan.source == "generated":
+            gen = generate(plan, servable.signatures)
+        else:
+            gen = from_rest_bodies(load_rest_bodies(plan.requests_file), servable.signatures, plan.requests_file)
+    except ConfigError as exc:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Warmup ({plan.source}): {exc}") from None
+    if len(gen.requests) > MAX_RECORDS:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"Number of warmup records exceeds the maximum ({MAX_RECORDS}): {len(gen.requests)}")
+    skipped: dict[str, str] = {}
+    done = 0
+    for i, (sig_name, inputs) in enumerate(gen.requests):
+        if sig_name in skipped:
+            continue
+        request = predict_log(inputs, model_name=servable.name, signature_name=sig_name).predict_log.request
+        shape = ", ".join(f"{k}{list(v.shape)}" for k, v in inputs.items())
+        for _ in range(max(iterations, 1)):
+            try:
+                proto_api.predict_sync(servable, request)
+            except Exception as e:  # noqa: BLE001 - the model's refusal, reported with the request
+                why = e.message if isinstance(e, ServingError) else f"{type(e).__name__}: {e}"
+                if gen.strict:
+                    code = e.code if isinstance(e, ServingError) else grpc.StatusCode.INTERNAL
+                    raise ServingError(code, f"Warmup request {i} ({plan.source}, signature {sig_name}, "
+                                       f"inputs {shape}) failed: {why}") from None
+                skipped[sig_name] = why
+                break
+            done += 1
+    records = sum(1 for s, _ in gen.requests if s not in skipped)
+    return WarmupResult(records, done, time.perf_counter() - t0, plan.source, tuple(sorted(skipped.items())))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
