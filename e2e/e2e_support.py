@@ -82,6 +82,14 @@ class Cluster:
         out = self.kube.request("GET", f"/api/v1/namespaces/{ns}/events", query={"fieldSelector": f"involvedObject.name={name}"})
         return [(e.get("type"), e.get("reason")) for e in out.get("items", [])]
 
+    def pod(self, ns: str, name: str) -> dict | None:
+        try:
+            return self.kube.request("GET", f"/api/v1/namespaces/{ns}/pods/{name}")
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def pods(self, ns: str, md_name: str) -> list[dict]:
         out = self.kube.request("GET", f"/api/v1/namespaces/{ns}/pods",
                                 query={"labelSelector": f"serving.modeldeploy.io/model-deployment={md_name}"})
@@ -176,7 +184,7 @@ class LocalRun:
 
     def start(self) -> LocalRun:
         self.proc = subprocess.Popen(self.command(), env=self.env(), stdout=subprocess.PIPE, stderr=self.log.open("ab"),
-                                     text=True, cwd=ROOT)
+                                     text=True, cwd=ROOT, preexec_fn=_stop_with_parent)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         return self
@@ -210,6 +218,13 @@ class LocalRun:
         if self._reader is not None:
             self._reader.join(5)
         return self.proc.returncode
+
+
+def _stop_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies, however it dies (the cluster then stops in order)."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def build_models(out: Path) -> Path:

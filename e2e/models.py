@@ -1,7 +1,8 @@
 """The SavedModels the end-to-end scenarios serve: `python e2e/models.py OUT` writes what
 `make demo-models` writes for them (the demo builders of modelserver.demo), much faster:
 
-- `OUT/half_plus_two/1`: y = 0.5x + 2, no warmup file;
+- `OUT/half_plus_two/1` and `OUT/half_plus_two/123`: y = 0.5x + 2, no warmup file (123 as in TF
+  Serving's own test data, which some scenarios pin with `versions: [123]`);
 - `OUT/two_versions/{1,2}`: y = 0.5x + 2 and y = x + 3, each with a warmup file of 8 predict records
   (batch sizes 1 to 128, as `make demo-models` writes with `modeldeploy warmup`).
 
@@ -23,6 +24,7 @@ def build(out: Path) -> Path:
     from modelserver import demo, warmup
 
     demo.build_half_plus_two(out / "half_plus_two" / "1")
+    demo.build_half_plus_two(out / "half_plus_two" / "123")
     for version, (a, b) in {1: (0.5, 2.0), 2: (1.0, 3.0)}.items():
         vdir = demo.build_half_plus_two(out / "two_versions" / str(version), a=a, b=b)
         rng = np.random.default_rng(version)

@@ -189,7 +189,7 @@ async def run(args: argparse.Namespace, lock: StateLock) -> int:
                 cluster.agent.kill_all()
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: its terminal closed
         loop.add_signal_handler(sig, on_signal)
     flow = asyncio.create_task(bring_up(cluster, args, lock))
     waiter = asyncio.create_task(stop.wait())
