@@ -102,6 +102,7 @@ class ServerMetrics:
         self._lock = threading.Lock()  # only for the rare records from other threads
         self._queue_depth: list[QueueDepthSource] = []
         self._busy: list[Callable[[], int]] = []
+        self._in_flight: Callable[[], int] | None = None
         self._thread_pool_name = thread_pool_name
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
@@ -158,6 +159,10 @@ class ServerMetrics:
 
     def add_busy_threads_source(self, source: Callable[[], int]) -> None:
         self._busy.append(source)
+
+    def set_in_flight_source(self, source: Callable[[], int]) -> None:
+        """Requests received and not yet answered (the autoscaler's concurrency metric)."""
+        self._in_flight = source
 
     # ---- exposition
 
@@ -269,6 +274,11 @@ class _Collector:
         for model, n in sorted(merged.items()):
             depth.add_metric([model], n)
         yield depth
+        if m._in_flight is not None:
+            flight = GaugeMetricFamily("modelserver_in_flight_requests",
+                                       "Requests received and not yet answered, over every front end.")
+            flight.add_metric([], m._in_flight())
+            yield flight
         if m._busy:
             busy = GaugeMetricFamily("modelserver_batch_threads_busy", "Batch threads running a batch now.")
             busy.add_metric([], sum(source() for source in m._busy))
@@ -316,6 +326,7 @@ def install(state: Any, thread_pool_name: str = "batch_threads") -> ServerMetric
         return None
     m = ServerMetrics(thread_pool_name)
     state.request_hooks.append(m.finish)
+    m.set_in_flight_source(lambda: state.in_flight)
 
     async def handler(_request: web.Request) -> web.Response:
         return web.Response(body=m.render(), headers={"Content-Type": CONTENT_TYPE})

@@ -84,7 +84,9 @@ def test_base_unit_metrics_per_model_version_label():
     m.record_batch(("hp", 2, "serving_default"), 3, 4)
     m.add_queue_depth_source(lambda: {"hp": 5})
     m.add_queue_depth_source(lambda: {"hp": 1, "other": 2})
+    m.set_in_flight_source(lambda: 3)
     fams, text = _families(m)
+    assert _value(fams["modelserver_in_flight_requests"], "modelserver_in_flight_requests") == 3
     req = fams["modelserver_requests"]
     assert _value(req, "modelserver_requests_total", version="2", label="canary", code="OK") == 1
     assert _value(req, "modelserver_requests_total", api="get_model_metadata", protocol="rest") == 1

@@ -132,6 +132,7 @@ def test_base_unit_series_per_version_and_label(prometheus):
                             '(modelserver_request_duration_seconds_bucket{model="two_versions"}))')
     assert 0 < float(p95[0]["value"][1]) < 60
     assert by(query(prometheus, "modelserver_queue_depth"), model="two_versions") == 0
+    assert query(prometheus, "modelserver_in_flight_requests")  # the autoscaler's concurrency metric
     assert by(query(prometheus, "sum by (model) (modelserver_batch_size_count)"), model="two_versions") >= 1
     assert query(prometheus, "modelserver_queue_duration_seconds_count")
     unknown = query(prometheus, 'modelserver_requests_total{code="NOT_FOUND"}')
