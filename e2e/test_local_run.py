@@ -168,9 +168,10 @@ def _cpu_seconds(pid: int) -> float:
 def _is_model_server(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"model-server" in f.read()
+            argv = f.read().split(b"\0")
     except OSError:
         return False
+    return any(a.endswith(b"/model-server") for a in argv[:2])  # python .venv/bin/model-server ...
 
 
 def test_the_idle_cluster_is_light(run: LocalRun) -> None:

@@ -20,9 +20,15 @@ run against this one. It behaves like kube-apiserver wherever modeldeploy relies
   fields pruned or rejected with `fieldValidation=Strict`, types, enums, bounds, patterns, required,
   `x-kubernetes-list-type: set`, and the CEL rules in `x-kubernetes-validations`, evaluated with
   cel-python); built-in kinds with `kubernetes-validate --strict` (422 with the reason);
-- server-side printing (`Accept: ...;as=Table`) so `kubectl get md` shows the CRD's printer columns;
-- an optional Deployment controller stand-in (`simulate_deployments=True`): it reports every
-  Deployment's pods as ready shortly after each change (`set_deployment_ready` overrides it).
+- server-side printing (`Accept: ...;as=Table`, in lists, gets and `kubectl get -w` watches) with the
+  CRD's printer columns and kube-apiserver's columns for pods, Deployments, ReplicaSets, Services,
+  EndpointSlices, Nodes, Events and claims (`printers`);
+- Pods deleted gracefully once on a node (deletionTimestamp and deletionGracePeriodSeconds; the
+  node agent deletes them with grace 0 when their containers stopped), `pods/log` (from the node
+  agent's `log_source`), the `scale` subresource of Deployments and ReplicaSets;
+- in-process watchers (`subscribe`): the local cluster's controllers get every change, in order;
+- an optional Deployment controller stand-in (`simulate_deployments=True`, `standin`): it reports
+  every Deployment's pods as ready shortly after each change (`set_deployment_ready` overrides it).
 
 Every resource request is recorded in an audit log of (verb, apiGroup, resource, subresource,
 namespace, name, userAgent, code): `fake.audit()` returns it, `fake.write_audit(path)` writes JSON,
@@ -40,8 +46,9 @@ Usage::
         fake.get("apps", "deployments", "ns", "name")    # direct access, not audited
         fake.audit_rules("modeldeploy")
 
-Known gaps (not relied on): no authn/authz, no admission webhooks, no pods/scheduling, watches do not
-send DELETED when an object stops matching a label selector, SSA reports no field conflicts.
+Known gaps (not relied on): no authn/authz, no admission webhooks, no scheduling (the local cluster's
+node agent binds pods), watches do not send DELETED when an object stops matching a label selector,
+SSA reports no field conflicts, objects live in memory only.
 """
 
 
@@ -78,6 +85,7 @@ from localcluster.apimachinery import (
     strategic_merge,
 )
 from localcluster.httpapi import HttpFront
+from localcluster.standin import DeploymentStandIn
 
 __all__ = [
     "VALIDATE_K8S_VERSION", "ApiError", "AuditEntry", "FakeKubeAPI", "Resource", "matches", "merge_patch",
@@ -88,7 +96,7 @@ __all__ = [
 Key = tuple[str, str, str, str]  # (group, plural, namespace, name)
 
 
-class FakeKubeAPI(HttpFront):
+class FakeKubeAPI(HttpFront, DeploymentStandIn):
     """The fake API server. Start with `start()` (or as a context manager); stop with `stop()`."""
 
     def __init__(self, simulate_deployments: bool = True, validate_builtins: bool = True):
@@ -225,14 +233,6 @@ class FakeKubeAPI(HttpFront):
                 for (g, p, ns, _), o in sorted(self.objects.items())
                 if g == group and p == plural and (namespace is None or ns == namespace)
             ]
-
-    def set_deployment_ready(self, namespace: str, name: str, ready: int) -> None:
-        """Pretend `ready` pods of a Deployment are ready (overrides simulate_deployments)."""
-        with self.lock:
-            self._deployment_overrides[(namespace, name)] = ready
-            obj = self.objects.get(("apps", "deployments", namespace, name))
-            if obj:
-                self._write_deployment_status(namespace, name)
 
     def subscribe(self, resources: set[tuple[str, str]] | None, callback: Callable[[str, str, Obj], None],
                   loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
@@ -482,7 +482,7 @@ class FakeKubeAPI(HttpFront):
             if obj is not None and self._orphaned(obj):
                 self.delete(r, namespace, name, "Background")
 
-    # -- the Deployment controller stand-in --
+    # -- after every write: orphan collection, the Deployment stand-in --
     def _after_write(self, r: Resource, obj: Obj) -> None:
         if self._orphaned(obj) and self.loop is not None:
             # As the real garbage collector: a dependent whose owners are all gone is deleted.
@@ -493,29 +493,6 @@ class FakeKubeAPI(HttpFront):
             if self.loop is not None:
                 self.loop.call_soon_threadsafe(self.loop.call_later, 0.05, self._write_deployment_status, ns, name)
 
-    def _write_deployment_status(self, namespace: str, name: str) -> None:
-        with self.lock:
-            obj = self.objects.get(("apps", "deployments", namespace, name))
-            if obj is None:
-                return
-            wanted = obj["spec"].get("replicas", 1)
-            ready = min(wanted, self._deployment_overrides.get((namespace, name), wanted if self.simulate_deployments else 0))
-            gen = obj["metadata"]["generation"]
-            status = {
-                "observedGeneration": gen,
-                "replicas": wanted,
-                "updatedReplicas": wanted,
-                "readyReplicas": ready,
-                "availableReplicas": ready,
-                "unavailableReplicas": wanted - ready,
-                "conditions": [
-                    {"type": "Available", "status": "True" if ready >= wanted else "False",
-                     "reason": "MinimumReplicasAvailable" if ready >= wanted else "MinimumReplicasUnavailable"},
-                    {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable" if ready >= wanted else "ReplicaSetUpdated"},
-                ],
-            }
-            if obj.get("status") != status:
-                self.update(self.resources[("apps", "deployments")], namespace, name, {**obj, "status": status}, subresource="status")
 
 
 @contextlib.contextmanager
