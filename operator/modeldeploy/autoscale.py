@@ -1,0 +1,194 @@
+"""Replicas from a metric, by the HorizontalPodAutoscaler's algorithm as Kubernetes implements it
+(pkg/controller/podautoscaler), as pure functions of plain data.
+
+One step (`decide`), every `autoscaling.interval`:
+
+1. Bounds first: replicas outside `[minReplicas, maxReplicas]` are brought inside, metrics or not.
+2. Missing data never scales: a metric that is absent, NaN (no traffic makes a latency quantile
+   NaN: no traffic is not zero latency) or stale holds the current replicas, with the reason.
+3. The raw recommendation: `ratio = value / target`; within the tolerance (|ratio - 1| <= 0.1)
+   nothing changes; otherwise `ceil(ready * ratio)`. Pods not yet ready are not capacity: they
+   count for nothing when scaling up and as exactly on target when scaling down (Kubernetes'
+   treatment of unready pods), so a scale-up in progress is not repeated and not undone.
+4. Stabilization: recommendations are kept for the longer window; a scale-up takes the lowest
+   recommendation of the scale-up window (default 0 s: the newest), a scale-down the highest of
+   the scale-down window (default 300 s), so one quiet interval never removes pods.
+5. Rate limits, per direction, over the scale events of each policy's period: scale-up by
+   default at most max(+100%, +4 pods) per 15 s, scale-down at most -100% per 15 s; with several
+   policies the one allowing the largest change wins (selectPolicy Max).
+6. Bounds again.
+
+History (recommendations and scale events) is plain data the caller keeps (in status), so a
+decision survives an operator restart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    kind: str  # "Percent" | "Pods"
+    value: int
+    period_seconds: int = 15
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    stabilization_seconds: int
+    policies: tuple[Policy, ...]
+
+
+DEFAULT_UP = Rules(0, (Policy("Percent", 100, 15), Policy("Pods", 4, 15)))
+DEFAULT_DOWN = Rules(300, (Policy("Percent", 100, 15),))
+
+
+@dataclass(frozen=True, slots=True)
+class Behavior:
+    up: Rules = DEFAULT_UP
+    down: Rules = DEFAULT_DOWN
+    tolerance: float = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    at: float  # seconds (any monotonic clock the caller keeps: status uses Unix time)
+    replicas: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleEvent:
+    at: float
+    change: int  # positive: pods added; negative: removed
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    now: float
+    current: int  # the Deployment's spec.replicas
+    ready: int  # its ready pods
+    value: float | None  # the metric (None: no data)
+    target: float
+    min_replicas: int
+    max_replicas: int
+    missing: str = ""  # why value is None or unusable (unreachable, empty, stale), for the reason
+    behavior: Behavior = field(default_factory=Behavior)
+    recommendations: tuple[Recommendation, ...] = ()
+    events: tuple[ScaleEvent, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    desired: int
+    reason: str  # a short CamelCase word, as in a condition's reason
+    message: str
+    held: bool  # the metric was missing: nothing moved but the bounds
+    recommendations: tuple[Recommendation, ...]
+    events: tuple[ScaleEvent, ...]
+
+
+def usable(value: float | None) -> bool:
+    return value is not None and not math.isnan(value) and not math.isinf(value)
+
+
+def raw_recommendation(current: int, ready: int, ratio: float, tolerance: float) -> int:
+    """Step 3: ceil(ready * ratio) outside the tolerance; unready pods count as 0 usage when
+    scaling up and as on target when scaling down."""
+    if abs(ratio - 1.0) <= tolerance:
+        return current
+    unready = max(0, current - ready)
+    if ratio > 1.0:
+        return max(current, math.ceil(ready * ratio)) if ready else current
+    return math.ceil(ready * ratio + unready)
+
+
+def stabilize(current: int, raw: int, now: float, history: Sequence[Recommendation], behavior: Behavior) -> int:
+    """Step 4: the lowest recommendation of the scale-up window, the highest of the scale-down
+    window (the raw one included), applied as Kubernetes' stabilizeRecommendationWithBehaviors."""
+    up = down = raw
+    for rec in history:
+        if rec.at > now - behavior.up.stabilization_seconds:
+            up = min(up, rec.replicas)
+        if rec.at > now - behavior.down.stabilization_seconds:
+            down = max(down, rec.replicas)
+    out = current
+    if out < up:
+        out = up
+    if out > down:
+        out = down
+    return out
+
+
+def _changes(events: Sequence[ScaleEvent], now: float, period: int) -> tuple[int, int]:
+    added = sum(e.change for e in events if e.change > 0 and e.at > now - period)
+    removed = -sum(e.change for e in events if e.change < 0 and e.at > now - period)
+    return added, removed
+
+
+def up_limit(current: int, now: float, events: Sequence[ScaleEvent], rules: Rules) -> int:
+    best = None
+    for p in rules.policies:
+        added, removed = _changes(events, now, p.period_seconds)
+        start = current - added + removed
+        proposed = start + p.value if p.kind == "Pods" else math.ceil(start * (1 + p.value / 100))
+        best = proposed if best is None else max(best, proposed)
+    return best if best is not None else current
+
+
+def down_limit(current: int, now: float, events: Sequence[ScaleEvent], rules: Rules) -> int:
+    best = None
+    for p in rules.policies:
+        added, removed = _changes(events, now, p.period_seconds)
+        start = current + removed - added
+        proposed = start - p.value if p.kind == "Pods" else int(start * (1 - p.value / 100))
+        best = proposed if best is None else min(best, proposed)
+    return best if best is not None else current
+
+
+def decide(o: Observation) -> Decision:
+    keep = max(o.behavior.up.stabilization_seconds, o.behavior.down.stabilization_seconds,
+               *(p.period_seconds for p in (*o.behavior.up.policies, *o.behavior.down.policies)))
+    history = tuple(r for r in o.recommendations if r.at > o.now - keep)
+    events = tuple(e for e in o.events if e.at > o.now - keep)
+
+    def out(desired: int, reason: str, message: str, held: bool = False,
+            recs: tuple[Recommendation, ...] = history) -> Decision:
+        evs = events + ((ScaleEvent(o.now, desired - o.current),) if desired != o.current else ())
+        return Decision(desired, reason, message, held, recs, evs)
+
+    if o.current > o.max_replicas:
+        return out(o.max_replicas, "Bounds", f"{o.current} replicas is above maxReplicas {o.max_replicas}")
+    if o.current < o.min_replicas:
+        return out(o.min_replicas, "Bounds", f"{o.current} replicas is below minReplicas {o.min_replicas}")
+    if not usable(o.value):
+        why = o.missing or ("no data" if o.value is None else f"the metric is {o.value} (no traffic?)")
+        return out(o.current, "MetricUnavailable", f"holding {o.current} replicas: {why}", held=True)
+    if o.ready == 0:
+        return out(o.current, "NoReadyPods", f"holding {o.current} replicas: no pod is ready to measure", held=True)
+    value = float(o.value)  # type: ignore[arg-type]
+    ratio = value / o.target
+    raw = raw_recommendation(o.current, o.ready, ratio, o.behavior.tolerance)
+    recs = history + (Recommendation(o.now, raw),)
+    stable = stabilize(o.current, raw, o.now, history, o.behavior)
+    desired = stable
+    if desired > o.current:
+        desired = min(desired, up_limit(o.current, o.now, events, o.behavior.up))
+    elif desired < o.current:
+        desired = max(desired, down_limit(o.current, o.now, events, o.behavior.down))
+    desired = min(max(desired, o.min_replicas), o.max_replicas)
+    cmp = f"{value:g} against a target of {o.target:g}"
+    if desired > o.current:
+        return out(desired, "ScaleUp", f"{o.current} -> {desired} replicas: {cmp}", recs=recs)
+    if desired < o.current:
+        return out(desired, "ScaleDown", f"{o.current} -> {desired} replicas: {cmp}", recs=recs)
+    if raw == o.current:
+        return out(desired, "WithinTolerance", f"{o.current} replicas: {cmp} (within {o.behavior.tolerance:g})",
+                   recs=recs)
+    if raw < o.current and stable == o.current:
+        return out(desired, "ScaleDownStabilized",
+                   f"{o.current} replicas: {cmp}; recommendations of the last "
+                   f"{o.behavior.down.stabilization_seconds} s keep them", recs=recs)
+    return out(desired, "Limited", f"{o.current} replicas: {cmp}; bounded by min/max or rate limits", recs=recs)
