@@ -80,6 +80,8 @@ def test_a_deployment_becomes_ready_pods_behind_a_service(lc: ThreadCluster, nod
     assert "1/1" in out and "Running" in out and "127.0.0.1" in out and "local" in out
     assert "listening on 127.0.0.1" in lc.kubectl("logs", pod["metadata"]["name"])
     assert "web" in lc.kubectl("get", "endpointslices")
+    described = lc.kubectl("describe", "pod", pod["metadata"]["name"])
+    assert "Status:       Running" in described and "Scheduled" in described and "Started container app" in described
 
 
 def test_scale_up_and_down_and_a_rolling_update_within_bounds(lc: ThreadCluster) -> None:
