@@ -1,0 +1,226 @@
+"""Progressive rollout of a new stable version, as a pure state machine.
+
+With `spec.rollout`, moving `versionLabels.stable` to a new version is not applied at once. The
+operator loads the new version beside the old one, then shifts the unlabelled traffic to it
+through `rollout.steps` (weights), holding each step `stepSeconds` and checking it every
+`analysis.intervalSeconds` from Prometheus, and promotes it or rolls it back by itself. The spec
+is the desired end state and is never edited; progress lives in `status.rollout` (this module's
+`State`), so a rollout survives an operator restart.
+
+While it runs, the routing table (routing.py in the server) sends `100 - weight` % to the old
+version under the `stable` label and `weight` % to the new one under the label `candidate`
+(requests may name either label to reach one version). The phases:
+
+- `Progressing`: waiting for the new version to be AVAILABLE on every ready pod (weight 0), then
+  stepping. Each check: the new version's error rate <= maxErrorRate, its p99 <=
+  maxLatencyRatio x the old version's p99 over the same window (and <= maxLatencyMs when set),
+  and at least minRequests requests. A check without data (no traffic, empty, NaN, Prometheus
+  unreachable) fails, as in Flagger. Failed checks accumulate over the rollout; at
+  failureThreshold it is rolled back. A step advances once held for stepSeconds with its last
+  check passed.
+- `Promoting`: every step passed (or `modeldeploy promote`): the stable label moves to the new
+  version with all the traffic; once that is live on every pod, `Succeeded`.
+- `Succeeded`: the old version is unloaded unless another label or model.versions keeps it.
+- `Failed`: rolled back (failed checks, a version that did not load, or `modeldeploy abort`):
+  all traffic on the old version, the new one unloaded, until the spec changes again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+CANDIDATE_LABEL = "candidate"
+PROGRESSING, PROMOTING, SUCCEEDED, FAILED = "Progressing", "Promoting", "Succeeded", "Failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """spec.rollout, as plain data."""
+
+    steps: tuple[int, ...]
+    step_seconds: int
+    interval_seconds: int
+    max_error_rate: float
+    max_latency_ratio: float
+    min_requests: int
+    failure_threshold: int = 2
+    max_latency_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionMetrics:
+    """One version over the check's window (None or NaN: no data)."""
+
+    requests: float | None
+    error_rate: float | None
+    p99_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    passed: bool
+    failures: tuple[str, ...]  # what failed, with the numbers
+    figures: dict[str, dict[str, float | None]]  # metric -> {"value", "bound"}
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    phase: str
+    from_version: int
+    to_version: int
+    generation: int  # the spec generation this rollout belongs to
+    step: int = -1  # index into steps; -1: loading the new version
+    weight: int = 0
+    step_started: float = 0.0
+    last_check: float = 0.0
+    failed_checks: int = 0
+    message: str = ""
+    analysis: dict[str, Any] = field(default_factory=dict)
+
+    def as_status(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {"phase": d["phase"], "fromVersion": d["from_version"], "toVersion": d["to_version"],
+                "generation": d["generation"], "step": d["step"], "weight": d["weight"],
+                "stepStarted": d["step_started"], "lastCheck": d["last_check"],
+                "failedChecks": d["failed_checks"], "message": d["message"], "analysis": d["analysis"]}
+
+    @staticmethod
+    def from_status(s: dict[str, Any] | None) -> State | None:
+        if not s or "phase" not in s:
+            return None
+        try:
+            return State(str(s["phase"]), int(s["fromVersion"]), int(s["toVersion"]), int(s.get("generation", 0)),
+                         int(s.get("step", -1)), int(s.get("weight", 0)), float(s.get("stepStarted", 0)),
+                         float(s.get("lastCheck", 0)), int(s.get("failedChecks", 0)), str(s.get("message", "")),
+                         dict(s.get("analysis") or {}))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    state: State
+    labels: dict[str, int]  # where the labels the rollout controls point (stable, candidate)
+    weights: dict[str, int]  # the unlabelled traffic split
+    events: tuple[tuple[str, str, str], ...] = ()  # (type, reason, message)
+
+
+def _bad(v: float | None) -> bool:
+    return v is None or math.isnan(v) or math.isinf(v)
+
+
+def evaluate(plan: Plan, new: VersionMetrics, old: VersionMetrics) -> Check:
+    """One analysis: every bound, with the numbers (a missing number fails its bound)."""
+    failures: list[str] = []
+    figures: dict[str, dict[str, float | None]] = {}
+
+    def bound(name: str, value: float | None, limit: float | None, ok: bool, text: str) -> None:
+        figures[name] = {"value": None if _bad(value) else value, "bound": limit}
+        if not ok:
+            failures.append(text)
+
+    reqs = new.requests
+    bound("requests", reqs, float(plan.min_requests), not _bad(reqs) and reqs >= plan.min_requests,  # type: ignore[operator]
+          f"requests {_fmt(reqs)} < minRequests {plan.min_requests}" if not _bad(reqs) else "no requests measured")
+    err = new.error_rate
+    bound("errorRate", err, plan.max_error_rate, not _bad(err) and err <= plan.max_error_rate,  # type: ignore[operator]
+          f"error rate {_fmt(err)} > maxErrorRate {plan.max_error_rate:g}" if not _bad(err) else "no error rate measured")
+    p99, base = new.p99_ms, old.p99_ms
+    limit = None if _bad(base) else plan.max_latency_ratio * base  # type: ignore[operator]
+    ok = not _bad(p99) and limit is not None and p99 <= limit  # type: ignore[operator]
+    why = ("no p99 measured for the new version" if _bad(p99) else "no p99 measured for the old version"
+           if limit is None else f"p99 {_fmt(p99)} ms > {plan.max_latency_ratio:g} x old p99 {_fmt(base)} ms")
+    bound("latencyP99Ms", p99, limit, ok, why)
+    if plan.max_latency_ms is not None:
+        ok_abs = not _bad(p99) and p99 <= plan.max_latency_ms  # type: ignore[operator]
+        bound("latencyP99MsAbsolute", p99, plan.max_latency_ms, ok_abs,
+              f"p99 {_fmt(p99)} ms > maxLatencyMs {plan.max_latency_ms:g}" if not _bad(p99) else "no p99 measured")
+    return Check(not failures, tuple(failures), figures)
+
+
+def _fmt(v: float | None) -> str:
+    return "none" if v is None else f"{v:.4g}"
+
+
+def split(state: State) -> tuple[dict[str, int], dict[str, int]]:
+    """Labels and weights for a state: during Progressing both versions; afterwards one."""
+    if state.phase == PROGRESSING:
+        labels = {"stable": state.from_version, CANDIDATE_LABEL: state.to_version}
+        weights = {"stable": 100 - state.weight, CANDIDATE_LABEL: state.weight}
+        return labels, {k: w for k, w in weights.items() if w > 0}
+    if state.phase in (PROMOTING, SUCCEEDED):
+        return {"stable": state.to_version}, {"stable": 100}
+    return {"stable": state.from_version}, {"stable": 100}
+
+
+def _out(state: State, *events: tuple[str, str, str]) -> Outcome:
+    labels, weights = split(state)
+    return Outcome(state, labels, weights, tuple(events))
+
+
+def start(from_version: int, to_version: int, generation: int, now: float) -> Outcome:
+    s = State(PROGRESSING, from_version, to_version, generation, step_started=now,
+              message=f"loading version {to_version} beside {from_version}")
+    return _out(s, ("Normal", "RolloutStarted", f"rolling out version {to_version} (from {from_version})"))
+
+
+def advance(plan: Plan, s: State, now: float, *, candidate_ready: bool, candidate_failed: str = "",
+            promoted_everywhere: bool = False, check: Check | None = None, command: str = "") -> Outcome:
+    """One step of the state machine. `check` is the analysis of this interval when one is due
+    (`check_due`); `command` is "promote" or "abort" from the user (modeldeploy promote/abort)."""
+    if s.phase in (SUCCEEDED, FAILED):
+        return _out(s)
+    if command == "abort" and s.phase == PROGRESSING:
+        return _rollback(s, now, "Aborted", f"rollout of version {s.to_version} aborted by the user")
+    if s.phase == PROMOTING:
+        if promoted_everywhere:
+            return _out(replace(s, phase=SUCCEEDED, weight=100, message=f"version {s.to_version} is stable"),
+                        ("Normal", "RolloutSucceeded", f"version {s.to_version} promoted to stable"))
+        return _out(s)
+    if candidate_failed:
+        return _rollback(s, now, "LoadFailed", f"version {s.to_version} did not load: {candidate_failed}")
+    if command == "promote":
+        return _promote(s, now, "promoted by the user: remaining steps skipped")
+    if s.step < 0:
+        if not candidate_ready:
+            return _out(s)
+        first = replace(s, step=0, weight=plan.steps[0], step_started=now, last_check=now,
+                        message=f"step 1/{len(plan.steps)}: {plan.steps[0]}% to version {s.to_version}")
+        return _out(first, ("Normal", "RolloutStep", first.message))
+    if check is None:
+        return _out(s)
+    s = replace(s, last_check=now, analysis={"passed": check.passed, "failures": list(check.failures),
+                                             "metrics": check.figures})
+    if not check.passed:
+        failed = s.failed_checks + 1
+        s = replace(s, failed_checks=failed, message=f"check failed ({failed}/{plan.failure_threshold}): "
+                    + "; ".join(check.failures))
+        if failed >= plan.failure_threshold:
+            return _rollback(s, now, "RolledBack", f"version {s.to_version} rolled back after {failed} failed "
+                             f"checks: {'; '.join(check.failures)}")
+        return _out(s, ("Warning", "RolloutCheckFailed", s.message))
+    if now - s.step_started < plan.step_seconds:
+        return _out(replace(s, message=f"step {s.step + 1}/{len(plan.steps)}: {s.weight}% to version "
+                            f"{s.to_version}, checks passing"))
+    if s.step + 1 >= len(plan.steps) or plan.steps[s.step] >= 100:
+        return _promote(s, now, f"all {len(plan.steps)} steps passed")
+    nxt = s.step + 1
+    s = replace(s, step=nxt, weight=plan.steps[nxt], step_started=now,
+                message=f"step {nxt + 1}/{len(plan.steps)}: {plan.steps[nxt]}% to version {s.to_version}")
+    return _out(s, ("Normal", "RolloutStep", s.message))
+
+
+def check_due(plan: Plan, s: State, now: float) -> bool:
+    return s.phase == PROGRESSING and s.step >= 0 and now - s.last_check >= plan.interval_seconds
+
+
+def _promote(s: State, now: float, why: str) -> Outcome:
+    s = replace(s, phase=PROMOTING, weight=100, message=f"promoting version {s.to_version}: {why}")
+    return _out(s, ("Normal", "RolloutPromoting", s.message))
+
+
+def _rollback(s: State, now: float, reason: str, message: str) -> Outcome:
+    s = replace(s, phase=FAILED, weight=0, message=message)
+    return _out(s, ("Warning", reason, message))

@@ -1,0 +1,110 @@
+"""The rollout state machine (modeldeploy.rollout) table-driven: advancing, the last step, no data,
+NaN, too few requests, the latency ratio and absolute bound, the threshold, failures accumulating
+across steps, promote/abort commands, a version that fails to load, and a restart mid-step."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from modeldeploy.rollout import (
+    CANDIDATE_LABEL,
+    FAILED,
+    PROGRESSING,
+    PROMOTING,
+    SUCCEEDED,
+    Plan,
+    State,
+    VersionMetrics,
+    advance,
+    check_due,
+    evaluate,
+    start,
+)
+
+PLAN = Plan(steps=(5, 25, 100), step_seconds=60, interval_seconds=20, max_error_rate=0.01, max_latency_ratio=1.2,
+            min_requests=100)
+GOOD = VersionMetrics(requests=500, error_rate=0.0, p99_ms=10.0)
+OLD = VersionMetrics(requests=5000, error_rate=0.0, p99_ms=10.0)
+
+
+@pytest.mark.parametrize(("new", "old", "plan", "passed", "words"), [
+    (GOOD, OLD, PLAN, True, ""),
+    (VersionMetrics(50, 0.0, 10.0), OLD, PLAN, False, "requests 50 < minRequests 100"),
+    (VersionMetrics(None, None, None), OLD, PLAN, False, "no requests measured"),
+    (VersionMetrics(500, math.nan, 10.0), OLD, PLAN, False, "no error rate"),
+    (VersionMetrics(500, 0.05, 10.0), OLD, PLAN, False, "error rate 0.05 > maxErrorRate 0.01"),
+    (VersionMetrics(500, 0.0, 12.5), OLD, PLAN, False, "p99 12.5 ms > 1.2 x old p99 10 ms"),
+    (VersionMetrics(500, 0.0, 11.9), OLD, PLAN, True, ""),
+    (VersionMetrics(500, 0.0, math.nan), OLD, PLAN, False, "no p99 measured for the new version"),
+    (GOOD, VersionMetrics(0, None, math.nan), PLAN, False, "no p99 measured for the old version"),
+    (VersionMetrics(500, 0.0, 11.0), OLD, Plan((5,), 60, 20, 0.01, 1.2, 100, max_latency_ms=10.5), False,
+     "p99 11 ms > maxLatencyMs 10.5"),
+])
+def test_checks(new, old, plan, passed, words) -> None:  # type: ignore[no-untyped-def]
+    c = evaluate(plan, new, old)
+    assert c.passed == passed and (words in "; ".join(c.failures) if words else not c.failures), c.failures
+
+
+def test_a_healthy_version_is_promoted_through_every_step() -> None:
+    out = start(3, 4, 7, now=0)
+    assert (out.state.phase, out.weights) == (PROGRESSING, {"stable": 100})
+    assert out.labels == {"stable": 3, CANDIDATE_LABEL: 4}
+    out = advance(PLAN, out.state, 1, candidate_ready=False)
+    assert out.state.step == -1  # waits for the version to load everywhere
+    out = advance(PLAN, out.state, 2, candidate_ready=True)
+    assert (out.state.step, out.weights) == (0, {"stable": 95, CANDIDATE_LABEL: 5})
+    weights, t, s = [], 2.0, out.state
+    while s.phase == PROGRESSING:
+        t += 20
+        assert check_due(PLAN, s, t)
+        out = advance(PLAN, s, t, candidate_ready=True, check=evaluate(PLAN, GOOD, OLD))
+        s = out.state
+        weights.append(s.weight)
+    assert weights[:3] == [5, 5, 25] and s.phase == PROMOTING and out.labels == {"stable": 4}
+    assert advance(PLAN, s, t + 1, candidate_ready=True).state.phase == PROMOTING  # until live everywhere
+    done = advance(PLAN, s, t + 2, candidate_ready=True, promoted_everywhere=True)
+    assert done.state.phase == SUCCEEDED and done.events[0][1] == "RolloutSucceeded"
+
+
+def test_failures_accumulate_across_steps_and_roll_back_at_the_threshold() -> None:
+    s = advance(PLAN, start(3, 4, 1, 0).state, 0, candidate_ready=True).state
+    bad = evaluate(PLAN, VersionMetrics(500, 0.2, 10.0), OLD)
+    s = advance(PLAN, s, 20, candidate_ready=True, check=bad).state
+    assert (s.phase, s.failed_checks) == (PROGRESSING, 1) and s.weight == 5  # no advance on a failure
+    for t in (40, 60):
+        s = advance(PLAN, s, t, candidate_ready=True, check=evaluate(PLAN, GOOD, OLD)).state
+    assert s.weight == 25 and s.failed_checks == 1  # a passing step advanced; the failure is remembered
+    out = advance(PLAN, s, 80, candidate_ready=True, check=bad)
+    assert out.state.phase == FAILED and out.labels == {"stable": 3} and out.weights == {"stable": 100}
+    assert out.events[0][:2] == ("Warning", "RolledBack") and "error rate 0.2 > maxErrorRate" in out.events[0][2]
+    assert advance(PLAN, out.state, 100, candidate_ready=True).state.phase == FAILED  # stays until the spec changes
+
+
+def test_no_data_halts_and_counts_as_failed() -> None:
+    s = advance(PLAN, start(3, 4, 1, 0).state, 0, candidate_ready=True).state
+    nodata = evaluate(PLAN, VersionMetrics(None, None, None), OLD)
+    s = advance(PLAN, s, 61, candidate_ready=True, check=nodata).state
+    assert (s.step, s.failed_checks) == (0, 1)
+    assert advance(PLAN, s, 82, candidate_ready=True, check=nodata).state.phase == FAILED
+
+
+def test_commands_and_a_version_that_does_not_load() -> None:
+    s = start(3, 4, 1, 0).state
+    out = advance(PLAN, s, 1, candidate_ready=False, candidate_failed="Warmup request 0 failed")
+    assert out.state.phase == FAILED and out.events[0][1] == "LoadFailed"
+    s = advance(PLAN, s, 1, candidate_ready=True).state
+    assert advance(PLAN, s, 2, candidate_ready=True, command="promote").state.phase == PROMOTING
+    out = advance(PLAN, s, 2, candidate_ready=True, command="abort")
+    assert out.state.phase == FAILED and out.events[0][1] == "Aborted"
+
+
+def test_a_restart_mid_step_resumes_from_status() -> None:
+    s = advance(PLAN, start(3, 4, 9, 0).state, 0, candidate_ready=True).state
+    s = advance(PLAN, s, 20, candidate_ready=True, check=evaluate(PLAN, GOOD, OLD)).state
+    again = State.from_status(s.as_status())
+    assert again == s
+    assert not check_due(PLAN, again, 30) and check_due(PLAN, again, 40)
+    nxt = advance(PLAN, again, 61, candidate_ready=True, check=evaluate(PLAN, GOOD, OLD)).state
+    assert nxt.weight == 25
+    assert State.from_status({}) is None and State.from_status({"phase": "x"}) is None
