@@ -107,8 +107,9 @@ def container(name: str = "app", port: int = 8080, env: dict[str, str] | None = 
         "name": name, "image": "podserver:test", "command": [sys.executable, str(PODSERVER)], "args": [f"--port={port}"],
         "ports": [{"name": "http", "containerPort": port}],
         "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
-        "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 1, "failureThreshold": 1},
-        "livenessProbe": {"httpGet": {"path": "/live", "port": "http"}, "periodSeconds": 1, "failureThreshold": 2},
+        # Thresholds above 1 and 2 s timeouts: a stall of the (shared, 2-core) machine is no probe failure.
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 1, "failureThreshold": 3, "timeoutSeconds": 2},
+        "livenessProbe": {"httpGet": {"path": "/live", "port": "http"}, "periodSeconds": 1, "failureThreshold": 3, "timeoutSeconds": 2},
     }
     spec.update(extra)
     return spec
