@@ -19,7 +19,6 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import yaml
@@ -229,7 +228,3 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         lock.release()
 
-
-def info(state_dir: Path) -> dict[str, Any]:
-    """What a running cluster recorded (tests and tools read it)."""
-    return StateLock(state_dir).holder()

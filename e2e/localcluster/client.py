@@ -15,7 +15,7 @@ import logging
 import uuid
 from collections.abc import Callable
 
-from localcluster.apimachinery import ApiError
+from localcluster.apimachinery import ApiError, Resource
 from localcluster.fakeapi import FakeKubeAPI
 from localcluster.objects import Obj, meta, name_of, namespace_of, timestamp, uid_of, utcnow
 
@@ -27,7 +27,7 @@ class Client:
         self.api, self.component = api, component
         self._events: dict[tuple[str, str, str, str], str] = {}  # (namespace, uid, reason, message) -> Event name
 
-    def _resource(self, group: str, plural: str):  # noqa: ANN202 - apimachinery.Resource
+    def _resource(self, group: str, plural: str) -> Resource:
         return self.api.resources[(group, plural)]
 
     def get(self, group: str, plural: str, namespace: str, name: str) -> Obj | None:

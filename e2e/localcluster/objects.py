@@ -78,23 +78,6 @@ def selector_matches(match_labels: dict[str, str] | None, labels: dict[str, str]
     return all(labels.get(k) == v for k, v in match_labels.items())
 
 
-def label_selector_matches(selector: Obj | None, labels: dict[str, str]) -> bool:
-    """A metav1.LabelSelector (matchLabels and matchExpressions)."""
-    selector = selector or {}
-    if not selector.get("matchLabels") and not selector.get("matchExpressions"):
-        return False
-    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
-        return False
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr.get("key"), expr.get("operator"), set(expr.get("values") or [])
-        present = key in labels
-        if (op == "In" and labels.get(key) not in values) or (op == "NotIn" and present and labels.get(key) in values):
-            return False
-        if (op == "Exists" and not present) or (op == "DoesNotExist" and present):
-            return False
-    return True
-
-
 def condition(obj: Obj | None, ctype: str) -> Obj:
     return next((c for c in ((obj or {}).get("status") or {}).get("conditions") or [] if c.get("type") == ctype), {})
 
