@@ -71,7 +71,7 @@ def test_the_example_is_ready_only_after_warmup(run: LocalRun) -> None:
     assert row.split()[:5] == ["local-canary", "True", MODEL, "1,2", "canary=2,stable=1"]
     pod = json.loads(kubectl(run, "get", "pods", "-o", "json"))["items"][0]
     log = kubectl(run, "logs", pod["metadata"]["name"])
-    warmed = [m for v in (1, 2) if (m := re.search(rf"^(\S+ \S+),\d+ INFO .*version {v} warmed up: 8 record\(s\), 400 request", log, re.M))]
+    warmed = [m for v in (1, 2) if (m := re.search(rf"^(\S+ \S+),\d+ INFO .*version {v} warmed up\b.*?8 record\(s\), 400 request", log, re.M))]
     assert len(warmed) == 2, log  # 8 records x requestIterations 50, each version, before...
     ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
     ready_at = time.mktime(time.strptime(ready["lastTransitionTime"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
