@@ -28,14 +28,12 @@ from typing import Any
 
 from aiohttp import web
 
+from .contract import ADMIN_MODELS_PATH, ADMIN_ROUTING_PATH
 from .errors import ServingError, invalid_argument
 from .manager import Manager
 from .routing import parse_table
 
 log = logging.getLogger("modelserver.admin")
-
-ROUTING_PATH = "/v1/admin/routing"
-MODELS_PATH = "/v1/admin/models"
 
 
 def models_json(manager: Manager) -> dict[str, Any]:
@@ -118,7 +116,7 @@ def make_admin_app(manager: Manager, token: TokenFile) -> web.Application:
         return _json(manager.routing.as_json())
 
     app = web.Application(middlewares=[auth], client_max_size=1 << 20)
-    app.router.add_get(ROUTING_PATH, get_routing)
-    app.router.add_get(MODELS_PATH, get_models)
-    app.router.add_put(ROUTING_PATH, put_routing)
+    app.router.add_get(ADMIN_ROUTING_PATH, get_routing)
+    app.router.add_get(ADMIN_MODELS_PATH, get_models)
+    app.router.add_put(ADMIN_ROUTING_PATH, put_routing)
     return app

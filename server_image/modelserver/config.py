@@ -16,6 +16,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from .config_protos import MonitoringConfig
+from .contract import METRICS_PATH
 
 
 class ConfigError(ValueError):
@@ -132,9 +133,6 @@ def single_model_config(name: str, base_path: str) -> list[ModelConfig]:
 
 # ---- monitoring config ---------------------------------------------------------------------------
 
-DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"
-
-
 def load_monitoring_config(path: str | Path) -> Any:
     """Parses `--monitoring_config_file` (MonitoringConfig text proto); the metrics module serves it."""
     p = Path(path)
@@ -144,7 +142,7 @@ def load_monitoring_config(path: str | Path) -> Any:
         raise ConfigError(f"cannot read monitoring config file {p}: {exc.strerror}") from None
     cfg = parse_text_proto(text, MonitoringConfig(), str(p))
     if cfg.prometheus_config.enable:
-        path_ = cfg.prometheus_config.path or DEFAULT_METRICS_PATH
+        path_ = cfg.prometheus_config.path or METRICS_PATH
         if not path_.startswith("/"):
             raise ConfigError(f"{p}: prometheus_config.path must start with '/': {path_!r}")
     return cfg

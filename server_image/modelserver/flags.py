@@ -11,9 +11,11 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from .contract import GRPC_PORT
+
 # name: (type, default, implemented, help)
 _FLAGS: dict[str, tuple[type, Any, bool, str]] = {
-    "port": (int, 8500, True, "gRPC port (0 = no gRPC server)"),
+    "port": (int, GRPC_PORT, True, "gRPC port (0 = no gRPC server)"),
     "grpc_socket_path": (str, "", True, "also serve gRPC on this UNIX socket"),
     "rest_api_port": (int, 0, True, "REST (HTTP/JSON) port; 0 = no REST server"),
     "rest_api_num_threads": (int, 0, False, "REST threads (the REST server is asyncio here)"),

@@ -24,8 +24,8 @@ from tensorflow_serving.apis import (
 from . import proto_api
 from .config import ConfigError, model_configs_from_proto
 from .context import RequestContext
+from .contract import LABEL_METADATA, ROUTE_KEY_METADATA
 from .errors import ServingError, invalid_argument
-from .routing import LABEL_METADATA, ROUTE_KEY_METADATA
 from .server_state import ServerState
 
 log = logging.getLogger("modelserver.grpc")

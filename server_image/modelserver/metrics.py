@@ -21,9 +21,10 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from .context import RequestContext
+from .contract import METRICS_PATH
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-DEFAULT_PATH = "/monitoring/prometheus/metrics"
+DEFAULT_PATH = METRICS_PATH
 
 # TF Serving's buckets for latencies in microseconds: 10 * 1.8^i, i < 33 (up to about 2.7 h).
 TF_LATENCY_BUCKETS_US: tuple[float, ...] = tuple(10 * 1.8**i for i in range(33))

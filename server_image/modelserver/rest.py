@@ -13,11 +13,11 @@ from aiohttp import web
 from google.protobuf import json_format
 from tensorflow_serving.apis import input_pb2
 
-from . import rest_json
+from . import contract, rest_json
 from .context import RequestContext
+from .contract import LABEL_HEADER, ROUTE_KEY_HEADER, VERSION_HEADER
 from .dataplane import ModelRef, VersionStatus
 from .errors import ServingError, invalid_argument
-from .routing import LABEL_HEADER, ROUTE_KEY_HEADER, VERSION_HEADER
 from .servable import Servable
 from .server_state import ServerState
 
@@ -187,7 +187,7 @@ async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status == 413:
             return _json_response({"error": "Request body too large"}, 413)
-        if exc.status == 405 and request.path.startswith("/v1/models/"):  # TF Serving: INVALID_ARGUMENT
+        if exc.status == 405 and request.path.startswith(contract.MODELS_PREFIX + "/"):  # TF Serving: INVALID_ARGUMENT
             return _json_response({"error": f"Malformed request: {request.method} {request.path}"}, 400)
         if exc.status >= 400:
             return _json_response({"error": exc.reason}, exc.status)
@@ -197,11 +197,11 @@ async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamRespo
 def make_app(state: ServerState) -> web.Application:
     api = RestApi(state)
     app = web.Application(client_max_size=state.flags.rest_api_max_request_bytes, middlewares=[_errors_as_json])
-    app.router.add_get("/v1/health/live", api.live)
-    app.router.add_get("/v1/health/ready", api.ready)
+    app.router.add_get(contract.HEALTH_LIVE_PATH, api.live)
+    app.router.add_get(contract.HEALTH_READY_PATH, api.ready)
     app.add_routes(state.rest_routes)
-    app.router.add_get("/v1/models/{tail:.*}", api.get)
-    app.router.add_post("/v1/models/{tail:.*}", api.post)
+    app.router.add_get(contract.MODELS_PREFIX + "/{tail:.*}", api.get)
+    app.router.add_post(contract.MODELS_PREFIX + "/{tail:.*}", api.post)
 
     async def close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
         if state.draining:  # "Connection: close": the client reconnects (elsewhere) for its next request

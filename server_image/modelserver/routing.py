@@ -33,11 +33,6 @@ from typing import Any
 
 from .errors import invalid_argument
 
-ROUTE_KEY_HEADER = "X-Model-Route-Key"
-ROUTE_KEY_METADATA = "x-model-route-key"
-VERSION_HEADER = "X-Model-Version"
-LABEL_HEADER = "X-Model-Label"
-LABEL_METADATA = "x-model-label"  # gRPC trailing metadata (the version is in the response's model_spec)
 MAX_WEIGHT = 1_000_000
 
 
