@@ -170,7 +170,11 @@ class ServiceProxy:
 
     async def _sync(self, ns: str, name: str) -> None:
         svc = self.client.get("", "services", ns, name)
-        wanted = {port_key(p): p for p in (svc or {}).get("spec", {}).get("ports") or []} if svc and (svc.get("spec") or {}).get("selector") else {}
+        spec = (svc or {}).get("spec") or {}
+        # kube-proxy gives no virtual IP to a Service without a selector or a headless one
+        # (clusterIP: None): clients reach those pods through their EndpointSlices
+        proxied = bool(svc and spec.get("selector") and spec.get("clusterIP") != "None")
+        wanted = {port_key(p): p for p in spec.get("ports") or []} if proxied else {}
         for key in [k for k in self.listeners if k[:2] == (ns, name) and k[2] not in wanted]:
             await self.listeners.pop(key).close()
         slices = [s for s in self.client.list("discovery.k8s.io", "endpointslices", ns)

@@ -80,6 +80,21 @@ def test_a_deployment_becomes_ready_pods_behind_a_service(lc: ThreadCluster, nod
     assert "1/1" in out and "Running" in out and "127.0.0.1" in out and "local" in out
     assert "listening on 127.0.0.1" in lc.kubectl("logs", pod["metadata"]["name"])
     assert "web" in lc.kubectl("get", "endpointslices")
+    # A headless Service (clusterIP: None) gets EndpointSlices with each pod's port, and no proxy
+    headless = service("web")
+    headless["metadata"]["name"] = "web-direct"
+    headless["spec"]["clusterIP"] = "None"
+    lc.apply(headless)
+    def direct_endpoints() -> list[str] | None:
+        eps = sorted(ep["addresses"][0] + f":{s['ports'][0]['port']}"
+                     for s in lc.api.list_objects("discovery.k8s.io", "endpointslices", "default")
+                     if s["metadata"]["labels"].get("kubernetes.io/service-name") == "web-direct"
+                     for ep in s["endpoints"])
+        return eps if len(eps) == 2 else None
+
+    direct = wait_for(direct_endpoints, "the headless Service's slices, one endpoint per pod")
+    assert all(d.startswith("127.0.0.1:") and not d.endswith(":8080") for d in direct)
+    assert lc.cluster.services is not None and lc.cluster.services.local_port("default", "web-direct", "http") is None
     described = lc.kubectl("describe", "pod", pod["metadata"]["name"])
     assert "Status:       Running" in described and "Scheduled" in described and "Started container app" in described
 
