@@ -173,9 +173,6 @@ class ServerMetrics:
         # counter keeps its bare name, so dashboards and the TYPE line agree with the samples.
         return text.replace(b" :tensorflow:serving:request_count_total ", b" :tensorflow:serving:request_count ")
 
-    def snapshot(self) -> Iterator[tuple[tuple[Any, ...], _Series]]:
-        return iter(list(self._series.items()))
-
 
 def _model_version(model_key: Hashable) -> tuple[str, str]:
     if isinstance(model_key, tuple) and len(model_key) >= 2:

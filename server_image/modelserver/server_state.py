@@ -1,8 +1,8 @@
 """What the front ends share: the manager, the data plane, the runner choice, and the hooks.
 
 Hooks (for batching, warmup, metrics, tracing):
-- `runner_for(model)`: the runner of a model's computations (`DirectRunner` unless a per-model
-  runner was registered in `runners`, e.g. a batching.Batcher).
+- `runner_for(model)`: the runner of a model's computations (`default_runner`: a `DirectRunner`,
+  or the batching.Batcher with `--enable_batching`).
 - `request_hooks`: callables run by `finish(ctx)` once per request, right after its answer.
 - `rest_routes`: extra aiohttp routes registered on the REST server (e.g. the metrics path).
 - `manager.on_version_loaded`: called between LOADING and AVAILABLE (see manager.py).
@@ -35,7 +35,6 @@ class ServerState:
     flags: Flags
     manager: Manager
     default_runner: Runner
-    runners: dict[str, Runner] = field(default_factory=dict)
     request_hooks: list[RequestHook] = field(default_factory=list)
     rest_routes: list[web.RouteDef] = field(default_factory=list)
     monitoring_config: Any = None  # monitoring_config_pb2.MonitoringConfig or None
@@ -52,7 +51,7 @@ class ServerState:
         return self.plane.in_flight
 
     def runner_for(self, model: str) -> Runner:
-        return self.runners.get(model, self.default_runner)
+        return self.default_runner
 
     def finish(self, ctx: RequestContext) -> None:
         """Called exactly once per request, when its answer (or error) is sent."""
