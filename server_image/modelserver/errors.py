@@ -70,6 +70,3 @@ def resource_exhausted(message: str) -> ServingError:
 def deadline_exceeded(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, message)
 
-
-def unimplemented(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.UNIMPLEMENTED, message)

@@ -21,8 +21,6 @@ from typing import IO, Any
 
 from .context import RequestContext
 
-FIELDS = ("receive", "queue_start", "compute_start", "compute_end", "send")
-
 
 def _wall_offset() -> float:
     """Seconds to add to a perf_counter() reading to get Unix time."""
