@@ -39,6 +39,7 @@ class HttpFront:
     # Provided by FakeKubeAPI.
     lock: Any
     resources: dict[tuple[str, str], Resource]
+    objects: dict[Any, Obj]
     applied: dict[Any, Obj]
     history: list[Any]
     compacted_rv: int
@@ -86,13 +87,16 @@ class HttpFront:
                 body = await self._scale(request, verb, r, ns, name)
                 self._record(request, verb, r, sub, ns, name, 200)
                 return web.json_response(body)
+            # A server-side apply that creates its object answers 201, as kube-apiserver does.
+            applies = verb == "patch" and not sub and request.content_type == "application/apply-patch+yaml"
+            creates = verb == "create" or (applies and (r.group, r.plural, ns, name) not in self.objects)
             body = await self._dispatch(request, verb, r, ns, name, sub)
-            self._record(request, verb, r, sub, ns, name, 201 if verb == "create" else 200)
+            self._record(request, verb, r, sub, ns, name, 201 if creates else 200)
             if verb in ("list",) and "as=Table" in request.headers.get("Accept", ""):
                 body = self._table(r, body["items"], body["metadata"])
             elif verb == "get" and "as=Table" in request.headers.get("Accept", ""):
                 body = self._table(r, [body], {"resourceVersion": body["metadata"]["resourceVersion"]})
-            return web.json_response(body, status=201 if verb == "create" else 200)
+            return web.json_response(body, status=201 if creates else 200)
         except ApiError as exc:
             self._record(request, verb, r, sub, ns, name, exc.code)
             return web.json_response(exc.status(), status=exc.code)

@@ -109,20 +109,12 @@ def requests_from_audit(audit: Iterable[Any]) -> list[Request]:
     subresource, namespace, name, code), in order.
 
     A server-side apply (PATCH) that creates its object is also authorized as `create` by
-    kube-apiserver; the operator reads each child before applying it, so a GET answered 404 and
-    followed by a successful PATCH of the same object marks such a creation.
+    kube-apiserver, which answers it 201 Created (as the fake API server does): such a PATCH counts
+    as both.
     """
     out: list[Request] = []
-    missing: set[tuple[str, str, str, str]] = set()
     for a in audit:
-        req = Request(a.verb, a.apiGroup, a.resource, a.subresource, a.namespace)
-        out.append(req)
-        key = (a.apiGroup, a.resource, a.namespace, a.name)
-        if a.subresource:
-            continue
-        if a.verb == "get":
-            (missing.add if a.code == 404 else missing.discard)(key)
-        elif a.verb == "patch" and a.code < 300 and key in missing:
+        out.append(Request(a.verb, a.apiGroup, a.resource, a.subresource, a.namespace))
+        if a.verb == "patch" and a.code == 201 and not a.subresource:
             out.append(Request("create", a.apiGroup, a.resource, "", a.namespace))
-            missing.discard(key)
     return out

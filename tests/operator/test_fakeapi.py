@@ -95,10 +95,10 @@ def test_patch_kinds(ns: FakeKubeAPI) -> None:
 def test_server_side_apply_owns_and_drops_fields(ns: FakeKubeAPI) -> None:
     apply = {"Content-Type": "application/apply-patch+yaml"}
     r = call(ns, "PATCH", f"{CMS}/s", cm("s", {"l": "1"}, a="1", b="2"), apply, fieldManager="me", force="true")
-    assert r.status_code == 200 and r.json()["data"] == {"a": "1", "b": "2"}
+    assert r.status_code == 201 and r.json()["data"] == {"a": "1", "b": "2"}  # an apply that creates: 201, as kube-apiserver
     call(ns, "PATCH", f"{CMS}/s", {"data": {"other": "x"}}, MERGE)  # another writer's field
     r = call(ns, "PATCH", f"{CMS}/s", cm("s", {"l": "1"}, a="1"), apply, fieldManager="me", force="true")
-    assert r.json()["data"] == {"a": "1", "other": "x"}  # b was ours and is gone; other stays
+    assert r.status_code == 200 and r.json()["data"] == {"a": "1", "other": "x"}  # b was ours and is gone; other stays
     assert call(ns, "PATCH", f"{CMS}/s", cm("s"), apply).status_code == 422  # fieldManager required
 
 
