@@ -22,13 +22,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modeldeploy", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    modules = {}
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        # add_help=False: `modeldeploy operator --help` reaches the subcommand's full parser below.
+        # add_help=False: `modeldeploy operator --help` reaches the subcommand's full parser below;
+        # only the chosen subcommand's module is imported (lazily, after this first parse).
         p = sub.add_parser(name, help=help_text, add_help=False)
-        # Import lazily: only the chosen subcommand's module is needed to parse its arguments,
-        # but argparse needs every parser's arguments up front, so modules declare them cheaply.
-        modules[name] = module_name
         p.set_defaults(_module=module_name)
     args, _ = parser.parse_known_args(argv)
     try:

@@ -8,7 +8,9 @@ the operator owns every field it renders.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +135,34 @@ class Kube:
             "PATCH", path_for(api.API_VERSION, api.KIND, namespace, name, "status"), body=body,
             content_type="application/merge-patch+json",
         )
+
+    def patch_finalizers(self, namespace: str, name: str, finalizers: list[str], resource_version: str | None) -> Obj:
+        """Set a ModelDeployment's finalizers (a merge patch replaces the list, so it is conditional
+        on the resourceVersion it was computed from: 409 if someone changed the object since)."""
+        meta: Obj = {"finalizers": finalizers or None}
+        if resource_version:
+            meta["resourceVersion"] = resource_version
+        return self.request(
+            "PATCH", path_for(api.API_VERSION, api.KIND, namespace, name), body={"metadata": meta},
+            content_type="application/merge-patch+json",
+        )
+
+    def post_event(self, obj: Obj, etype: str, reason: str, message: str, component: str,
+                   instance: str = "") -> Obj:
+        """A core/v1 Event about `obj`, as kubectl describe shows it (reason, message, From: component)."""
+        meta = obj["metadata"]
+        stamp = dt.datetime.now(dt.UTC).isoformat()
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": obj.get("apiVersion", api.API_VERSION), "kind": obj.get("kind", api.KIND),
+                               "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid", "")},
+            "type": etype, "reason": reason, "message": message[:1000],
+            "source": {"component": component}, "reportingComponent": component,
+            "reportingInstance": instance or socket.gethostname(),
+            "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+        }
+        return self.request("POST", path_for("v1", "Event", meta["namespace"]), body=event)
 
     def serves(self, group: str, version: str, plural: str) -> bool:
         """Whether the API server serves a resource (discovery; e.g. our CRD is installed)."""

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from modelserver import contract  # the server's REST port and paths (pure Python)
+
 # TF Serving's ManagedState names -> the states we show in status.
 STATES = {
     "START": "Loading",
@@ -25,7 +27,7 @@ STATES = {
     "END": "Failed",
     "UNKNOWN": "Unknown",
 }
-DEFAULT_URL_TEMPLATE = "http://{name}.{namespace}.svc:8501"
+DEFAULT_URL_TEMPLATE = f"http://{{name}}.{{namespace}}.svc:{contract.REST_PORT}"
 
 
 @dataclass(frozen=True)
@@ -82,12 +84,12 @@ def _get(url: str, timeout: float) -> dict[int, VersionReport]:
 def fetch(base_url: str, model: str, labels: Sequence[str] = (), timeout: float = 2.0) -> dict[int, VersionReport] | None:
     """I/O: ask one server for its versions and where each of `labels` points (TF Serving's
     `GET /v1/models/<name>/labels/<label>`); None when it cannot be reached or answers nonsense."""
-    base = f"{base_url.rstrip('/')}/v1/models/{model}"
+    base = base_url.rstrip("/")
     try:
-        reports = _get(base, timeout)
+        reports = _get(base + contract.model_path(model), timeout)
         resolved: dict[str, int | None] = {}
         for label in labels:
-            found = _get(f"{base}/labels/{label}", timeout) if reports else {}
+            found = _get(base + contract.model_path(model, label), timeout) if reports else {}
             resolved[label] = next(iter(found), None)
     except _Unreachable:
         return None

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import time
 from typing import Any
+
+from modeldeploy import modelstatus
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,9 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resync-seconds", type=float, default=60.0, help="re-check every ModelDeployment this often")
     parser.add_argument(
         "--model-status-url",
-        default="http://{name}.{namespace}.svc:8501",
+        default=modelstatus.DEFAULT_URL_TEMPLATE,
         help="REST base URL of a ModelDeployment's servers, for per-version states ({name}, {namespace}; '' = off)",
     )
+    parser.add_argument("--workers", type=int, default=8, help="ModelDeployments reconciled at once")
     parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port (0: off)")
     parser.add_argument("--health-port", type=int, default=8081, help="liveness endpoint port, /healthz (0: off)")
     parser.add_argument("--bind", default="0.0.0.0", help="address for the metrics and health endpoints")
@@ -67,21 +71,25 @@ def run(args: argparse.Namespace) -> int:
     import prometheus_client
     from kubernetes.config import ConfigException
 
-    from modeldeploy import handlers, render
+    from modeldeploy import handlers, render  # noqa: F401 - importing handlers registers them with kopf
+    from modeldeploy.context import OperatorContext
     from modeldeploy.kube import Kube
 
     kopf.configure(verbose=args.verbose)
+    if not args.verbose:
+        # kopf logs every handler call at INFO ("Handler ... succeeded"): one line per watch event.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
-        handlers.CONFIG.kube = Kube.from_environment()
+        kube = Kube.from_environment()
     except (ConfigException, OSError) as exc:
         print(f"modeldeploy operator: no Kubernetes configuration (in-cluster or KUBECONFIG): {exc}", file=sys.stderr)
         return 2
-    if not wait_for_crd(handlers.CONFIG.kube, args.crd_wait_seconds):
+    if not wait_for_crd(kube, args.crd_wait_seconds):
         return 3
-    handlers.CONFIG.defaults = render.Defaults(server_image=args.server_image or render.DEFAULT_SERVER_IMAGE)
-    handlers.CONFIG.resync_seconds = args.resync_seconds
-    handlers.register_resync(args.resync_seconds)
-    handlers.CONFIG.model_status_url = args.model_status_url
+    context = OperatorContext(
+        kube=kube, defaults=render.Defaults(server_image=args.server_image or render.DEFAULT_SERVER_IMAGE),
+        resync_seconds=args.resync_seconds, model_status_url=args.model_status_url, workers=args.workers,
+    )
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, addr=args.bind)
     liveness = f"http://{args.bind}:{args.health_port}/healthz" if args.health_port else None
@@ -91,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             namespaces=args.namespace,
             standalone=True,
             liveness_endpoint=liveness,
+            memo=context,
         )
     )
     return 0

@@ -1,229 +1,178 @@
-"""Reconcile one ModelDeployment: validate, check storage, apply the children, write status.
+"""Reconcile one ModelDeployment: observe → plan → execute → report.
 
-All I/O goes through `Kube` (the API) and `Recorder` (Kubernetes Events); decisions come from the
-pure `render` and `status` modules. The function is idempotent and reads all state from the cluster,
-so running it again at any point (an operator restart, a retry after a conflict, a child edited by
-hand) converges to the same result. A spec that cannot work is reported, and nothing is applied.
+- **observe** (reads): the ModelDeployment and its children from the cache (what the watches and
+  our own writes left there), the PersistentVolumeClaim its spec names (a GET), and, when pods are
+  ready, the servers' own version reports (HTTP);
+- **plan** and **report** (pure, plan.py): what to create, update or keep, which Events, what status;
+- **execute** (writes): our finalizer, the server-side applies (each answer goes into the cache, so
+  its watch event is known as our own echo), the children's Events;
+- then the status patch and the summary Event.
+
+It is idempotent and needs no state of its own beyond the cache, so running it again at any point
+(an operator restart, a retry after a conflict, a child edited by hand) converges to the same
+result. A spec that cannot work is reported, and nothing is applied. The work queue runs at most
+one reconcile per ModelDeployment at a time; transient API errors raise `Retry`, which it backs off.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
-import threading
+import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
+from modeldeploy import api, metrics, plan, render
+from modeldeploy.kube import KubeError
+from modeldeploy.plan import Event, Observed, Outcome, Plan, parse_spec
+from modeldeploy.workqueue import Retry
 
-from modeldeploy import api, metrics, render, serverconfig
-from modeldeploy.kube import Kube, KubeError
-from modeldeploy.modelstatus import VersionReport
-from modeldeploy.status import Problem, compute_status
+if TYPE_CHECKING:
+    from modeldeploy.context import OperatorContext
 
-Obj = dict[str, Any]
+Obj = plan.Obj
 log = logging.getLogger("modeldeploy.reconcile")
-
-# (event type, reason, message) -> None; the operator posts them as Kubernetes Events.
-Recorder = Callable[[Obj, str, str, str], None]
-# (namespace, ModelDeployment name, model name, version labels) -> the servers' version reports
-# (with the labels each version resolves), None if unreachable.
-Probe = Callable[[str, str, str, list[str]], dict[int, VersionReport] | None]
-
-
-class Retry(Exception):
-    """A transient failure (conflict, throttling, API unavailable): try again after `delay`
-    (the first time; the handlers double it on each further retry, up to a minute)."""
-
-    def __init__(self, message: str, delay: float):
-        super().__init__(message)
-        self.delay = delay
-
-
-@dataclass
-class Result:
-    applied: bool
-    problem: Problem | None
-    status: Obj
-
-
-_locks: dict[tuple[str, str], threading.Lock] = {}
-_locks_guard = threading.Lock()
-
-
-def lock_for(namespace: str, name: str) -> threading.Lock:
-    with _locks_guard:
-        return _locks.setdefault((namespace, name), threading.Lock())
 
 
 def now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()))
-        msg = err.get("msg", "").removeprefix("Value error, ")
-        parts.append(f"spec.{where}: {msg}" if where else msg)
-    return "; ".join(parts)
-
-
-def parse_spec(body: Obj) -> api.ModelDeploymentSpec | Problem:
-    bad_name = api.name_problem(body["metadata"]["name"])
-    if bad_name:
-        return Problem("InvalidSpec", bad_name)
-    try:
-        spec = api.ModelDeploymentSpec.model_validate(body.get("spec") or {})
-    except ValidationError as exc:
-        return Problem("InvalidSpec", format_validation_error(exc))
-    bad_args = serverconfig.args_problem(spec)
-    return Problem("InvalidSpec", bad_args) if bad_args else spec
-
-
-def check_storage(kube: Kube, spec: api.ModelDeploymentSpec, namespace: str) -> Problem | None:
-    pvc = spec.model.storage.pvc
-    if pvc is None:
+def reconcile(ctx: OperatorContext, namespace: str, name: str) -> float | None:
+    """One run for the work queue: the seconds until the periodic re-check (None: gone)."""
+    body = ctx.cache.get(api.KIND, namespace, name)
+    if body is None:
         return None
-    claim = kube.get("v1", "PersistentVolumeClaim", namespace, pvc.claim_name)
-    if claim is None:
-        return Problem(
-            "StorageNotFound",
-            f'PersistentVolumeClaim "{pvc.claim_name}" not found in namespace "{namespace}"; create it or fix spec.model.storage.pvc.claimName',
-        )
-    return None
-
-
-def child_in_sync(body: Obj, child: Obj, defaults: render.Defaults) -> bool:
-    """Pure: whether a child as seen in a watch event still matches what `body` renders for it."""
-    parsed = parse_spec(body)
-    if isinstance(parsed, Problem):
-        return False
-    meta = body["metadata"]
-    owner = render.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta.get("uid", ""))
-    for desired in render.render_all(parsed, owner, defaults):
-        if desired["kind"] == child.get("kind") and desired["metadata"]["name"] == child["metadata"].get("name"):
-            return render.in_sync(desired, child)
-    return False
-
-
-def reconcile(
-    kube: Kube, body: Obj, defaults: render.Defaults, record: Recorder, cause: str = "", probe: Probe | None = None
-) -> Result:
-    meta = body["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
-    with lock_for(namespace, name):
-        started = time.monotonic()
-        try:
-            result = _reconcile(kube, body, defaults, record, cause, probe)
-        except Retry:
-            metrics.RECONCILES.labels(result="retry").inc()
-            raise
-        except Exception:
-            metrics.RECONCILES.labels(result="error").inc()
-            raise
-        finally:
-            metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
-        metrics.RECONCILES.labels(result="problem" if result.problem else "ok").inc()
-        return result
-
-
-def _reconcile(
-    kube: Kube, body: Obj, defaults: render.Defaults, record: Recorder, cause: str, probe: Probe | None
-) -> Result:
-    meta = body["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
-    # Work from the live object: the body a handler got may be stale after a restart or a retry.
+    started = time.monotonic()
     try:
-        live = kube.get(api.API_VERSION, api.KIND, namespace, name)
-    except KubeError as exc:
-        raise Retry(f"reading the ModelDeployment: {exc}", 1) from exc
-    if live is None or live["metadata"].get("deletionTimestamp"):
-        return Result(False, None, {})
-    generation = int(live["metadata"].get("generation") or 1)
-    previous = live.get("status") or {}
-    parsed = parse_spec(live)
-    problem = parsed if isinstance(parsed, Problem) else None
-    spec = parsed if isinstance(parsed, api.ModelDeploymentSpec) else None
-    deployment: Obj | None = None
-    chash: str | None = None
-    applied = False
-    if spec is not None:
-        try:
-            problem = check_storage(kube, spec, namespace)
-        except KubeError as exc:
-            raise Retry(f"checking storage: {exc}", 1) from exc
-    if spec is not None and problem is None:
-        owner = render.Owner(name=name, namespace=namespace, uid=live["metadata"]["uid"])
-        children = render.render_all(spec, owner, defaults)
-        chash = children[1]["spec"]["template"]["metadata"]["annotations"][render.CONFIG_HASH_ANNOTATION]
-        try:
-            for child in children:
-                before = kube.get(child["apiVersion"], child["kind"], namespace, child["metadata"]["name"])
-                if before is not None and render.in_sync(child, before):
-                    # Unchanged (same rendered hash, every rendered field in place): no write needed.
-                    if child["kind"] == "Deployment":
-                        deployment = before
-                    continue
-                out = kube.apply(child)
-                if before is None:
-                    record(live, "Normal", "Created", f"created {child['kind']} {child['metadata']['name']}")
-                elif _rendered_hash(before) == _rendered_hash(child) and _changed(before, out):
-                    # We had applied exactly this rendering before: someone changed the child since.
-                    record(live, "Normal", "DriftCorrected", f"restored {child['kind']} {child['metadata']['name']} to the rendered spec")
-                if child["kind"] == "Deployment":
-                    deployment = out
-            applied = True
-        except KubeError as exc:
-            if exc.transient:
-                raise Retry(f"applying children: {exc}", 0.5 if exc.status == 409 else 1) from exc
-            problem = Problem("ApplyFailed", f"the API server rejected a child: {exc.message}")
+        problem = _reconcile(ctx, body)
+    except Retry:
+        metrics.RECONCILES.labels(result="retry").inc()
+        raise
+    except Exception:
+        metrics.RECONCILES.labels(result="error").inc()
+        raise
+    finally:
+        metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+    metrics.RECONCILES.labels(result="problem" if problem else "ok").inc()
     if problem is not None:
-        # Nothing changes until the problem is fixed; pods of an earlier generation may still serve,
-        # so status counts what exists.
-        with contextlib.suppress(KubeError):
-            deployment = kube.get("apps/v1", "Deployment", namespace, name)
-        was = {c.get("type"): c for c in previous.get("conditions") or []}.get("Degraded") or {}
-        if was.get("reason") != problem.reason or was.get("message") != problem.message or previous.get("observedGeneration") != generation:
-            record(live, "Warning", problem.reason, problem.message)
-    elif previous.get("observedGeneration") != generation:
-        record(live, "Normal", "Reconciled", f"applied generation {generation} (config hash {chash})")
+        log.warning("%s/%s: %s: %s", namespace, name, problem.reason, problem.message)
+    if body["metadata"].get("deletionTimestamp"):
+        return None
+    # Spread the re-checks of ModelDeployments created together (±10%).
+    return ctx.resync_seconds * random.uniform(0.9, 1.1)
+
+
+def _reconcile(ctx: OperatorContext, body: Obj) -> plan.Problem | None:
+    observed = observe(ctx, body)
+    decided = plan.plan(observed, ctx.defaults)
+    outcome = execute(ctx, body, decided)
+    if outcome is None:
+        return None  # the ModelDeployment is gone
+    said = plan.report(observed, decided, outcome, now())
+    if said.status is not None:
+        write_status(ctx, body, said.status)
+    for event in said.events:
+        post_event(ctx, body, event)
+    return said.problem
+
+
+# -- observe --
+def observe(ctx: OperatorContext, body: Obj) -> Observed:
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    if meta.get("deletionTimestamp"):
+        return Observed(body, None, None)
+    parsed = parse_spec(body)
+    claim = plan.claim_name(parsed)
+    claim_found = None if claim is None else claim_exists(ctx, namespace, claim)
+    problem = plan.assess(body, parsed, claim_found)
+    spec = None if isinstance(parsed, plan.Problem) else parsed
+    children = {(kind, child): obj for _, kind, child in render.child_refs(name)
+                if (obj := ctx.cache.get(kind, namespace, child)) is not None}
     served = None
-    has_ready_pods = deployment is not None and int((deployment.get("status") or {}).get("readyReplicas") or 0) > 0
-    if probe is not None and spec is not None and problem is None and has_ready_pods:
-        served = probe(namespace, name, api.model_name(spec, name), sorted(spec.version_labels or {}))
-    status = compute_status(
-        spec=spec, name=name, generation=generation, deployment=deployment, problem=problem,
-        previous=previous, config_hash=chash if problem is None else previous.get("configHash"), now=now(),
-        served=served,
-    )
-    if _differs(status, previous):
-        patch = {**{k: None for k in previous if k not in status}, **status}
-        try:
-            kube.patch_status(namespace, name, patch)
-        except KubeError as exc:
-            if exc.status == 404:
-                return Result(applied, problem, status)
-            raise Retry(f"writing status: {exc}", 0.5) from exc
-    return Result(applied, problem, status)
+    deployment = children.get(("Deployment", name))
+    if spec is not None and problem is None and int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0) > 0:
+        served = ctx.probe(namespace, name, api.model_name(spec, name), sorted(spec.version_labels or {}))
+    return Observed(body, spec, problem, children, served)
 
 
-def _changed(before: Obj, after: Obj) -> bool:
-    """Whether an apply changed the object (a no-op apply keeps the resourceVersion)."""
-    return bool(before["metadata"].get("resourceVersion") != after["metadata"].get("resourceVersion"))
-
-
-def _rendered_hash(obj: Obj) -> str | None:
-    return ((obj.get("metadata") or {}).get("annotations") or {}).get(render.RENDERED_HASH_ANNOTATION)
-
-
-def _differs(new: Obj, old: Obj) -> bool:
-    if set(new) != set(old):
+def claim_exists(ctx: OperatorContext, namespace: str, claim: str) -> bool:
+    """Whether the PersistentVolumeClaim exists: a GET, unless one found it within
+    `ctx.claim_seconds` (a claim in use cannot go away: Kubernetes' pvc-protection keeps it while
+    pods mount it). A missing claim is asked for again at every reconcile."""
+    key = (namespace, claim)
+    if ctx.claims_seen.get(key, 0.0) > time.monotonic():
         return True
-    strip = lambda cs: [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in cs or []]  # noqa: E731
-    return any(
-        (strip(new[k]) != strip(old.get(k))) if k == "conditions" else new[k] != old.get(k) for k in new
-    )
+    try:
+        found = ctx.kube.get("v1", "PersistentVolumeClaim", namespace, claim) is not None
+    except KubeError as exc:
+        raise Retry(f"checking storage: {exc}", 1) from exc
+    if found:
+        ctx.claims_seen[key] = time.monotonic() + ctx.claim_seconds
+    else:
+        ctx.claims_seen.pop(key, None)
+    return found
+
+
+# -- execute --
+def execute(ctx: OperatorContext, body: Obj, decided: Plan) -> Outcome | None:
+    """Do what the plan says; None when the ModelDeployment went away meanwhile."""
+    if decided.finalizer is not None and not _finalizer(ctx, body, decided.finalizer):
+        return None
+    applied: dict[plan.ChildKey, Obj] = {}
+    for action in decided.writes:
+        try:
+            out = ctx.kube.apply(action.desired)
+        except KubeError as exc:
+            metrics.API_ERRORS.labels(status=str(exc.status)).inc()
+            if exc.transient:
+                raise Retry(f"applying {action.key[0]} {action.key[1]}: {exc}", 0.5 if exc.status == 409 else 1) from exc
+            return Outcome(applied, plan.Problem("ApplyFailed", f"the API server rejected a child: {exc.message}"))
+        ctx.cache.wrote(out)
+        applied[action.key] = out
+        if action.event is not None and (not action.event.only_if_changed or _changed(action, out)):
+            post_event(ctx, body, action.event)
+    return Outcome(applied)
+
+
+def _changed(action: plan.ChildAction, after: Obj) -> bool:
+    """Whether an apply changed the object (a no-op apply keeps the resourceVersion)."""
+    before = action.live
+    return before is None or before["metadata"].get("resourceVersion") != after["metadata"].get("resourceVersion")
+
+
+def _finalizer(ctx: OperatorContext, body: Obj, what: str) -> bool:
+    meta = body["metadata"]
+    current = list(meta.get("finalizers") or [])
+    wanted = current + [plan.FINALIZER] if what == "add" else [f for f in current if f != plan.FINALIZER]
+    try:
+        out = ctx.kube.patch_finalizers(meta["namespace"], meta["name"], wanted, meta.get("resourceVersion"))
+    except KubeError as exc:
+        if exc.status == 404:
+            return False
+        metrics.API_ERRORS.labels(status=str(exc.status)).inc()
+        raise Retry(f"{'adding' if what == 'add' else 'removing'} the finalizer: {exc}", 0.5) from exc
+    ctx.cache.wrote(out)
+    return True
+
+
+# -- report --
+def write_status(ctx: OperatorContext, body: Obj, patch: Obj) -> None:
+    meta = body["metadata"]
+    try:
+        out = ctx.kube.patch_status(meta["namespace"], meta["name"], patch)
+    except KubeError as exc:
+        if exc.status == 404:
+            return
+        metrics.API_ERRORS.labels(status=str(exc.status)).inc()
+        raise Retry(f"writing status: {exc}", 0.5) from exc
+    ctx.cache.wrote(out)
+
+
+def post_event(ctx: OperatorContext, body: Obj, event: Event) -> None:
+    """Best effort, as Kubernetes' own recorders: a lost Event is logged, never retried."""
+    try:
+        ctx.kube.post_event(body, event.type, event.reason, event.message, ctx.reporting_component, ctx.reporting_instance)
+    except KubeError as exc:
+        log.info("could not post the %s event of %s: %s", event.reason, body["metadata"].get("name"), exc)

@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from modelserver import contract  # ports and paths shared with the server (pure Python)
+
 from modeldeploy import api, serverconfig
 from modeldeploy.api import ModelDeploymentSpec
 
@@ -22,8 +24,8 @@ FIELD_MANAGER = "modeldeploy"
 CONFIG_HASH_ANNOTATION = "serving.modeldeploy.io/config-hash"
 RENDERED_HASH_ANNOTATION = "serving.modeldeploy.io/rendered-hash"
 OWNER_LABEL = "serving.modeldeploy.io/model-deployment"
-GRPC_PORT = 8500
-HTTP_PORT = 8501
+GRPC_PORT = contract.GRPC_PORT
+HTTP_PORT = contract.REST_PORT
 PRESTOP_SLEEP_SECONDS = serverconfig.PRESTOP_SLEEP_SECONDS
 
 
@@ -78,7 +80,7 @@ def _meta(owner: Owner, name: str) -> dict[str, Any]:
 
 
 def configmap_name(owner: Owner) -> str:
-    return f"{owner.name}-config"
+    return child_refs(owner.name)[0][2]
 
 
 def render_configmap(spec: ModelDeploymentSpec, owner: Owner) -> dict[str, Any]:
@@ -159,10 +161,10 @@ def render_pod_spec(spec: ModelDeploymentSpec, owner: Owner, defaults: Defaults)
         "env": [{"name": "HOME", "value": "/tmp"}],
         "resources": _resources(spec),
         # Warmup gates traffic: ready only when every configured model has an AVAILABLE version.
-        "readinessProbe": _probe("/v1/health/ready", period=2, failures=2),
-        "livenessProbe": _probe("/v1/health/live", period=10, failures=3),
+        "readinessProbe": _probe(contract.HEALTH_READY_PATH, period=2, failures=2),
+        "livenessProbe": _probe(contract.HEALTH_LIVE_PATH, period=10, failures=3),
         # Slow loads (big models, warmup): up to 10 minutes before liveness takes over.
-        "startupProbe": _probe("/v1/health/live", period=5, failures=120),
+        "startupProbe": _probe(contract.HEALTH_LIVE_PATH, period=5, failures=120),
         # Keep serving while endpoints drop the pod; the server drains in-flight requests on SIGTERM.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
         "securityContext": {
@@ -233,7 +235,7 @@ def render_deployment(
                     CONFIG_HASH_ANNOTATION: chash,
                     "prometheus.io/scrape": "true",
                     "prometheus.io/port": str(HTTP_PORT),
-                    "prometheus.io/path": serverconfig.METRICS_PATH,
+                    "prometheus.io/path": contract.METRICS_PATH,
                 },
             },
             "spec": pod_spec,
@@ -274,11 +276,11 @@ def render_pdb(owner: Owner) -> dict[str, Any]:
 
 
 def with_rendered_hash(obj: dict[str, Any]) -> dict[str, Any]:
-    """Stamp a manifest with the hash of itself, so the operator can tell an unchanged child cheaply."""
+    """Stamp a manifest with the hash of itself, so the operator can tell an unchanged child cheaply
+    (a new top level and metadata; the rest is shared with `obj`)."""
     digest = hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
-    out = copy.deepcopy(obj)
-    out["metadata"].setdefault("annotations", {})[RENDERED_HASH_ANNOTATION] = digest
-    return out
+    meta = obj["metadata"]
+    return {**obj, "metadata": {**meta, "annotations": {**meta.get("annotations", {}), RENDERED_HASH_ANNOTATION: digest}}}
 
 
 def in_sync(desired: Any, live: Any) -> bool:
@@ -288,6 +290,18 @@ def in_sync(desired: Any, live: Any) -> bool:
     if isinstance(desired, list):
         return isinstance(live, list) and len(desired) == len(live) and all(in_sync(a, b) for a, b in zip(desired, live, strict=True))
     return bool(desired == live)
+
+
+def child_refs(owner_name: str) -> list[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of every child `render_all` renders for a ModelDeployment, in its order."""
+    return [("v1", "ConfigMap", f"{owner_name}-config"), ("apps/v1", "Deployment", owner_name),
+            ("v1", "Service", owner_name), ("policy/v1", "PodDisruptionBudget", owner_name)]
+
+
+def config_hash_of(children: list[dict[str, Any]]) -> str:
+    """The restart hash the rendered Deployment's pod template carries."""
+    deployment = next(c for c in children if c["kind"] == "Deployment")
+    return str(deployment["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION])
 
 
 def render_all(spec: ModelDeploymentSpec, owner: Owner, defaults: Defaults | None = None) -> list[dict[str, Any]]:

@@ -8,16 +8,16 @@ to prove it is valid; the operator itself only writes text.
 
 from __future__ import annotations
 
+from modelserver import contract  # file names and ports shared with the server (pure Python)
 from modelserver import flags as server_flags  # the server's own flag parser (pure Python, no TensorFlow)
 
 from modeldeploy.api import Batching, ModelDeploymentSpec
 
 CONFIG_DIR = "/config"
 MODELS_DIR = "/models"
-MODELS_CONFIG = "models.config"
-BATCHING_CONFIG = "batching.config"
-MONITORING_CONFIG = "monitoring.config"
-METRICS_PATH = "/monitoring/prometheus/metrics"
+MODELS_CONFIG = contract.MODELS_CONFIG
+BATCHING_CONFIG = contract.BATCHING_CONFIG
+MONITORING_CONFIG = contract.MONITORING_CONFIG
 
 # The pod's preStop pause: endpoints drop the pod before the server gets SIGTERM.
 PRESTOP_SLEEP_SECONDS = 5
@@ -96,7 +96,7 @@ def batching_config(batching: Batching) -> str:
 
 
 def monitoring_config() -> str:
-    return f"prometheus_config {{\n  enable: true\n  path: {quote(METRICS_PATH)}\n}}\n"
+    return f"prometheus_config {{\n  enable: true\n  path: {quote(contract.METRICS_PATH)}\n}}\n"
 
 
 def drain_seconds(grace_period: int) -> int:
@@ -108,8 +108,8 @@ def drain_seconds(grace_period: int) -> int:
 def server_args(spec: ModelDeploymentSpec) -> list[str]:
     """model-server (tensorflow_model_server) flags for the pod."""
     args = [
-        "--port=8500",
-        "--rest_api_port=8501",
+        f"--port={contract.GRPC_PORT}",
+        f"--rest_api_port={contract.REST_PORT}",
         f"--model_config_file={CONFIG_DIR}/{MODELS_CONFIG}",
         f"--model_config_file_poll_wait_seconds={spec.server.config_poll_seconds}",
         f"--monitoring_config_file={CONFIG_DIR}/{MONITORING_CONFIG}",

@@ -204,6 +204,3 @@ def compute_status(
         status["configHash"] = config_hash
     return {k: v for k, v in status.items() if v is not None}
 
-
-def status_changed(new: Obj, old: Obj | None) -> bool:
-    return new != {k: v for k, v in (old or {}).items() if k in new} or set(new) != set(old or {})

@@ -62,3 +62,60 @@ def md(name: str, namespace: str, **spec: Any) -> dict:
     body = {"model": {"storage": {"pvc": {"claimName": "models", "subPath": name}}}}
     body.update(spec)
     return {"apiVersion": f"{GROUP}/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name, "namespace": namespace}, "spec": body}
+
+
+class RecordingKube:
+    """A stand-in for modeldeploy.kube.Kube in unit tests of the reconcile (no API server): it keeps
+    the objects written, answers like the API server (resourceVersions, 404s) and records calls."""
+
+    def __init__(self, claims: tuple[str, ...] = ("models",), reject: tuple[str, ...] = ()):
+        from modeldeploy.kube import KubeError
+
+        self.KubeError = KubeError
+        self.claims, self.reject = set(claims), set(reject)  # PVCs that exist; kinds whose apply is refused (422)
+        self.objects: dict[tuple[str, str], dict] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.events: list[tuple[str, str, str]] = []
+        self.rv = 100
+
+    def _stamp(self, obj: dict) -> dict:
+        self.rv += 1
+        out = {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.rv)}}
+        return out
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
+        self.calls.append(("get", kind))
+        if kind == "PersistentVolumeClaim":
+            return {"metadata": {"name": name}} if name in self.claims else None
+        return self.objects.get((kind, name))
+
+    def apply(self, obj: dict) -> dict:
+        self.calls.append(("apply", obj["kind"]))
+        if obj["kind"] in self.reject:
+            raise self.KubeError(422, "Invalid", f'{obj["kind"]} "{obj["metadata"]["name"]}" is invalid: rejected by the test')
+        before = self.objects.get((obj["kind"], obj["metadata"]["name"]))
+        if before is not None and {k: v for k, v in before.items() if k != "metadata"} == {k: v for k, v in obj.items() if k != "metadata"}:
+            return before  # a no-op apply keeps the resourceVersion
+        out = self._stamp(obj)
+        self.objects[(obj["kind"], obj["metadata"]["name"])] = out
+        return out
+
+    def patch_status(self, namespace: str, name: str, status: dict, resource_version: str | None = None) -> dict:
+        self.calls.append(("patch_status", "ModelDeployment"))
+        body = self.objects[("ModelDeployment", name)]
+        merged = {k: v for k, v in {**(body.get("status") or {}), **status}.items() if v is not None}
+        out = self._stamp({**body, "status": merged})
+        self.objects[("ModelDeployment", name)] = out
+        return out
+
+    def patch_finalizers(self, namespace: str, name: str, finalizers: list[str], resource_version: str | None) -> dict:
+        self.calls.append(("patch_finalizers", "ModelDeployment"))
+        body = self.objects[("ModelDeployment", name)]
+        out = self._stamp({**body, "metadata": {**body["metadata"], "finalizers": finalizers}})
+        self.objects[("ModelDeployment", name)] = out
+        return out
+
+    def post_event(self, obj: dict, etype: str, reason: str, message: str, component: str, instance: str = "") -> dict:
+        self.calls.append(("post_event", reason))
+        self.events.append((etype, reason, message))
+        return {}

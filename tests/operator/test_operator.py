@@ -200,7 +200,8 @@ def test_invalid_specs_are_reported_and_nothing_is_half_applied(fake: FakeKubeAP
     obj = wait_for(lambda: condition(get_md(fake, "ml", "steps"), "Degraded").get("reason") == "InvalidSpec" and get_md(fake, "ml", "steps"), what="InvalidSpec")
     assert "strictly increasing" in condition(obj, "Degraded")["message"] and obj["status"]["observedGeneration"] == 1
     wait_for(lambda: ("Warning", "StorageNotFound") in events(fake, "ml", "nostore"), what="Warning event")
-    assert ("Warning", "InvalidSpec") in events(fake, "ml", "steps")
+    # Events of different objects are posted independently: wait for each one's own.
+    wait_for(lambda: ("Warning", "InvalidSpec") in events(fake, "ml", "steps"), what="InvalidSpec event")
     for name in ("nostore", "steps"):
         for group, plural, suffix in CHILDREN:
             assert fake.get(group, plural, "ml", name + suffix) is None

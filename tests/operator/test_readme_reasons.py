@@ -1,15 +1,18 @@
 """README's status and troubleshooting tables name every condition reason and Event reason the
-operator can emit (read from the code: the problems and events from reconcile.py's source, the
+operator can emit (found by running the reconcile, against a recording stand-in for the API, through
+every kind of case: a new model, drift, an invalid spec, missing storage, a refused child; and the
 condition reasons by running the pure status decisions over every kind of rollout)."""
 
 from __future__ import annotations
 
-import re
+import copy
+from typing import Any
 
+from modeldeploy import reconcile
+from modeldeploy.context import OperatorContext
 from modeldeploy.status import Problem, Rollout, conditions_for
-from operator_support import ROOT
+from operator_support import ROOT, RecordingKube
 
-SOURCES = [ROOT / "operator" / "modeldeploy" / name for name in ("reconcile.py", "status.py", "handlers.py")]
 ROLLOUTS = [
     None,  # no Deployment yet
     Rollout(wanted=2, ready=2, updated=2, total=2, observed=True, deadline_exceeded=False),
@@ -18,19 +21,48 @@ ROLLOUTS = [
     Rollout(wanted=2, ready=2, updated=1, total=3, observed=True, deadline_exceeded=False),
     Rollout(wanted=2, ready=1, updated=1, total=3, observed=True, deadline_exceeded=True),
 ]
+CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [  # (case, RecordingKube arguments, spec)
+    ("a new model", {}, {}),
+    ("an invalid spec", {}, {"rollout": {"steps": [50, 10]}}),
+    ("missing storage", {"claims": ()}, {}),
+    ("a child the API server refuses", {"reject": ("Deployment",)}, {}),
+]
+
+
+def _run(kube_args: dict[str, Any], spec: dict[str, Any], drift: bool = False) -> tuple[set[str], set[str]]:
+    """(problem reasons in status, Event reasons) of reconciling one ModelDeployment."""
+    kube = RecordingKube(**kube_args)
+    ctx = OperatorContext(kube=kube, model_status_url="", workers=1)  # type: ignore[arg-type]
+    body = {"apiVersion": "serving.modeldeploy.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "m", "namespace": "ml", "uid": "u1", "generation": 1, "resourceVersion": "1"},
+            "spec": {"model": {"storage": {"pvc": {"claimName": "models"}}}, **spec}}
+    kube.objects[("ModelDeployment", "m")] = body
+    ctx.cache.seen(body)
+    reconcile.reconcile(ctx, "ml", "m")
+    if drift:  # a child edited by hand after the first run
+        dep = copy.deepcopy(kube.objects[("Deployment", "m")])
+        dep["spec"]["replicas"], dep["metadata"]["resourceVersion"] = 9, "999"
+        kube.objects[("Deployment", "m")] = dep
+        ctx.cache.seen(dep)
+        reconcile.reconcile(ctx, "ml", "m")
+    md = ctx.cache.get("ModelDeployment", "ml", "m") or {}
+    degraded = {c["type"]: c for c in md.get("status", {}).get("conditions", [])}.get("Degraded", {})
+    problems = {degraded["reason"]} if degraded.get("status") == "True" else set()
+    return problems, {reason for _, reason, _ in kube.events}
 
 
 def emitted() -> tuple[set[str], set[str]]:
-    src = "".join(p.read_text() for p in SOURCES)
-    problems = set(re.findall(r'Problem\(\s*"(\w+)"', src))
-    events = set(re.findall(r'record\(\w+, "(?:Normal|Warning)", "(\w+)"', src))
+    problems, events = _run({}, {}, drift=True)
+    for _, kube_args, spec in CASES:
+        p, e = _run(kube_args, spec)
+        problems, events = problems | p, events | e
     reasons = {c["reason"] for problem in [None, *(Problem(p, "m") for p in problems)] for r in ROLLOUTS
                for c in conditions_for(problem, r, 1)}
     reasons |= {c["reason"] for c in conditions_for(None, ROLLOUTS[1], 1, ["stable→2"])}  # a label move not applied yet
     return reasons | problems, events | problems
 
 
-def test_the_code_scan_finds_what_it_should() -> None:
+def test_the_cases_find_every_kind_of_reason() -> None:
     reasons, events = emitted()
     assert {"InvalidSpec", "StorageNotFound", "ApplyFailed", "ProgressDeadlineExceeded", "Available", "LabelsPending"} <= reasons
     assert {"Created", "Reconciled", "DriftCorrected", "StorageNotFound"} <= events

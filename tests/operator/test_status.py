@@ -119,7 +119,7 @@ def test_a_problem_keeps_describing_what_the_running_pods_serve() -> None:
 
 
 def test_transient_error_backoff_doubles_up_to_a_minute() -> None:
-    from modeldeploy.handlers import backoff
+    from modeldeploy.workqueue import backoff  # the work queue backs off failed runs
 
     assert [backoff(1, r) for r in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
     assert backoff(0.5, 0) == 0.5 and backoff(0.5, 100) == 60

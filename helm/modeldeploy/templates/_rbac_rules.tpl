@@ -6,26 +6,27 @@ kopf runs standalone (no peering objects) with cluster scanning off (no CRD or N
 No Secrets: nothing the operator does reads or writes them.
 */}}
 {{- define "modeldeploy.namespacedRules" -}}
-# ModelDeployments: kopf lists and watches them and patches its progress annotations; the
-# reconciler reads the live object and writes its status.
+# ModelDeployments: kopf lists and watches them (the operator reads them from that cache); the
+# reconciler adds and removes its finalizer and writes their status.
 - apiGroups: [serving.modeldeploy.io]
   resources: [modeldeployments]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 - apiGroups: [serving.modeldeploy.io]
   resources: [modeldeployments/status]
   verbs: [patch]
-# The children of a ModelDeployment, applied server-side (create + patch), read before each apply,
-# and watched (label app.kubernetes.io/managed-by=modeldeploy) to undo hand edits and deletions.
-# Nothing is deleted by the operator: children go with their owner through ownerReferences.
+# The children of a ModelDeployment, applied server-side (create + patch), and listed and watched
+# (label app.kubernetes.io/managed-by=modeldeploy): the watch feeds the cache each reconcile reads,
+# and its events undo hand edits and deletions. Nothing is deleted by the operator: children go
+# with their owner through ownerReferences.
 - apiGroups: [""]
   resources: [configmaps, services]
-  verbs: [get, list, watch, create, patch]
+  verbs: [list, watch, create, patch]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch]
+  verbs: [list, watch, create, patch]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, list, watch, create, patch]
+  verbs: [list, watch, create, patch]
 # The claim named in spec.model.storage.pvc must exist (status StorageNotFound otherwise).
 - apiGroups: [""]
   resources: [persistentvolumeclaims]

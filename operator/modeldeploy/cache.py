@@ -1,0 +1,97 @@
+"""What the operator last saw of each object it watches, so that a reconcile reads memory, not the API.
+
+Fed by kopf's watch events (the ModelDeployments and every child with our managed-by label) and by
+the operator's own writes (the API server's answer to an apply or a status patch), read by
+`reconcile.observe`. Watches start with a full listing, and kopf holds every handler except its
+index handlers until the listings of indexed resources are in: the children are indexed into this
+cache there, so no reconcile ever runs on a half-filled cache (controller-runtime's
+WaitForCacheSync).
+
+Each entry keeps the newer of what it has and what it is given (resourceVersions compared as the
+integers kube-apiserver issues; an opaque one always replaces). `seen` also answers whether a
+watched object is news: the echo of our own write (same resourceVersion as the answer we stored)
+is not, so it triggers no reconcile. Thread-safe: watch events arrive on kopf's event loop,
+writes in the reconcile threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+Obj = dict[str, Any]
+Key = tuple[str, str, str]  # (kind, namespace, name)
+
+
+def key_of(obj: Obj) -> Key:
+    meta = obj.get("metadata") or {}
+    return (str(obj.get("kind") or ""), str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+
+
+def _rv(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def _older(new: Obj, old: Obj) -> bool:
+    """Whether `new` is an older version of `old` (an event that arrives after our own write's answer)."""
+    a, b = _rv(new), _rv(old)
+    return a.isdigit() and b.isdigit() and int(a) < int(b)
+
+
+def _slim(obj: Obj) -> Obj:
+    """Without managedFields (large, and nothing the operator reads)."""
+    meta = obj.get("metadata") or {}
+    if "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
+class Cache:
+    def __init__(self) -> None:
+        self._objects: dict[Key, Obj] = {}
+        self._written: dict[Key, str] = {}  # key -> resourceVersion of our last write's answer
+        self._kinds: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def seen(self, obj: Obj) -> bool:
+        """A watched object (listing, ADDED, MODIFIED): keep it if newer; True unless it is the echo
+        of our own last write."""
+        key = key_of(obj)
+        with self._lock:
+            self._store(key, obj)
+            return not (_rv(obj) and self._written.get(key) == _rv(obj))
+
+    def wrote(self, obj: Obj) -> None:
+        """The API server's answer to our write: keep it, and know its watch event for an echo."""
+        key = key_of(obj)
+        with self._lock:
+            self._store(key, obj)
+            self._written[key] = _rv(obj)
+
+    def deleted(self, obj: Obj) -> None:
+        """A DELETED event (ignored when we hold a newer object: the operator re-created it since)."""
+        key = key_of(obj)
+        with self._lock:
+            old = self._objects.get(key)
+            if old is None or _older(obj, old):
+                return
+            del self._objects[key]
+            self._kinds[key[0]] -= 1
+            self._written.pop(key, None)
+
+    def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        with self._lock:
+            return self._objects.get((kind, namespace, name))
+
+    def count(self, kind: str) -> int:
+        with self._lock:
+            return self._kinds[kind]
+
+    def _store(self, key: Key, obj: Obj) -> None:
+        old = self._objects.get(key)
+        if old is not None and _older(obj, old):
+            return
+        if old is None:
+            self._kinds[key[0]] += 1
+        self._objects[key] = _slim(obj)

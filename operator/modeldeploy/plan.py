@@ -1,0 +1,211 @@
+"""Pure decisions of a reconcile: from what was observed to what to do and what to say.
+
+A reconcile reads as observe → plan → execute → report (reconcile.py does the I/O):
+
+- `assess(body, claim_found)`: the spec parsed, or the problem that stops it (InvalidSpec,
+  StorageNotFound) — `observe` calls it, as it needs the model's name and labels to ask the servers;
+- `plan(observed, defaults)`: for each child, create, update or keep (KServe's CheckResult), with
+  the Event each action earns (Created; DriftCorrected when a child we had applied was changed since),
+  and whether our finalizer must be added or, for a ModelDeployment being deleted, removed;
+- `report(observed, plan, outcome, now)`: the status patch to write (None when nothing changed) and
+  the summary Event (Reconciled for a new generation, or the problem's Warning once per problem).
+
+Everything here takes and returns plain data; tests/operator/test_plan.py drives it table by table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from modeldeploy import api, render, serverconfig
+from modeldeploy.modelstatus import VersionReport
+from modeldeploy.status import Problem, compute_status
+
+Obj = dict[str, Any]
+ChildKey = tuple[str, str]  # (kind, name)
+FINALIZER = f"{api.GROUP}/finalizer"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+    only_if_changed: bool = False  # post only if the apply changed the object (resourceVersion moved)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What one reconcile saw: the ModelDeployment, its parsed spec or problem, its children as they
+    are (by kind and name; absent ones missing), and the servers' own version reports (None: not asked
+    or unreachable). Later: pod endpoints, per-pod reports."""
+
+    body: Obj
+    spec: api.ModelDeploymentSpec | None
+    problem: Problem | None
+    children: Mapping[ChildKey, Obj] = field(default_factory=dict)
+    served: dict[int, VersionReport] | None = None
+
+    @property
+    def deleting(self) -> bool:
+        return bool(self.body["metadata"].get("deletionTimestamp"))
+
+
+@dataclass(frozen=True)
+class ChildAction:
+    verb: Literal["create", "update", "keep"]
+    desired: Obj
+    live: Obj | None = None  # the child as observed
+    event: Event | None = None
+
+    @property
+    def key(self) -> ChildKey:
+        return (self.desired["kind"], self.desired["metadata"]["name"])
+
+
+@dataclass(frozen=True)
+class Plan:
+    finalizer: Literal["add", "remove"] | None = None
+    children: tuple[ChildAction, ...] = ()
+    config_hash: str | None = None
+
+    @property
+    def writes(self) -> tuple[ChildAction, ...]:
+        return tuple(c for c in self.children if c.verb != "keep")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What executing a plan did: the API server's answers to the applies, and the failure that
+    stopped it (ApplyFailed: a child the API server refused)."""
+
+    applied: Mapping[ChildKey, Obj] = field(default_factory=dict)
+    failure: Problem | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    status: Obj | None  # the merge patch for the status subresource, None when unchanged
+    events: tuple[Event, ...]
+    problem: Problem | None
+
+
+# -- assess: the spec, or why it cannot work --
+def format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        msg = err.get("msg", "").removeprefix("Value error, ")
+        parts.append(f"spec.{where}: {msg}" if where else msg)
+    return "; ".join(parts)
+
+
+def parse_spec(body: Obj) -> api.ModelDeploymentSpec | Problem:
+    bad_name = api.name_problem(body["metadata"]["name"])
+    if bad_name:
+        return Problem("InvalidSpec", bad_name)
+    try:
+        spec = api.ModelDeploymentSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        return Problem("InvalidSpec", format_validation_error(exc))
+    bad_args = serverconfig.args_problem(spec)
+    return Problem("InvalidSpec", bad_args) if bad_args else spec
+
+
+def claim_name(spec: api.ModelDeploymentSpec | Problem) -> str | None:
+    """The PersistentVolumeClaim the spec needs (to check that it exists), if any."""
+    if isinstance(spec, Problem) or spec.model.storage.pvc is None:
+        return None
+    return spec.model.storage.pvc.claim_name
+
+
+def assess(body: Obj, parsed: api.ModelDeploymentSpec | Problem, claim_found: bool | None) -> Problem | None:
+    if isinstance(parsed, Problem):
+        return parsed
+    claim = claim_name(parsed)
+    if claim is not None and claim_found is False:
+        namespace = body["metadata"]["namespace"]
+        return Problem(
+            "StorageNotFound",
+            f'PersistentVolumeClaim "{claim}" not found in namespace "{namespace}"; create it or fix spec.model.storage.pvc.claimName',
+        )
+    return None
+
+
+# -- plan: what to do --
+def owner_of(body: Obj) -> render.Owner:
+    meta = body["metadata"]
+    return render.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta.get("uid", ""))
+
+
+def rendered_hash(obj: Obj | None) -> str | None:
+    return (((obj or {}).get("metadata") or {}).get("annotations") or {}).get(render.RENDERED_HASH_ANNOTATION)
+
+
+def child_action(desired: Obj, live: Obj | None) -> ChildAction:
+    what = f"{desired['kind']} {desired['metadata']['name']}"
+    if live is None:
+        return ChildAction("create", desired, None, Event("Normal", "Created", f"created {what}"))
+    if render.in_sync(desired, live):
+        return ChildAction("keep", desired, live)  # same rendered hash, every rendered field in place
+    if rendered_hash(live) == rendered_hash(desired):
+        # We had applied exactly this rendering before: someone changed the child since.
+        drift = Event("Normal", "DriftCorrected", f"restored {what} to the rendered spec", only_if_changed=True)
+        return ChildAction("update", desired, live, drift)
+    return ChildAction("update", desired, live)
+
+
+def plan(observed: Observed, defaults: render.Defaults) -> Plan:
+    finalizers = observed.body["metadata"].get("finalizers") or []
+    if observed.deleting:
+        return Plan(finalizer="remove" if FINALIZER in finalizers else None)
+    finalizer: Literal["add"] | None = None if FINALIZER in finalizers else "add"
+    if observed.problem is not None or observed.spec is None:
+        return Plan(finalizer=finalizer)  # nothing is applied until the problem is fixed
+    children = render.render_all(observed.spec, owner_of(observed.body), defaults)
+    actions = tuple(child_action(c, observed.children.get((c["kind"], c["metadata"]["name"]))) for c in children)
+    return Plan(finalizer=finalizer, children=actions, config_hash=render.config_hash_of(children))
+
+
+# -- report: what to say --
+def _differs(new: Obj, old: Obj) -> bool:
+    if set(new) != set(old):
+        return True
+    strip = lambda cs: [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in cs or []]  # noqa: E731
+    return any((strip(new[k]) != strip(old.get(k))) if k == "conditions" else new[k] != old.get(k) for k in new)
+
+
+def summary_event(problem: Problem | None, previous: Obj, generation: int, config_hash: str | None) -> Event | None:
+    """The problem's Warning once per problem and generation, or Reconciled once per generation."""
+    if problem is not None:
+        was = {c.get("type"): c for c in previous.get("conditions") or []}.get("Degraded") or {}
+        if was.get("reason") != problem.reason or was.get("message") != problem.message or previous.get("observedGeneration") != generation:
+            return Event("Warning", problem.reason, problem.message)
+        return None
+    if previous.get("observedGeneration") != generation:
+        return Event("Normal", "Reconciled", f"applied generation {generation} (config hash {config_hash})")
+    return None
+
+
+def report(observed: Observed, plan_: Plan, outcome: Outcome, now: str) -> Report:
+    if observed.deleting:
+        return Report(None, (), None)
+    meta = observed.body["metadata"]
+    generation = int(meta.get("generation") or 1)
+    previous = observed.body.get("status") or {}
+    problem = observed.problem or outcome.failure
+    # Status counts the Deployment as the apply left it, else as it is (pods of an earlier
+    # generation may still serve while a problem blocks the new one).
+    deployment = outcome.applied.get(("Deployment", meta["name"])) or observed.children.get(("Deployment", meta["name"]))
+    status = compute_status(
+        spec=observed.spec, name=meta["name"], generation=generation, deployment=deployment, problem=problem,
+        previous=previous, config_hash=plan_.config_hash if problem is None else previous.get("configHash"), now=now,
+        served=observed.served if problem is None else None,
+    )
+    event = summary_event(problem, previous, generation, plan_.config_hash)
+    patch = {**{k: None for k in previous if k not in status}, **status} if _differs(status, previous) else None
+    return Report(patch, (event,) if event else (), problem)

@@ -1,0 +1,163 @@
+"""The pure decisions of a reconcile (plan.py), table by table: what to do with each child and the
+finalizer, and what status and Events to report, from plain observed data."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from modeldeploy import plan, render
+from modeldeploy.plan import Event, Observed, Outcome
+from modeldeploy.status import Problem
+
+DEFAULTS = render.Defaults()
+UID = "4b1a9e0e-1c55-4a8e-9d77-0c3a7d2b9f10"
+
+
+def body(name: str = "m", generation: int = 1, status: dict | None = None, finalizers: list[str] | None = None,
+         deleting: bool = False, **spec: Any) -> dict:
+    meta: dict[str, Any] = {"name": name, "namespace": "ml", "uid": UID, "generation": generation, "resourceVersion": "7"}
+    if finalizers is not None:
+        meta["finalizers"] = finalizers
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    spec_body = {"model": {"storage": {"pvc": {"claimName": "models"}}}, **spec}
+    out = {"apiVersion": "serving.modeldeploy.io/v1alpha1", "kind": "ModelDeployment", "metadata": meta, "spec": spec_body}
+    if status is not None:
+        out["status"] = status
+    return out
+
+
+def observed(b: dict, children: dict | None = None, claim_found: bool | None = True) -> Observed:
+    parsed = plan.parse_spec(b)
+    return Observed(b, None if isinstance(parsed, Problem) else parsed, plan.assess(b, parsed, claim_found), children or {})
+
+
+def live_children(b: dict, ready: int = 1) -> dict[tuple[str, str], dict]:
+    """The children as the API server holds them after our apply (plus fields the server adds)."""
+    spec = plan.parse_spec(b)
+    assert not isinstance(spec, Problem)
+    out = {}
+    for c in render.render_all(spec, plan.owner_of(b), DEFAULTS):
+        live = copy.deepcopy(c)
+        live["metadata"].update(resourceVersion="10", uid="child-uid", creationTimestamp="2026-01-01T00:00:00Z")
+        if c["kind"] == "Deployment":
+            live["metadata"]["generation"] = 1
+            live["status"] = {"observedGeneration": 1, "replicas": 1, "readyReplicas": ready, "updatedReplicas": 1}
+        out[(c["kind"], c["metadata"]["name"])] = live
+    return out
+
+
+def verbs(p: plan.Plan) -> dict[str, str]:
+    return {a.desired["kind"]: a.verb for a in p.children}
+
+
+# -- plan: the children and the finalizer --
+def test_a_new_model_deployment_gets_the_finalizer_and_every_child_created() -> None:
+    p = plan.plan(observed(body()), DEFAULTS)
+    assert p.finalizer == "add"
+    assert [a.desired["kind"] for a in p.children] == ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget"]
+    assert verbs(p) == dict.fromkeys(("ConfigMap", "Deployment", "Service", "PodDisruptionBudget"), "create")
+    assert [a.event for a in p.children][1] == Event("Normal", "Created", "created Deployment m")
+    assert p.config_hash == render.config_hash_of([a.desired for a in p.children])
+
+
+def test_children_in_sync_are_kept_and_nothing_is_written() -> None:
+    b = body(finalizers=[plan.FINALIZER])
+    p = plan.plan(observed(b, live_children(b)), DEFAULTS)
+    assert p.finalizer is None and not p.writes and set(verbs(p).values()) == {"keep"}
+
+
+@pytest.mark.parametrize(("kind", "edit", "drift"), [
+    ("Deployment", lambda d: d["spec"].update(replicas=7), True),  # edited by hand: restore, say so
+    ("ConfigMap", lambda c: c["data"].update({"models.config": "garbage"}), True),
+    ("Service", lambda s: s["metadata"]["annotations"].update({render.RENDERED_HASH_ANNOTATION: "older"}), False),  # an older rendering
+])
+def test_a_changed_child_is_updated_and_only_drift_earns_an_event(kind: str, edit: Any, drift: bool) -> None:
+    b = body(finalizers=[plan.FINALIZER])
+    children = live_children(b)
+    edit(children[(kind, f"m{'-config' if kind == 'ConfigMap' else ''}")])
+    p = plan.plan(observed(b, children), DEFAULTS)
+    assert verbs(p)[kind] == "update" and [a.desired["kind"] for a in p.writes] == [kind]
+    event = p.writes[0].event
+    assert (event is not None and event.reason == "DriftCorrected") == drift
+    assert event is None or event.only_if_changed  # posted only if the apply really changed the child
+
+
+def test_a_spec_change_updates_what_it_renders() -> None:
+    b = body(finalizers=[plan.FINALIZER])
+    children = live_children(b)
+    changed = body(generation=2, finalizers=[plan.FINALIZER], replicas=3, versionLabels={})
+    p = plan.plan(observed(changed, children), DEFAULTS)
+    assert verbs(p)["Deployment"] == "update" and p.writes[0].event is None
+
+
+@pytest.mark.parametrize(("b", "claim_found", "reason"), [
+    (body(rollout={"steps": [50, 10]}), True, "InvalidSpec"),
+    (body(server={"extraArgs": ["--port=1"]}), True, "InvalidSpec"),
+    (body(name="a.b"), True, "InvalidSpec"),
+    (body(), False, "StorageNotFound"),
+])
+def test_a_problem_applies_nothing(b: dict, claim_found: bool, reason: str) -> None:
+    o = observed(b, claim_found=claim_found)
+    assert o.problem is not None and o.problem.reason == reason
+    p = plan.plan(o, DEFAULTS)
+    assert p.children == () and p.finalizer == "add" and p.config_hash is None
+
+
+@pytest.mark.parametrize(("finalizers", "expected"), [([plan.FINALIZER, "other/x"], "remove"), (["other/x"], None), ([], None)])
+def test_a_deleting_model_deployment_only_releases_its_finalizer(finalizers: list[str], expected: str | None) -> None:
+    b = body(finalizers=finalizers, deleting=True)
+    o = Observed(b, None, None)
+    p = plan.plan(o, DEFAULTS)
+    assert p.finalizer == expected and p.children == ()
+    assert plan.report(o, p, Outcome(), "T") == plan.Report(None, (), None)
+
+
+# -- report: status and the summary event --
+def test_a_new_generation_is_reported_once() -> None:
+    b = body(finalizers=[plan.FINALIZER])
+    o = observed(b, live_children(b))
+    p = plan.plan(o, DEFAULTS)
+    first = plan.report(o, p, Outcome(), "T1")
+    assert first.status is not None and first.status["observedGeneration"] == 1 and first.problem is None
+    assert first.events == (Event("Normal", "Reconciled", f"applied generation 1 (config hash {p.config_hash})"),)
+    # once the status is written, the same observation reports nothing new
+    again = body(finalizers=[plan.FINALIZER], status=first.status)
+    o2 = observed(again, live_children(again))
+    assert plan.report(o2, plan.plan(o2, DEFAULTS), Outcome(), "T2") == plan.Report(None, (), None)
+
+
+def test_a_problem_is_warned_once_and_status_keeps_describing_the_old_pods() -> None:
+    good = body(finalizers=[plan.FINALIZER])
+    o = observed(good, live_children(good))
+    status = plan.report(o, plan.plan(o, DEFAULTS), Outcome(), "T1").status
+    broken = body(generation=2, finalizers=[plan.FINALIZER], status=status, rollout={"steps": [50, 10]})
+    o2 = observed(broken, live_children(good))
+    r = plan.report(o2, plan.plan(o2, DEFAULTS), Outcome(), "T2")
+    assert r.problem is not None and r.events == (Event("Warning", "InvalidSpec", r.problem.message),)
+    assert r.status is not None and r.status["observedGeneration"] == 2 and r.status["readyReplicas"] == 1
+    assert r.status["configHash"] == status["configHash"]  # what the running pods have
+    warned = body(generation=2, finalizers=[plan.FINALIZER], status={**status, **r.status}, rollout={"steps": [50, 10]})
+    o3 = observed(warned, live_children(good))
+    assert plan.report(o3, plan.plan(o3, DEFAULTS), Outcome(), "T3").events == ()
+
+
+def test_a_refused_apply_is_reported_as_apply_failed() -> None:
+    b = body(finalizers=[plan.FINALIZER])
+    o = observed(b)
+    r = plan.report(o, plan.plan(o, DEFAULTS), Outcome({}, Problem("ApplyFailed", "the API server rejected a child: no")), "T")
+    assert r.problem == Problem("ApplyFailed", "the API server rejected a child: no")
+    assert [e.reason for e in r.events] == ["ApplyFailed"]
+    assert r.status is not None and {c["type"]: c["reason"] for c in r.status["conditions"]}["Ready"] == "ApplyFailed"
+
+
+def test_status_counts_the_deployment_as_the_apply_left_it() -> None:
+    b = body(finalizers=[plan.FINALIZER])
+    children = live_children(b, ready=1)
+    o = observed(b, children)
+    applied = copy.deepcopy(children[("Deployment", "m")])
+    applied["metadata"]["generation"] = 2  # a new spec the Deployment controller has not seen yet
+    r = plan.report(o, plan.plan(o, DEFAULTS), Outcome({("Deployment", "m"): applied}), "T")
+    assert r.status is not None and {c["type"]: c["status"] for c in r.status["conditions"]}["Progressing"] == "True"
