@@ -64,6 +64,8 @@ bench: setup
 lint: setup
 	$(VENV)/bin/ruff check operator server_image tests bench e2e
 	$(VENV)/bin/mypy operator/modeldeploy server_image/modelserver
+	@# dead code in the shipped packages (settings in pyproject.toml, [tool.vulture])
+	$(VENV)/bin/vulture | { ! grep -E '^(operator|server_image)/'; }
 
 # Generates crds/ from the pydantic models and copies them into the chart (tests check both copies).
 crds: setup
