@@ -60,6 +60,7 @@ e2e: setup
 
 bench: setup
 	$(PY) bench/run.py
+	$(PY) bench/operator_scale.py
 
 lint: setup
 	$(VENV)/bin/ruff check operator server_image tests bench e2e

@@ -49,6 +49,7 @@ sys.path.insert(0, str(BENCH))
 
 from common import LOGS, log  # noqa: E402
 from localcluster.fakeapi import FakeKubeAPI  # noqa: E402
+from report import operator_section, with_operator_section  # noqa: E402
 
 GROUP, VERSION, PLURAL = "serving.modeldeploy.io", "v1alpha1", "modeldeployments"
 NAMESPACE = "scale"
@@ -57,7 +58,6 @@ CHILD_RESOURCES = {("", "configmaps"), ("apps", "deployments"), ("", "services")
 OWNER_LABEL = "serving.modeldeploy.io/model-deployment"
 JSON_FILE = BENCH / "results" / "operator_scale.json"
 RESULTS_FILE = BENCH / "RESULTS.md"
-SECTION_START, SECTION_END = "<!-- operator-scale -->", "<!-- /operator-scale -->"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -268,7 +268,7 @@ class Bench:
         load0 = load_average()
         self.tracker.start_phase(name, goal)
         act()
-        sent = time.monotonic() - t0
+        sent, api_sending = time.monotonic() - t0, thread_cpu(self.fake._thread) - api0  # type: ignore[arg-type]
         deadline = t0 + self.timeout
         while time.monotonic() < deadline and self.tracker.counts()[1] < self.n:
             if self.operator.poll() is not None:
@@ -281,7 +281,7 @@ class Bench:
         self._settle()
         reqs = self._operator_requests()
         out: dict[str, Any] = {
-            "sent_s": sent,
+            "sent_s": sent, "api_cpu_sending_s": api_sending,  # the client's own N requests (and what ran meanwhile)
             "converged": done, "ready": ready,
             "seconds": (converged_at - t0) if converged_at and done == self.n else None,
             "ready_seconds": (ready_at - t0) if ready_at and ready == self.n else None,
@@ -346,63 +346,6 @@ def run_sizes(sizes: list[int], idle_seconds: float, timeout: float, operator_ar
     return out
 
 
-# -- the report --
-def _s(v: float | None) -> str:
-    return "–" if v is None else f"{v:.1f} s"
-
-
-def _miss(phase: dict[str, Any], n: int) -> str:
-    return "" if phase["converged"] == n else f" ({phase['converged']}/{n} converged)"
-
-
-def render_section(data: dict[str, Any]) -> str:
-    """The "Operator at scale" section of RESULTS.md, from every labelled run."""
-    L = [SECTION_START, "## Operator at scale (bench/operator_scale.py)", "",
-         "N ModelDeployments created at once, then all updated at once, then a minute idle, against the local "
-         "API server (its Deployment stand-in reports pods ready; no pods run) and the real operator "
-         "(default flags, model status probes off). *Converged*: every one has its four children with the "
-         "phase's spec and `status.observedGeneration` current; *Ready*: its Ready condition is True too. "
-         "Requests: the operator's, from the API server's audit log, per ModelDeployment, until the "
-         "operator fell quiet. CPU: seconds of the operator process and of the API server's own thread, "
-         "measured apart. Goal (GUIDE §5): 1,000 converge within 60 s, operator RSS < 300 MB, idle CPU < 5% "
-         "of a core.", ""]
-    for label, run in data.get("runs", {}).items():
-        L += [f"### {label}: {run.get('note', '')}".rstrip(": "), "",
-              f"Recorded {run['recorded']} (UTC) at commit `{run.get('commit', '?')}`; load average (1/5/15 min) "
-              f"at start {run['load_start']}, at end {run['load_end']}; {run.get('cpus', '?')} CPUs.", "",
-              "| N | create: converged | Ready | requests/MD | operator CPU | API server CPU | update: converged | "
-              "requests/MD | operator CPU | API server CPU | idle: operator CPU | API server CPU | idle requests/s | "
-              "operator peak RSS |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in run["results"]:
-            c, u, i = r["create"], r["update"], r["idle"]
-            L.append(f"| {r['n']:,} | {_s(c['seconds'])}{_miss(c, r['n'])} | {_s(c['ready_seconds'])} | {c['requests_per_md']:.1f} | "
-                     f"{c['operator_cpu_s']:.1f} s | {c['api_cpu_s']:.1f} s | {_s(u['seconds'])}{_miss(u, r['n'])} | "
-                     f"{u['requests_per_md']:.1f} | {u['operator_cpu_s']:.1f} s | {u['api_cpu_s']:.1f} s | "
-                     f"{i['operator_cpu_pct']:.1f}% | {i['api_cpu_pct']:.1f}% | {i['requests_per_s']:.1f} | "
-                     f"{r['operator_rss_peak_mb']:.0f} MB |")
-        biggest = run["results"][-1] if run["results"] else None
-        if biggest:
-            L += ["", f"Requests at N={biggest['n']:,} (create phase): " + ", ".join(
-                f"{k} {v / biggest['n']:.2f}" for k, v in biggest["create"]["requests_by_kind"].items()) + " per ModelDeployment."]
-        if run.get("findings"):
-            L += ["", run["findings"].strip()]
-        L.append("")
-    L.append(SECTION_END)
-    return "\n".join(L)
-
-
-def write_section(results_file: Path, section: str) -> None:
-    text = results_file.read_text() if results_file.exists() else "# Benchmark results\n"
-    if SECTION_START in text and SECTION_END in text:
-        head, rest = text.split(SECTION_START, 1)
-        text = head + section + rest.split(SECTION_END, 1)[1]
-    else:
-        marker = "## Reproduce"
-        text = text.replace(marker, section + "\n\n" + marker, 1) if marker in text else text.rstrip() + "\n\n" + section + "\n"
-    results_file.write_text(text)
-
-
 def git_commit() -> str:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -434,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=1) + "\n")
-    write_section(args.results, render_section(data))
+    text = args.results.read_text() if args.results.exists() else "# Benchmark results\n"
+    args.results.write_text(with_operator_section(text, operator_section(data)))
     log(f"wrote {args.json} and the operator section of {args.results}")
     return 0
 

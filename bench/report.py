@@ -160,3 +160,67 @@ def render(r: Mapping[str, Any], findings: str = "") -> str:
     L += ["## Reproduce", "", "`make bench` (about 15 minutes; `.venv/bin/python bench/run.py --quick` for a "
           "5-minute smoke run; `--render-only` rewrites this file from the raw figures). Raw figures: `bench/results/latest.json`. Run it on a quiet machine.", ""]
     return "\n".join(L)
+
+
+# -- the operator at scale (bench/operator_scale.py) --
+SECTION_START, SECTION_END = "<!-- operator-scale -->", "<!-- /operator-scale -->"
+
+
+def _s(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1f} s"
+
+
+def _miss(phase: Mapping[str, Any], n: int) -> str:
+    return "" if phase["converged"] == n else f" ({phase['converged']}/{n} converged)"
+
+
+def operator_section(data: Mapping[str, Any]) -> str:
+    """The "Operator at scale" section of RESULTS.md, from every labelled run."""
+    L = [SECTION_START, "## Operator at scale (bench/operator_scale.py)", "",
+         "N ModelDeployments created at once, then all updated at once, then a minute idle, against the local "
+         "API server (its Deployment stand-in reports pods ready; no pods run) and the real operator "
+         "(default flags, model status probes off). *Converged*: every one has its four children with the "
+         "phase's spec and `status.observedGeneration` current; *Ready*: its Ready condition is True too. "
+         "Requests: the operator's, from the API server's audit log, per ModelDeployment, until the "
+         "operator fell quiet. CPU: seconds of the operator process and of the API server's own thread, "
+         "measured apart. Goal (GUIDE §5): 1,000 converge within 60 s, operator RSS < 300 MB, idle CPU < 5% "
+         "of a core.", ""]
+    for label, run in data.get("runs", {}).items():
+        L += [f"### {label}: {run.get('note', '')}".rstrip(": "), "",
+              f"Recorded {run['recorded']} (UTC) at commit `{run.get('commit', '?')}`; load average (1/5/15 min) "
+              f"at start {run['load_start']}, at end {run['load_end']}; {run.get('cpus', '?')} CPUs.", "",
+              "| N | create: converged | Ready | requests/MD | operator CPU | API server CPU | update: converged | "
+              "requests/MD | operator CPU | API server CPU | idle: operator CPU | API server CPU | idle requests/s | "
+              "operator peak RSS |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in run["results"]:
+            c, u, i = r["create"], r["update"], r["idle"]
+            L.append(f"| {r['n']:,} | {_s(c['seconds'])}{_miss(c, r['n'])} | {_s(c['ready_seconds'])} | {c['requests_per_md']:.1f} | "
+                     f"{c['operator_cpu_s']:.1f} s | {c['api_cpu_s']:.1f} s | {_s(u['seconds'])}{_miss(u, r['n'])} | "
+                     f"{u['requests_per_md']:.1f} | {u['operator_cpu_s']:.1f} s | {u['api_cpu_s']:.1f} s | "
+                     f"{i['operator_cpu_pct']:.1f}% | {i['api_cpu_pct']:.1f}% | {i['requests_per_s']:.1f} | "
+                     f"{r['operator_rss_peak_mb']:.0f} MB |")
+        biggest = run["results"][-1] if run["results"] else None
+        if biggest:
+            L += ["", f"Requests at N={biggest['n']:,} (create phase): " + ", ".join(
+                f"{k} {v / biggest['n']:.2f}" for k, v in biggest["create"]["requests_by_kind"].items()) + " per ModelDeployment."]
+            sending = biggest["create"].get("api_cpu_sending_s")
+            if sending is not None:
+                L[-1] += (f" Of the API server's {biggest['create']['api_cpu_s']:.0f} s of CPU in that phase, "
+                          f"{sending:.0f} s went by while the bench POSTed the {biggest['n']:,} ModelDeployments.")
+        if run.get("findings"):
+            L += ["", run["findings"].strip()]
+        L.append("")
+    L.append(SECTION_END)
+    return "\n".join(L)
+
+
+def with_operator_section(text: str, section: str) -> str:
+    """`text` (RESULTS.md) with its operator section replaced by `section`, or added before Reproduce."""
+    if SECTION_START in text and SECTION_END in text:
+        head, rest = text.split(SECTION_START, 1)
+        text = head + section + rest.split(SECTION_END, 1)[1]
+    else:
+        marker = "## Reproduce"
+        text = text.replace(marker, section + "\n\n" + marker, 1) if marker in text else text.rstrip() + "\n\n" + section + "\n"
+    return text

@@ -45,7 +45,7 @@ from common import (
     server_env,
 )
 from load import Point, Settings, perf_analyzer, wrk
-from report import render
+from report import operator_section, render, with_operator_section
 from spy import record, to_markdown
 from targets import Figures, verdicts
 
@@ -303,6 +303,14 @@ def wait_models(rest_port: int, timeout: float = 180.0) -> None:
             time.sleep(0.5)
 
 
+def write_report(path: Path, text: str) -> None:
+    """RESULTS.md, with the operator-at-scale section (bench/operator_scale.py's figures) kept."""
+    scale = BENCH / "results" / "operator_scale.json"
+    if scale.exists():
+        text = with_operator_section(text, operator_section(json.loads(scale.read_text())))
+    path.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="concurrency 1 and 32 only, short windows (~3 min)")
@@ -323,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     findings_file = BENCH / "FINDINGS.md"
     if args.render_only:
         saved = json.loads(Path(args.json).read_text())
-        Path(args.results).write_text(render(saved, findings_file.read_text() if findings_file.exists() else ""))
+        write_report(Path(args.results), render(saved, findings_file.read_text() if findings_file.exists() else ""))
         return 0
     started = time.monotonic()
     start_stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
@@ -428,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     text = render(results, findings_file.read_text() if findings_file.exists() else "")
-    Path(args.results).write_text(text)
+    write_report(Path(args.results), text)
     print_summary(results, print)
     log(f"wrote {args.results} and {args.json} in {results['elapsed_s'] / 60:.1f} min")
     return 0

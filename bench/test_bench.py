@@ -134,3 +134,28 @@ def test_perf_analyzer_against_noop_server() -> None:
         p = load.perf_analyzer("noop", port, "half_plus_two", 2,
                                load.Settings(window_ms=500, max_trials=3, stability_pct=1000))
     assert p.throughput > 0 and 0 < p.p50_us <= p.p99_us, p
+
+
+def test_operator_scale_quick(tmp_path: Path) -> None:
+    """bench/operator_scale.py's quick variant: 20 ModelDeployments against the local API server and
+    the real operator, created, updated, idle 2 s; every figure is there, and the section renders."""
+    import operator_scale
+
+    with operator_scale.Bench(20, tmp_path, idle_seconds=2, timeout=120, operator_args=[]) as bench:
+        r = bench.measure()
+    for phase in ("create", "update"):
+        assert r[phase]["converged"] == 20 and r[phase]["ready"] == 20, r[phase]
+        assert 0 < r[phase]["seconds"] <= r[phase]["wall_s"]
+        assert r[phase]["operator_cpu_s"] > 0 and r[phase]["api_cpu_s"] > 0
+    # the operator's own calls, from the API server's audit log: four applies and a status per new
+    # ModelDeployment at least; reads before writes (the old 41 per ModelDeployment) would break the bound
+    by_kind = r["create"]["requests_by_kind"]
+    assert by_kind["patch deployments"] == 20 and by_kind["patch modeldeployments/status"] >= 20
+    assert 10 <= r["create"]["requests_per_md"] <= 25, by_kind
+    assert r["idle"]["seconds"] >= 2 and r["idle"]["operator_cpu_pct"] >= 0 and r["operator_rss_peak_mb"] > 0
+    data = {"runs": {"quick": {"recorded": "T", "commit": "c", "load_start": "0", "load_end": "0", "results": [r]}}}
+    section = report.operator_section(data)
+    assert "| 20 |" in section and "### quick" in section
+    text = report.with_operator_section("# Results\n\n## Reproduce\n", section)
+    assert text.index("Operator at scale") < text.index("## Reproduce")
+    assert report.with_operator_section(text, section) == text  # replaced in place, not added twice
