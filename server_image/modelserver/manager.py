@@ -57,6 +57,7 @@ class ModelRecord:
     warned_no_versions: bool = False  # logged once until versions appear
     warned_clashes: dict[int, list[str]] = field(default_factory=dict)  # logged once per change
     route: ModelRoute | None = None  # set by a routing table, which then owns the labels
+    aspired: set[int] = field(default_factory=set)  # what the policy wanted at the last poll
 
 
 # ---- pure decisions ------------------------------------------------------------------------------
@@ -257,6 +258,7 @@ class Manager:
             if new_route is not None:
                 rec.labels = dict(new_route.labels)
             rec.route = new_route
+            self._drop_unneeded(rec)  # versions whose last label just moved away
         self.routing = table
 
     async def _reload(self, configs: list[ModelConfig]) -> None:
@@ -278,6 +280,7 @@ class Manager:
                 err = label_error(name, cfg.labels, rec.labels, self._available(rec), self._allow_unavailable_labels)
                 if err is None:
                     rec.labels = dict(cfg.labels)
+                    self._drop_unneeded(rec)
                 else:
                     errors.append(err)
             if errors:
@@ -320,8 +323,15 @@ class Manager:
         new = sorted(aspired - tried)
         if new:
             await asyncio.gather(*(self._load(rec, v, Path(paths[v])) for v in new))
+        rec.aspired = aspired
+        self._drop_unneeded(rec)
+
+    def _drop_unneeded(self, rec: ModelRecord) -> None:
+        """Unloads the versions the policy drops, except one a label still points at (it goes once
+        the label moves: a request naming the label never finds its version gone)."""
         loaded = self._available(rec)
-        for v in sorted(versions_to_unload(loaded, aspired, loaded & aspired)):
+        labelled = set(rec.labels.values())
+        for v in sorted(versions_to_unload(loaded, rec.aspired, loaded & rec.aspired) - labelled):
             self._unload(rec, v)
 
     async def _load(self, rec: ModelRecord, version: int, version_dir: Path) -> None:

@@ -157,3 +157,20 @@ def test_routing_file_required_keeps_the_server_unready_until_a_table_is_in_forc
             assert mgr.is_ready()
 
     asyncio.run(scenario())
+
+
+def test_a_labelled_version_stays_loaded_until_its_label_moves(tmp_path: Path) -> None:
+    base = _fake_models(tmp_path)
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(2) as pool:
+            mgr = FakeLoads(pool)
+            await mgr.reload([ModelConfig("m", base, VersionPolicy("specific", versions=(1, 2)))])
+            mgr.apply_routing(_table(1, {"stable": 1, "canary": 2}, {"stable": 90, "canary": 10}))
+            # the config drops version 1 while the table still labels it: it keeps serving
+            await mgr.reload([ModelConfig("m", base, VersionPolicy("specific", versions=(2,)))])
+            assert mgr.resolve("m", label="stable").version == 1
+            mgr.apply_routing(_table(2, {"stable": 2}, {"stable": 100}))  # the flip: now it goes
+            assert mgr.models["m"].versions[1].state != 30 and mgr.resolve("m").version == 2
+
+    asyncio.run(scenario())
