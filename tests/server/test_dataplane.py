@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -16,9 +15,10 @@ from modelserver.dataplane import DataPlane, ModelRef
 from modelserver.errors import ServingError
 from modelserver.manager import Manager
 from modelserver.runner import InlineRunner
+from server_support import REPO
 from tensorflow_serving.apis import input_pb2
 
-TESTDATA = Path(__file__).resolve().parents[3] / "shared" / "tfserving-testdata"
+TESTDATA = REPO.parent / "shared" / "tfserving-testdata"
 
 
 def plane(finished: list[RequestContext]) -> DataPlane:
@@ -58,6 +58,7 @@ async def test_lifecycle_timeout_is_deadline_exceeded() -> None:
     assert finished[0].status == "DEADLINE_EXCEEDED"
 
 
+@pytest.mark.skipif(not TESTDATA.is_dir(), reason="../shared/tfserving-testdata is not here")
 async def test_operations_on_a_real_model() -> None:
     pool = ThreadPoolExecutor(1)
     manager = Manager(pool)
