@@ -11,7 +11,10 @@ schedules. Scheduling is event driven and costs one asyncio future per request:
 * when every worker is idle (a quiet server), a request starts at once: no timeout is paid at
   low load, so batching costs nothing at concurrency 1;
 * under load the workers are busy, requests pile up meanwhile, and each freed worker takes a
-  full (or timed-out) batch, so the model is fed large batches.
+  full (or timed-out) batch, so the model is fed large batches;
+* a batch expected to cost less than a thread hop (runner.InlinePolicy: measured, per model)
+  runs right on the event loop instead of a worker: no wake-ups, and the request whose arrival
+  completed the batch never suspends.
 
 A full queue answers RESOURCE_EXHAUSTED at once; a request whose deadline passes while queued
 answers DEADLINE_EXCEEDED and is never computed.
@@ -37,6 +40,7 @@ from google.protobuf import message_factory as _message_factory
 
 from .context import RequestContext
 from .errors import ServingError, deadline_exceeded, invalid_argument, resource_exhausted
+from .runner import InlinePolicy
 
 Tensors = dict[str, np.ndarray]
 ModelFn = Callable[[Tensors], Tensors]
@@ -322,8 +326,7 @@ class Batcher:
     def __init__(self, options: BatchingOptions, on_batch: BatchObserver | None = None,
                  inline_below_s: float = 0.0005) -> None:
         self.options = options
-        self._inline_below = inline_below_s
-        self._cost_per_row: dict[Hashable, float] = {}  # recent seconds per executed row, per model key
+        self.policy = InlinePolicy(inline_below_s)  # a batch on the event loop or on a batch thread
         self._limit = options.execution_batch_size
         self._capacity = options.max_enqueued_batches * self._limit  # rows per queue
         self._timeout = options.batch_timeout_micros / 1e6
@@ -362,14 +365,12 @@ class Batcher:
                                        f"{self.options.max_batch_size}")
             qkey = (key, shape_key(inputs, self._pad))
             solo = False
-        if not self._queues and self._idle == self._workers and not _loop_busy(loop):
+        if (not self._queues and self._idle == self._workers and not _loop_busy(loop)
+                and self.policy.inline(key, rows if solo else padded_size(rows, self._allowed))):
             # A quiet server: nothing queued, no batch running, no other work waiting on the
-            # loop. A cheap model call (by its recent cost) runs right here, saving the ~0.2 ms
-            # thread round trip that would double a small model's latency; slow or unknown calls
-            # still go to a batch thread.
-            per_row = self._cost_per_row.get(key)
-            if per_row is not None and per_row * rows < self._inline_below:
-                return self._run_inline(key, fn, inputs, rows, ctx, solo)
+            # loop, and a call cheaper than a thread hop (InlinePolicy): it runs right here and
+            # the request never suspends; slow or unknown calls still go to a batch thread.
+            return self._run_inline(key, fn, inputs, rows, ctx, solo)
         q = self._queues.get(qkey)
         if q is None:
             q = self._queues[qkey] = _Queue(qkey, key, solo)
@@ -387,7 +388,8 @@ class Batcher:
             task.expiry = loop.call_at(now + left, self._expire, task)
         q.tasks.append(task)
         q.rows += rows
-        self._schedule()
+        if not (self._poll_pending and q.rows < self._limit):
+            self._schedule()  # (while a poll is pending, it looks at every queue on the next turn)
         return await future
 
     def queue_depth(self) -> dict[str, int]:
@@ -416,28 +418,37 @@ class Batcher:
         """Starts every batch that may start now.
 
         A queue may start when it is full, when its oldest request has waited
-        `batch_timeout_micros`, or at once when every batch thread is idle and the event loop has
-        nothing else to do (a quiet server: no reason to wait). While the loop still has work
-        queued (under load, that is more requests being admitted: grpc.aio hands the loop one new
-        RPC at a time), an idle server holds the batch and looks again on the next loop turn, so
-        requests that are already on their way join it instead of each paying a model call.
+        `batch_timeout_micros`, or at once when the server is idle for it and the event loop has
+        nothing else to do (a quiet server: no reason to wait). Idle for it: every batch thread
+        idle, or, for a batch cheaper than a thread hop (it runs on the loop: InlinePolicy), no
+        matter what the threads do. While the loop still has work queued (under load, that is
+        more requests being admitted: grpc.aio hands the loop one new RPC at a time), an idle
+        server holds the batch and looks again on the next loop turn, so requests that are
+        already on their way join it instead of each paying a model call. A batch that needs a
+        thread while none is free waits for one (`_done`).
         """
         loop = self._loop
         assert loop is not None
-        while self._idle > 0 and self._queues:
+        policy = self.policy
+        while self._queues:
             now = loop.time()
-            quiet = self._idle == self._workers and not _loop_busy(loop)
+            loop_quiet = not _loop_busy(loop)
+            all_idle = self._idle == self._workers
             best: _Queue | None = None
             best_head = 0.0
             wake: float | None = None
             held = False
             for q in self._queues.values():
                 head = q.tasks[0].enqueued
-                if q.solo or quiet or q.rows >= self._limit or now - head >= self._timeout:
+                on_loop = policy.cheap(q.model_key, self._next_size(q))
+                if not on_loop and self._idle == 0:
+                    continue  # waits for a thread
+                idle_for_q = on_loop or all_idle
+                if q.solo or (loop_quiet and idle_for_q) or q.rows >= self._limit or now - head >= self._timeout:
                     if best is None or head < best_head:
                         best, best_head = q, head
                 else:
-                    held = held or self._idle == self._workers
+                    held = held or idle_for_q
                     due = head + self._timeout
                     if wake is None or due < wake:
                         wake = due
@@ -450,8 +461,11 @@ class Batcher:
                 return
             pieces, tasks = self._take(best)
             if pieces:
-                self._idle -= 1
                 self._launch(best, pieces, tasks)
+
+    def _next_size(self, q: _Queue) -> int:
+        """The size of the batch `q` would run next (before skipping cancelled requests)."""
+        return 1 if q.solo else padded_size(min(q.rows, self._limit), self._allowed)
 
     def _arm(self, when: float) -> None:
         loop = self._loop
@@ -516,15 +530,28 @@ class Batcher:
                 deadline_exceeded("Deadline exceeded while the request was queued for batching"))
 
     def _launch(self, q: _Queue, pieces: list[Piece], tasks: list[_Task]) -> None:
+        """Runs a batch: right here on the event loop when the policy finds it cheaper than a
+        thread hop (every waiting handler is resolved in this one callback, and a request whose
+        submit formed the batch never suspends), else on a batch thread."""
         loop = self._loop
         assert loop is not None
         rows = sum(p.rows for p in pieces)
         size = rows if q.solo else padded_size(rows, self._allowed)
         model_key = q.model_key
+        if self.policy.cheap(model_key, size) and (self._idle == 0 or not self.policy.reprobe_now()):
+            try:
+                outs = self._run(tasks[0].fn, pieces, tasks, size, q.solo, model_key)
+            except Exception as exc:
+                self._finish(None, exc, model_key, pieces, tasks, rows, size)
+            else:
+                self._finish(outs, None, model_key, pieces, tasks, rows, size)
+            return
+        self._idle -= 1
+        sent = time.perf_counter()
         cf = self._executor.submit(self._run, tasks[0].fn, pieces, tasks, size, q.solo, model_key)
 
         def done(f: concurrent.futures.Future[list[Tensors]]) -> None:
-            loop.call_soon_threadsafe(self._done, f, model_key, pieces, tasks, rows, size)
+            loop.call_soon_threadsafe(self._done, f, model_key, pieces, tasks, rows, size, sent)
 
         cf.add_done_callback(done)
 
@@ -565,16 +592,27 @@ class Batcher:
             t1 = time.perf_counter()
             for t in tasks:
                 t.ctx.t_compute_end = t1
-            per_row = (t1 - t0) / max(1, size)
-            old = self._cost_per_row.get(model_key)
-            self._cost_per_row[model_key] = per_row if old is None else 0.8 * old + 0.2 * per_row
+            self.policy.record_call(model_key, t1 - t0, size)
 
     def _done(self, f: concurrent.futures.Future[list[Tensors]], model_key: Hashable,
-              pieces: list[Piece], tasks: list[_Task], rows: int, size: int) -> None:
+              pieces: list[Piece], tasks: list[_Task], rows: int, size: int, sent: float) -> None:
+        """A batch thread finished (event loop thread)."""
         self._idle += 1
+        c = tasks[0].ctx
+        if c.t_compute_start is not None and c.t_compute_end is not None:
+            self.policy.record_hop((c.t_compute_start - sent) + (time.perf_counter() - c.t_compute_end))
         exc = f.exception()
+        try:
+            self._finish(f.result() if exc is None else None, exc, model_key, pieces, tasks, rows, size)
+        finally:
+            self._schedule()
+
+    def _finish(self, outs: list[Tensors] | None, exc: BaseException | None, model_key: Hashable,
+                pieces: list[Piece], tasks: list[_Task], rows: int, size: int) -> None:
+        """Resolves a batch's waiting requests (and reports the batch), all in this one call."""
         if exc is None:
-            for t, p, out in zip(tasks, pieces, f.result(), strict=True):
+            assert outs is not None
+            for t, p, out in zip(tasks, pieces, outs, strict=True):
                 if t.future.done():
                     continue
                 if p.rows == t.rows:
@@ -595,12 +633,7 @@ class Batcher:
                 if not t.future.done():
                     t.future.set_exception(exc)
         if self._on_batch is not None:
-            try:
-                self._on_batch(model_key, rows, size)
-            finally:
-                self._schedule()
-        else:
-            self._schedule()
+            self._on_batch(model_key, rows, size)
 
 
 
@@ -616,6 +649,7 @@ def _loop_busy(loop: asyncio.AbstractEventLoop) -> bool:
 
 
 def batcher_for(options: BatchingOptions, flags: Any, on_batch: BatchObserver | None = None) -> Batcher:
-    """The server's shared Batcher: the batching file's options, and `--inline_call_max_us` (on
-    an idle server, a call whose recent cost is below it runs on the event loop; 0 = never)."""
+    """The server's shared Batcher: the batching file's options, and `--inline_call_max_us` (the
+    cap of InlinePolicy: a batch whose expected cost is below both it and a thread hop runs on
+    the event loop; 0 = never)."""
     return Batcher(options, on_batch=on_batch, inline_below_s=flags.inline_call_max_us / 1e6)

@@ -69,6 +69,10 @@ _FLAGS: dict[str, tuple[type, Any, bool, str]] = {
     "model_threads": (int, 0, True, "threads that run model calls (0 = number of CPUs)"),
     "inline_call_max_us": (int, 500, True,
         "run a model call on the event loop when idle and its recent calls took less (0 = never)"),
+    "tensorflow_thread_spinning": (bool, True, True,
+        "TF pool threads spin after each op before sleeping (false: ConfigProto disable_thread_spinning)"),
+    "tensorflow_caller_thread": (str, "auto", True,
+        "run a signature's ops on the calling thread: auto (the faster, measured per signature) | always | never"),
     "drain_timeout_seconds": (float, 30.0, True, "on SIGTERM, wait this long for in-flight requests"),
     "trace_file": (str, "", True, "write request traces (JSON lines) to this file"),
     "trace_sample_rate": (int, 0, True, "trace every Nth request to --trace_file (0: every request)"),
@@ -94,6 +98,10 @@ class Flags:
             return self.values[name]
         except KeyError:
             raise AttributeError(name) from None
+
+
+# flags whose value must be one of these
+_CHOICES: dict[str, tuple[str, ...]] = {"tensorflow_caller_thread": ("auto", "always", "never")}
 
 
 class FlagError(ValueError):
@@ -147,6 +155,8 @@ def parse_args(argv: list[str]) -> Flags:
             else:
                 raise FlagError(f"Missing value for flag --{name}")
         values[name] = _convert(name, typ, raw)
+        if name in _CHOICES and values[name] not in _CHOICES[name]:
+            raise FlagError(f"Illegal value '{raw}' specified for flag '{name}' (one of {', '.join(_CHOICES[name])})")
         given.add(name)
     return Flags(values, frozenset(given))
 

@@ -110,6 +110,7 @@ async def serve(flags: Flags, configs: list[ModelConfig], monitoring_config: obj
     from .manager import Manager
     from .rest import make_app
     from .runner import DirectRunner
+    from .servable import SessionOptions
     from .server_state import ServerState
 
     loop = asyncio.get_running_loop()
@@ -121,6 +122,8 @@ async def serve(flags: Flags, configs: list[ModelConfig], monitoring_config: obj
         max_num_load_retries=flags.max_num_load_retries,
         load_retry_interval_s=flags.load_retry_interval_micros / 1e6,
         tags=saved_model_tags(flags.saved_model_tags),
+        session_options=SessionOptions(thread_spinning=flags.tensorflow_thread_spinning,
+                                       caller_thread=flags.tensorflow_caller_thread),
     )
     state = ServerState(flags, manager, DirectRunner(model_pool, flags.inline_call_max_us / 1e6),
                         monitoring_config=monitoring_config)

@@ -25,7 +25,7 @@ from .dataplane import DataPlane, ExampleResult, ModelRef
 from .errors import invalid_argument
 from .runner import InlineRunner, Tensors
 from .servable import CLASSIFY_METHOD, Servable, Signature
-from .tensors import to_ndarray, to_tensor_proto
+from .tensors import fill_tensor_proto, to_ndarray
 
 T = TypeVar("T")
 
@@ -54,11 +54,12 @@ async def predict(plane: DataPlane, request: predict_pb2.PredictRequest, ctx: Re
                   servable: Servable | None = None) -> predict_pb2.PredictResponse:
     servable = servable or plane.resolve(model_ref(request.model_spec), ctx)
     sig = servable.signature(request.model_spec.signature_name)
-    pred = await plane.predict(servable, sig, predict_inputs(sig, request), ctx, list(request.output_filter))
+    pred = await plane.predict(servable, sig, predict_inputs(sig, request), ctx, request.output_filter)
     response = predict_pb2.PredictResponse()
     fill_model_spec(response.model_spec, servable, sig.name)
+    outputs = response.outputs
     for name, arr in pred.outputs.items():
-        response.outputs[name].CopyFrom(to_tensor_proto(arr))
+        fill_tensor_proto(outputs[name], arr)  # in place: no intermediate message to copy
     return response
 
 

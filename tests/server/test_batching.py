@@ -468,6 +468,63 @@ async def test_cheap_calls_on_a_quiet_server_run_inline_and_slow_ones_on_a_batch
     await b.close()
 
 
+async def test_batches_cheaper_than_a_thread_hop_run_on_the_event_loop_under_load():
+    """Under load a batch whose expected cost is below the measured thread hop runs right on the
+    event loop (every waiting request resolved in that one callback), with the same answers; one
+    that costs more than the hop, or than --inline_call_max_us, runs on a batch thread."""
+    threads: list[tuple[str, int]] = []
+
+    def model(cost_s: float):
+        def fn(inputs):
+            threads.append((threading.current_thread().name, len(inputs["x"])))
+            if cost_s:
+                time.sleep(cost_s)
+            return {"y": inputs["x"] * 2 + 1}
+        return fn
+
+    main = threading.current_thread().name
+    b = Batcher(BatchingOptions(max_batch_size=16, batch_timeout_micros=2000, num_batch_threads=1,
+                                thread_pool_name="bt"), inline_below_s=0.005)
+    fast, slow = model(0), model(0.01)
+    for key, fn in ((KEY, fast), (("m", 1, "slow"), slow)):
+        await b.submit(key, fn, {"x": np.zeros(16)}, ctx())  # learns the cost per row, measures the hop
+    assert b.policy.hop_s is not None
+    threads.clear()
+    outs = await asyncio.gather(*(b.submit(KEY, fast, {"x": np.array([float(i)])}, ctx()) for i in range(40)))
+    assert [o["y"].tolist() for o in outs] == [[2.0 * i + 1] for i in range(40)]
+    assert {t for t, _ in threads} == {main} and sum(n for _, n in threads) == 40 and len(threads) < 40
+    threads.clear()
+    outs = await asyncio.gather(*(b.submit(("m", 1, "slow"), slow, {"x": np.array([float(i)])}, ctx()) for i in range(8)))
+    assert [o["y"].tolist() for o in outs] == [[2.0 * i + 1] for i in range(8)]
+    assert all(t.startswith("bt") for t, _ in threads)  # 10 ms: above the 5 ms cap whatever the hop
+    # a model error in a batch on the loop fails that batch's requests, and the batcher goes on
+    def failing(inputs):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "bad value")
+    b.policy.record_call(("m", 1, "failing"), 1e-6, 1)
+    results = await asyncio.gather(*(b.submit(("m", 1, "failing"), failing, {"x": np.array([1.0])}, ctx())
+                                     for _ in range(3)), return_exceptions=True)
+    assert all(isinstance(r, ServingError) and r.code == grpc.StatusCode.INVALID_ARGUMENT for r in results)
+    out = await b.submit(KEY, fast, {"x": np.array([3.0])}, ctx())
+    assert out["y"].tolist() == [7.0]
+    await b.close()
+
+
+async def test_a_batch_on_a_thread_does_not_hold_up_cheap_batches():
+    """While the only batch thread runs a slow model's batch, requests for a model cheap enough for
+    the event loop still run at once (on the loop), not after the slow batch."""
+    slow = CountingModel(hold=True)
+    b = Batcher(BatchingOptions(max_batch_size=8, num_batch_threads=1), inline_below_s=0.005)
+    b.policy.hop_s = 0.001
+    b.policy.record_call(KEY, 1e-6, 1)
+    busy = asyncio.ensure_future(b.submit(("m", 1, "slow"), slow, {"x": np.array([1.0])}, ctx()))
+    await asyncio.get_running_loop().run_in_executor(None, slow.started.wait, 10)
+    out = await asyncio.wait_for(b.submit(KEY, lambda i: {"y": i["x"] + 1}, {"x": np.array([1.0])}, ctx()), 5)
+    assert out["y"].tolist() == [2.0] and not busy.done()
+    slow.release.set()
+    assert (await busy)["y"].tolist() == [3.0]
+    await b.close()
+
+
 async def test_idle_server_holds_a_batch_while_the_loop_is_still_admitting_requests():
     """Under load grpc.aio hands the loop one new RPC at a time, so every worker is often idle when
     a request arrives. The batch must not start while the loop still has work queued (requests on

@@ -35,7 +35,8 @@ def test_flags_forms_and_defaults() -> None:
     assert (d.model_config_file_poll_wait_seconds, d.max_num_load_retries, d.enable_model_warmup) == (0, 5, True)
 
 
-@pytest.mark.parametrize("argv", [["--bogus"], ["--port=abc"], ["--enable_batching=maybe"], ["stray"], ["--port"]])
+@pytest.mark.parametrize("argv", [["--bogus"], ["--port=abc"], ["--enable_batching=maybe"], ["stray"], ["--port"],
+                                  ["--tensorflow_caller_thread=sometimes"]])
 def test_flags_rejected(argv: list[str]) -> None:
     with pytest.raises(FlagError):
         parse_args(argv)
@@ -219,7 +220,7 @@ def test_responses_use_typed_value_fields_like_tf_serving(value: np.ndarray, fie
 # ---- runner ------------------------------------------------------------------------------------
 
 
-async def test_direct_runner_inlines_only_known_fast_calls_when_idle() -> None:
+async def test_direct_runner_runs_calls_cheaper_than_a_thread_hop_on_the_loop() -> None:
     import asyncio
     import threading
     import time
@@ -240,25 +241,40 @@ async def test_direct_runner_inlines_only_known_fast_calls_when_idle() -> None:
         time.sleep(0.01)
         return inputs
 
+    def req(rows: int = 1) -> RequestContext:
+        return RequestContext("grpc", "predict", batch_size=rows)
+
     with ThreadPoolExecutor(2, thread_name_prefix="model") as pool:
         runner = DirectRunner(pool, inline_below_s=0.005)
-        ctx = RequestContext("grpc", "predict", batch_size=1)
+        ctx = req()
         assert await runner.submit("fast", fast, {"a": np.zeros(1)}, ctx) == {"a": np.zeros(1)}
         assert ctx.t_compute_start is not None and ctx.t_compute_end is not None
-        await runner.submit("fast", fast, {}, RequestContext("grpc", "predict", batch_size=1))
+        assert runner.policy.hop_s is not None and runner.policy.hop_s > 0  # the pool round trip, measured
+        await runner.submit("fast", fast, {}, req())
         for _ in range(2):
-            await runner.submit("slow", slow, {}, RequestContext("grpc", "predict", batch_size=1))
+            await runner.submit("slow", slow, {}, req())
         assert where[0].startswith("model") and where[1] == main_thread  # first call unknown: pool
-        assert all(w.startswith("model") for w in where[2:])  # slow: always the pool
+        assert all(w.startswith("model") for w in where[2:])  # slower than a hop: always the pool
         where.clear()
-        # while another call runs in the pool, even a fast one goes to the pool
-        await asyncio.gather(runner.submit("slow", slow, {}, RequestContext("grpc", "predict", batch_size=1)),
-                             runner.submit("fast", fast, {}, RequestContext("grpc", "predict", batch_size=1)))
-        assert all(w.startswith("model") for w in where)
+        # a cheap call does not wait for the pool while a slow one runs there
+        await asyncio.gather(runner.submit("slow", slow, {}, req()), runner.submit("fast", fast, {}, req()))
+        assert main_thread in where and any(w.startswith("model") for w in where)
         # a big batch of a fast signature is estimated per row, so it goes to the pool
         where.clear()
-        await runner.submit("fast", fast, {}, RequestContext("grpc", "predict", batch_size=10**7))
+        await runner.submit("fast", fast, {}, req(10**7))
         assert where[0].startswith("model")
+        # the comparison is with the measured hop, not a fixed threshold: a hop cheaper than the
+        # call keeps it on the pool (and is measured again there)
+        where.clear()
+        runner.policy.hop_s = 1e-12
+        await runner.submit("fast", fast, {}, req())
+        assert where[0].startswith("model") and runner.policy.hop_s > 1e-12
+        # --inline_call_max_us=0: never on the loop
+        never = DirectRunner(pool, inline_below_s=0)
+        where.clear()
+        for _ in range(3):
+            await never.submit("fast", fast, {}, req())
+        assert all(w.startswith("model") for w in where)
 
 
 def test_rest_port_equal_to_grpc_port_is_skipped() -> None:
