@@ -24,7 +24,7 @@ import grpc
 from .config import ModelConfig, VersionPolicy
 from .errors import ServingError, failed_precondition, invalid_argument, not_found
 from .routing import EMPTY, ModelRoute, RoutingTable, choose
-from .servable import Servable, load_servable
+from .servable import Servable, SessionOptions, load_servable
 
 log = logging.getLogger("modelserver.manager")
 
@@ -153,8 +153,10 @@ class Manager:
         load_retry_interval_s: float = 60.0,
         on_version_loaded: LoadHook | None = None,
         tags: tuple[str, ...] = ("serve",),
+        session_options: SessionOptions | None = None,
     ) -> None:
         self._tags = tags
+        self._session_options = session_options
         self.models: dict[str, ModelRecord] = {}
         self.on_version_loaded = on_version_loaded
         self._executor = load_executor
@@ -359,7 +361,7 @@ class Manager:
         log.info("model %s version %d AVAILABLE", name, version)
 
     def _load_blocking(self, name: str, version: int, version_dir: Path) -> Servable:
-        return load_servable(name, version, version_dir, self._tags)
+        return load_servable(name, version, version_dir, self._tags, self._session_options)
 
     def _load_and_warm(self, name: str, version: int, version_dir: Path) -> tuple[Servable, Any]:
         servable = self._load_blocking(name, version, version_dir)
