@@ -68,7 +68,7 @@ def test_the_example_is_ready_only_after_warmup(run: LocalRun) -> None:
     out = kubectl(run, "get", "md")
     header, row = out.splitlines()[:2]
     assert header.split()[:4] == ["NAME", "READY", "MODEL", "VERSIONS"]
-    assert row.split()[:5] == ["local-canary", "True", MODEL, "1,2", "canary=2,stable=1"]
+    assert row.split()[:7] == ["local-canary", "True", MODEL, "1,2", "1", "2", "canary=10%,stable=90%"]
     pod = json.loads(kubectl(run, "get", "pods", "-o", "json"))["items"][0]
     log = kubectl(run, "logs", pod["metadata"]["name"])
     warmed = [m for v in (1, 2) if (m := re.search(rf"^(\S+ \S+),\d+ INFO .*version {v} warmed up\b.*?8 record\(s\), 400 request", log, re.M))]
@@ -81,9 +81,18 @@ def test_the_example_is_ready_only_after_warmup(run: LocalRun) -> None:
 
 def test_predictions_through_the_service_rest_and_grpc(run: LocalRun) -> None:
     rest = printed(run)["rest"]
-    for label, expected in (("stable", V1), ("canary", V2), ("", V2)):  # no label: the latest version (the split comes with #10)
-        url = f"{rest}/v1/models/{MODEL}" + (f"/labels/{label}" if label else "") + ":predict"
+    for label, expected in (("stable", V1), ("canary", V2)):
+        url = f"{rest}/v1/models/{MODEL}/labels/{label}:predict"
         assert requests.post(url, json={"instances": [1.0, 2.0, 5.0]}, timeout=10).json() == {"predictions": expected}
+    # no label: traffic.canary 10 splits 90/10 inside the server, and the answer says which label got it
+    seen: dict[str, int] = {}
+    with requests.Session() as s:
+        for _ in range(200):
+            r = s.post(f"{rest}/v1/models/{MODEL}:predict", json={"instances": [1.0, 2.0, 5.0]}, timeout=10)
+            label = r.headers["X-Model-Label"]
+            assert r.json() == {"predictions": V1 if label == "stable" else V2} and label in ("stable", "canary")
+            seen[label] = seen.get(label, 0) + 1
+    assert seen.get("canary", 0) >= 1 and seen["stable"] > seen.get("canary", 0), seen
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -138,7 +147,7 @@ def test_the_printed_commands_work_and_flip_the_canary(run: LocalRun, tmp_path: 
     finally:
         watch.send_signal(signal.SIGTERM)
         rows = watch.communicate(timeout=10)[0]
-    assert "canary=2,stable=2" in rows  # `kubectl get md -w` saw the change
+    assert re.search(rf"local-canary\s+True\s+{MODEL}\s+1,2\s+2\s+2\s", rows), rows  # `get md -w` saw the flip
 
 
 def _descendants(pid: int) -> set[int]:

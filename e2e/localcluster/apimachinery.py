@@ -80,6 +80,7 @@ BUILTINS = [
     Resource("apps", "v1", "deployments", "Deployment", True, "deployment", ["deploy"], has_status=True),
     Resource("apps", "v1", "replicasets", "ReplicaSet", True, "replicaset", ["rs"], has_status=True),
     Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True, "endpointslice"),
+    Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, "networkpolicy", ["netpol"]),
     Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, "poddisruptionbudget", ["pdb"], has_status=True),
     Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True, "horizontalpodautoscaler", ["hpa"], has_status=True),
     Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False, "customresourcedefinition", ["crd", "crds"], has_status=True),

@@ -101,7 +101,8 @@ def desired_slices(service: Obj, pods: list[Obj]) -> list[Obj]:
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {
                 "name": slice_name(service, ports), "namespace": namespace_of(service),
-                "labels": {SERVICE_NAME_LABEL: name_of(service), MANAGED_BY_LABEL: MANAGED_BY},
+                # the Service's own labels, mirrored as Kubernetes' controller does (kubernetes#94443)
+                "labels": {**labels_of(service), SERVICE_NAME_LABEL: name_of(service), MANAGED_BY_LABEL: MANAGED_BY},
                 "ownerReferences": [owner_reference(service)],
             },
             "addressType": "IPv4",

@@ -55,6 +55,7 @@ SSA reports no field conflicts, objects live in memory only.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import json
@@ -275,6 +276,11 @@ class FakeKubeAPI(HttpFront, DeploymentStandIn):
                 self.loop.call_soon_threadsafe(q.put_nowait, (rv, etype, snapshot))
 
     def _admit(self, r: Resource, obj: Obj, strict: bool) -> None:
+        if r.plural == "secrets" and obj.get("stringData"):
+            # kube-apiserver folds stringData into data (base64) on every write; stringData is never stored
+            data = obj.setdefault("data", {})
+            for k, v in obj.pop("stringData").items():
+                data[k] = base64.b64encode(str(v).encode()).decode()
         if r.custom and r.schema:
             validate_custom(obj, r.schema, strict)
         elif self.validate_builtins and not r.custom:

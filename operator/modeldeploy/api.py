@@ -365,6 +365,22 @@ class VersionStatus(_Model):
     labels: list[str] | None = None
 
 
+class RoutingStatus(_Model):
+    """The routing table in force (labels and weights), how it is delivered, and where it is live."""
+
+    generation: int = Field(description="the ModelDeployment generation the table was made from")
+    labels: dict[str, int] = Field(default_factory=dict, json_schema_extra={"additionalProperties": {"type": "integer"}})
+    weights: dict[str, int] = Field(default_factory=dict, json_schema_extra={"additionalProperties": {"type": "integer"}})
+    delivery: Literal["Push", "ConfigMap"] = Field(
+        "Push", description="Push: sent to every ready pod's admin port and confirmed; ConfigMap: the pods "
+                            "cannot be reached, routing.json carries it (live after the kubelet's refresh)")
+    summary: str | None = Field(None, description="the split, e.g. canary=10%,stable=90% (printer column)")
+    live_pods: int | None = Field(None, description="ready pods serving this table")
+    ready_pods: int | None = None
+    waiting: list[str] | None = Field(None, description="why the spec's labels and traffic are not live everywhere yet")
+    failed: list[str] | None = Field(None, description="versions the spec's labels need that failed to load")
+
+
 class ModelDeploymentStatus(_Model):
     observed_generation: int | None = None
     conditions: list[Condition] | None = Field(
@@ -382,6 +398,8 @@ class ModelDeploymentStatus(_Model):
     version_labels: dict[str, int] | None = None
     labels_summary: str | None = Field(None, description="label=version, comma-separated (printer column)")
     traffic: Traffic | None = None
+    routing: RoutingStatus | None = None
+    traffic_summary: str | None = Field(None, description="the split in force (printer column)")
     config_hash: str | None = None
     selector: str | None = Field(None, description="pod label selector (scale subresource)")
 

@@ -22,6 +22,7 @@ from typing import Any
 
 Obj = dict[str, Any]
 Key = tuple[str, str, str]  # (kind, namespace, name)
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
 def key_of(obj: Obj) -> Key:
@@ -52,6 +53,7 @@ class Cache:
         self._objects: dict[Key, Obj] = {}
         self._written: dict[Key, str] = {}  # key -> resourceVersion of our last write's answer
         self._kinds: Counter[str] = Counter()
+        self._slices: dict[tuple[str, str], set[Key]] = {}  # (namespace, service) -> EndpointSlice keys
         self._lock = threading.Lock()
 
     def seen(self, obj: Obj) -> bool:
@@ -79,10 +81,18 @@ class Cache:
             del self._objects[key]
             self._kinds[key[0]] -= 1
             self._written.pop(key, None)
+            if key[0] == "EndpointSlice":
+                self._slices.get(_service_of(old), set()).discard(key)
 
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
         with self._lock:
             return self._objects.get((kind, namespace, name))
+
+    def endpoint_slices(self, namespace: str, service: str) -> list[Obj]:
+        """The EndpointSlices of a Service (by their kubernetes.io/service-name label)."""
+        with self._lock:
+            keys = sorted(self._slices.get((namespace, service), ()))
+            return [self._objects[k] for k in keys if k in self._objects]
 
     def count(self, kind: str) -> int:
         with self._lock:
@@ -95,3 +105,12 @@ class Cache:
         if old is None:
             self._kinds[key[0]] += 1
         self._objects[key] = _slim(obj)
+        if key[0] == "EndpointSlice":
+            if old is not None:
+                self._slices.get(_service_of(old), set()).discard(key)
+            self._slices.setdefault(_service_of(obj), set()).add(key)
+
+
+def _service_of(obj: Obj) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return (str(meta.get("namespace") or ""), str((meta.get("labels") or {}).get(SERVICE_NAME_LABEL) or ""))

@@ -37,6 +37,11 @@ class OperatorContext:
     claim_seconds: float = 300.0
     reporting_component: str = "modeldeploy-operator"
     reporting_instance: str = field(default_factory=socket.gethostname)
+    # Ask each ready pod on its admin port and push routing tables there (off: ConfigMap only).
+    pod_admin: bool = True
+    # While labels or weights are still moving (a version loading, a pod lagging): look again this soon.
+    traffic_recheck_seconds: float = 1.0
+    traffic_pending: dict[tuple[str, str], bool] = field(default_factory=dict)
     cache: Cache = field(default_factory=Cache)
     claims_seen: dict[tuple[str, str], float] = field(default_factory=dict)  # (namespace, claim) -> known until
     queue: WorkQueue[Key] = field(init=False)

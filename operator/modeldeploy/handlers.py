@@ -7,7 +7,8 @@ the periodic re-check as a timer). So:
 
 - a ModelDeployment listed at start, created, changed (spec, metadata, deletion) or deleted: queued
   at once (its own status writes come back as echoes and queue nothing);
-- any event on a child we manage (ConfigMap, Deployment, Service, PDB with our managed-by label),
+- any event on a child we manage (Secret, ConfigMap, Deployment, Services, PDB, NetworkPolicy with
+  our managed-by label) or on our Services' EndpointSlices (pods becoming ready or going),
   a hand edit, a deletion, the Deployment controller's status: its owner queued after
   `child_event_delay` (0.1 s), so that the events of one change join into one run.
 
@@ -30,7 +31,11 @@ from modeldeploy.context import OperatorContext
 Obj = dict[str, Any]
 MANAGED_BY = {"app.kubernetes.io/managed-by": "modeldeploy"}
 CHILDREN = [("", "v1", "configmaps", "ConfigMap"), ("apps", "v1", "deployments", "Deployment"),
-            ("", "v1", "services", "Service"), ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")]
+            ("", "v1", "services", "Service"), ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+            ("", "v1", "secrets", "Secret"), ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
+            # not rendered: the EndpointSlice controller makes them for our Services, with their
+            # labels (so the managed-by selector finds them): which pods are ready, and where
+            ("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")]
 
 
 class NoDiffBase(kopf.DiffBaseStorage):

@@ -39,7 +39,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--crd-wait-seconds", type=float, default=300.0,
         help="wait this long at start for the ModelDeployment CRD to be installed, then exit 3",
     )
+    parser.add_argument(
+        "--operator-namespace", default=os.environ.get("POD_NAMESPACE", ""),
+        help="the operator's own namespace (env POD_NAMESPACE): with --operator-pod-labels, each ModelDeployment "
+             "gets a NetworkPolicy admitting only the operator to its servers' admin port")
+    parser.add_argument(
+        "--operator-pod-labels", default=os.environ.get("OPERATOR_POD_LABELS", ""),
+        help="the operator pods' labels, key=value,key=value (env OPERATOR_POD_LABELS)")
+    parser.add_argument(
+        "--pod-admin", action=argparse.BooleanOptionalAction, default=True,
+        help="ask each ready pod on its admin port and push routing tables there (--no-pod-admin: ConfigMap only)")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def parse_labels(text: str) -> tuple[tuple[str, str], ...]:
+    """`key=value,key=value` as sorted pairs (empty text: none)."""
+    out = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"expected key=value, got {item!r}")
+        out.append((key.strip(), value.strip()))
+    return tuple(sorted(out))
 
 
 def wait_for_crd(kube: Any, timeout: float, interval: float = 2.0) -> bool:
@@ -86,9 +107,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not wait_for_crd(kube, args.crd_wait_seconds):
         return 3
+    try:
+        pod_labels = parse_labels(args.operator_pod_labels)
+    except ValueError as exc:
+        print(f"modeldeploy operator: --operator-pod-labels: {exc}", file=sys.stderr)
+        return 2
+    defaults = render.Defaults(server_image=args.server_image or render.DEFAULT_SERVER_IMAGE,
+                               operator_namespace=args.operator_namespace, operator_pod_labels=pod_labels)
     context = OperatorContext(
-        kube=kube, defaults=render.Defaults(server_image=args.server_image or render.DEFAULT_SERVER_IMAGE),
-        resync_seconds=args.resync_seconds, model_status_url=args.model_status_url, workers=args.workers,
+        kube=kube, defaults=defaults, resync_seconds=args.resync_seconds, model_status_url=args.model_status_url,
+        workers=args.workers, pod_admin=args.pod_admin,
     )
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, addr=args.bind)

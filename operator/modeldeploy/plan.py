@@ -21,8 +21,9 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from modeldeploy import api, render, serverconfig
+from modeldeploy import api, render, serverconfig, traffic
 from modeldeploy.modelstatus import VersionReport
+from modeldeploy.podadmin import Endpoint, PushResult
 from modeldeploy.status import Problem, compute_status
 
 Obj = dict[str, Any]
@@ -49,6 +50,12 @@ class Observed:
     problem: Problem | None
     children: Mapping[ChildKey, Obj] = field(default_factory=dict)
     served: dict[int, VersionReport] | None = None
+    # The ready pods' admin addresses and what each said (None: they cannot be asked, so routing
+    # tables go by ConfigMap), the admin token in force, and a fresh one for a Secret to create.
+    endpoints: tuple[Endpoint, ...] = ()
+    pods: tuple[traffic.PodReport, ...] | None = None
+    token: str | None = None
+    fresh_token: str = ""
 
     @property
     def deleting(self) -> bool:
@@ -72,6 +79,10 @@ class Plan:
     finalizer: Literal["add", "remove"] | None = None
     children: tuple[ChildAction, ...] = ()
     config_hash: str | None = None
+    traffic: traffic.Decision | None = None  # the routing table to put in force, and where
+    routing: Obj | None = None  # its document (routing.json, and the pushes)
+    push_to: tuple[Endpoint, ...] = ()
+    token: str | None = None
 
     @property
     def writes(self) -> tuple[ChildAction, ...]:
@@ -85,6 +96,7 @@ class Outcome:
 
     applied: Mapping[ChildKey, Obj] = field(default_factory=dict)
     failure: Problem | None = None
+    pushed: tuple[PushResult, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,12 +178,51 @@ def plan(observed: Observed, defaults: render.Defaults) -> Plan:
     finalizer: Literal["add"] | None = None if FINALIZER in finalizers else "add"
     if observed.problem is not None or observed.spec is None:
         return Plan(finalizer=finalizer)  # nothing is applied until the problem is fixed
-    children = render.render_all(observed.spec, owner_of(observed.body), defaults)
-    actions = tuple(child_action(c, observed.children.get((c["kind"], c["metadata"]["name"]))) for c in children)
-    return Plan(finalizer=finalizer, children=actions, config_hash=render.config_hash_of(children))
+    spec, owner = observed.spec, owner_of(observed.body)
+    generation = int(observed.body["metadata"].get("generation") or 1)
+    in_force = traffic.Table.from_status((observed.body.get("status") or {}).get("routing"))
+    decision = traffic.decide(spec, generation, in_force, observed.pods)
+    serving = render.Serving(decision.load_versions, decision.table.document(api.model_name(spec, owner.name)))
+    children = render.render_all(spec, owner, defaults, serving)
+    actions = (secret_action(owner, observed),
+               *(child_action(c, observed.children.get((c["kind"], c["metadata"]["name"]))) for c in children))
+    targets = tuple(ep for ep in observed.endpoints if ep.pod in decision.push_to)
+    return Plan(finalizer=finalizer, children=actions, config_hash=render.config_hash_of(children),
+                traffic=decision, routing=serving.routing, push_to=targets if observed.token else (),
+                token=observed.token)
+
+
+def secret_action(owner: render.Owner, observed: Observed) -> ChildAction:
+    """The admin token Secret is created once, with a fresh random token, and then left alone (a
+    re-render would rotate the token under the running pods)."""
+    name = render.token_secret_name(owner.name)
+    live = observed.children.get(("Secret", name))
+    desired = render.render_token_secret(owner, observed.fresh_token)
+    if live is not None:
+        return ChildAction("keep", desired, live)
+    return ChildAction("create", desired, None, Event("Normal", "Created", f"created Secret {name}"))
 
 
 # -- report: what to say --
+def routing_status(decision: traffic.Decision, pushed: tuple[PushResult, ...]) -> Obj:
+    """status.routing: the table in force (or being put in force) and on how many pods it is live."""
+    gen = decision.table.generation
+    confirmed = [r for r in pushed if not r.error and r.generation >= gen]
+    errors = [f"push to {r.pod}: {r.error}" for r in pushed if r.error]
+    live = decision.live + len(confirmed)
+    out: Obj = {**decision.table.as_status(), "delivery": decision.delivery, "summary": traffic.summary(decision.table)}
+    if decision.delivery == "Push":
+        out.update(livePods=live, readyPods=decision.ready)
+        lagging = sorted(set(decision.push_to) - {r.pod for r in confirmed})
+        waiting = [*decision.waiting, *errors, *(f"table {gen} not live on {p} yet" for p in lagging if not any(
+            e.startswith(f"push to {p}:") for e in errors))]
+        if waiting:
+            out["waiting"] = waiting
+    if decision.failed:
+        out["failed"] = list(decision.failed)
+    return out
+
+
 def _differs(new: Obj, old: Obj) -> bool:
     if set(new) != set(old):
         return True
@@ -201,10 +252,13 @@ def report(observed: Observed, plan_: Plan, outcome: Outcome, now: str) -> Repor
     # Status counts the Deployment as the apply left it, else as it is (pods of an earlier
     # generation may still serve while a problem blocks the new one).
     deployment = outcome.applied.get(("Deployment", meta["name"])) or observed.children.get(("Deployment", meta["name"]))
+    routing = routing_status(plan_.traffic, outcome.pushed) if problem is None and plan_.traffic else None
     status = compute_status(
         spec=observed.spec, name=meta["name"], generation=generation, deployment=deployment, problem=problem,
         previous=previous, config_hash=plan_.config_hash if problem is None else previous.get("configHash"), now=now,
-        served=observed.served if problem is None else None,
+        served=(traffic.version_reports(observed.pods, plan_.traffic.table) if observed.pods
+                and plan_.traffic else observed.served) if problem is None else None,
+        routing=routing,
     )
     event = summary_event(problem, previous, generation, plan_.config_hash)
     patch = {**{k: None for k in previous if k not in status}, **status} if _differs(status, previous) else None

@@ -2,10 +2,12 @@
 
 - **observe** (reads): the ModelDeployment and its children from the cache (what the watches and
   our own writes left there), the PersistentVolumeClaim its spec names (a GET), and, when pods are
-  ready, the servers' own version reports (HTTP);
+  ready, each ready pod's own report from its admin port (HTTP, in parallel; podadmin.py), or, when
+  the pods cannot be reached, one server's version report through the Service;
 - **plan** and **report** (pure, plan.py): what to create, update or keep, which Events, what status;
 - **execute** (writes): our finalizer, the server-side applies (each answer goes into the cache, so
-  its watch event is known as our own echo), the children's Events;
+  its watch event is known as our own echo), the children's Events, then the routing table pushed
+  to every ready pod that lags (traffic.py decides when labels and weights may move);
 - then the status patch and the summary Event.
 
 It is idempotent and needs no state of its own beyond the cache, so running it again at any point
@@ -19,10 +21,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+import secrets
 import time
 from typing import TYPE_CHECKING
 
-from modeldeploy import api, metrics, plan, render
+from modeldeploy import api, metrics, plan, podadmin, render, serverconfig
 from modeldeploy.kube import KubeError
 from modeldeploy.plan import Event, Observed, Outcome, Plan, parse_spec
 from modeldeploy.workqueue import Retry
@@ -59,6 +62,8 @@ def reconcile(ctx: OperatorContext, namespace: str, name: str) -> float | None:
         log.warning("%s/%s: %s: %s", namespace, name, problem.reason, problem.message)
     if body["metadata"].get("deletionTimestamp"):
         return None
+    if problem is None and ctx.traffic_pending.pop((namespace, name), False):
+        return ctx.traffic_recheck_seconds  # labels or weights still moving: look again soon
     # Spread the re-checks of ModelDeployments created together (±10%).
     return ctx.resync_seconds * random.uniform(0.9, 1.1)
 
@@ -74,6 +79,9 @@ def _reconcile(ctx: OperatorContext, body: Obj) -> plan.Problem | None:
         write_status(ctx, body, said.status)
     for event in said.events:
         post_event(ctx, body, event)
+    routing = (said.status or body.get("status") or {}).get("routing") or {}
+    if decided.traffic is not None and (routing.get("waiting") or not decided.traffic.settled):
+        ctx.traffic_pending[(body["metadata"]["namespace"], body["metadata"]["name"])] = True
     return said.problem
 
 
@@ -91,10 +99,20 @@ def observe(ctx: OperatorContext, body: Obj) -> Observed:
     children = {(kind, child): obj for _, kind, child in render.child_refs(name)
                 if (obj := ctx.cache.get(kind, namespace, child)) is not None}
     served = None
-    deployment = children.get(("Deployment", name))
-    if spec is not None and problem is None and int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0) > 0:
-        served = ctx.probe(namespace, name, api.model_name(spec, name), sorted(spec.version_labels or {}))
-    return Observed(body, spec, problem, children, served)
+    endpoints: tuple[podadmin.Endpoint, ...] = ()
+    pods: tuple[plan.traffic.PodReport, ...] | None = None
+    token = podadmin.token_of(children.get(("Secret", render.token_secret_name(name))), serverconfig.ADMIN_TOKEN_KEY)
+    if spec is not None and problem is None:
+        model = api.model_name(spec, name)
+        endpoints = tuple(podadmin.ready_endpoints(ctx.cache.endpoint_slices(namespace, render.admin_service_name(name))))
+        if token is not None and ctx.pod_admin and endpoints:
+            reports = tuple(podadmin.fetch(endpoints, token, model))
+            # every pod unreachable: the operator runs where it cannot reach pods (ConfigMap delivery)
+            pods = None if all(r.unreachable for r in reports) else reports
+        deployment = children.get(("Deployment", name))
+        if not pods and int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0) > 0:
+            served = ctx.probe(namespace, name, model, sorted(spec.version_labels or {}))
+    return Observed(body, spec, problem, children, served, endpoints, pods, token, secrets.token_urlsafe(32))
 
 
 def claim_exists(ctx: OperatorContext, namespace: str, claim: str) -> bool:
@@ -133,7 +151,15 @@ def execute(ctx: OperatorContext, body: Obj, decided: Plan) -> Outcome | None:
         applied[action.key] = out
         if action.event is not None and (not action.event.only_if_changed or _changed(action, out)):
             post_event(ctx, body, action.event)
-    return Outcome(applied)
+    pushed: tuple[podadmin.PushResult, ...] = ()
+    if decided.push_to and decided.token and decided.routing is not None:
+        # after the ConfigMap: a pod that starts meanwhile reads the same table from routing.json
+        pushed = tuple(podadmin.push(decided.push_to, decided.token, decided.routing))
+        for r in pushed:
+            if r.error:
+                log.info("routing push to %s/%s pod %s: %s", body["metadata"]["namespace"], body["metadata"]["name"],
+                         r.pod, r.error)
+    return Outcome(applied, pushed=pushed)
 
 
 def _changed(action: plan.ChildAction, after: Obj) -> bool:

@@ -1,9 +1,14 @@
 """Pure functions: a ModelDeployment spec → the manifests of its children.
 
-Nothing here does I/O. `render_all` returns the ConfigMap, Deployment, Service and
-PodDisruptionBudget as plain dicts, ready for server-side apply. The Deployment's pod template
-carries a hash of everything that needs a restart (the pod spec, the batching and monitoring files)
-but not of `models.config`: the server polls that file, so version and label changes need no restart.
+Nothing here does I/O. `render_all` returns the admin token Secret, the ConfigMap,
+the Deployment, the Service, the headless admin Service, the PodDisruptionBudget and (when the
+operator knows its own pods) a NetworkPolicy, as plain dicts ready for server-side apply. The
+Deployment's pod template carries a hash of everything that needs a restart (the pod spec, the
+batching and monitoring files) but not of `models.config` or `routing.json`: the server polls those,
+and the operator pushes routing tables, so version, label and weight changes need no restart.
+
+What the traffic decision (traffic.py) says the servers may load and route now comes in as
+`Serving`; without it, the spec's own versions and table are rendered.
 """
 
 from __future__ import annotations
@@ -43,6 +48,31 @@ class Defaults:
     """Operator-wide settings (command-line flags)."""
 
     server_image: str = DEFAULT_SERVER_IMAGE
+    # The operator's own pods (namespace and labels): the NetworkPolicy admits only them to the
+    # servers' admin port. Unknown (an operator outside the cluster): no NetworkPolicy is rendered.
+    operator_namespace: str = ""
+    operator_pod_labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What the servers may load and route now (traffic.Decision): the model config's versions
+    (None: the spec's policy) and the routing document."""
+
+    versions: tuple[int, ...] | None
+    routing: dict[str, Any]
+
+
+def default_serving(spec: ModelDeploymentSpec, owner_name: str) -> Serving:
+    from modeldeploy import traffic
+
+    table = traffic.spec_table(spec, 0)
+    return Serving(tuple(spec.model.versions) if spec.model.versions else None,
+                   table.document(api.model_name(spec, owner_name)))
+
+
+ADMIN_PORT = contract.ADMIN_PORT
+TOKEN_KEY = serverconfig.ADMIN_TOKEN_KEY
 
 
 def selector_labels(owner: Owner) -> dict[str, str]:
@@ -80,13 +110,14 @@ def _meta(owner: Owner, name: str) -> dict[str, Any]:
 
 
 def configmap_name(owner: Owner) -> str:
-    return child_refs(owner.name)[0][2]
+    return f"{owner.name}-config"
 
 
-def render_configmap(spec: ModelDeploymentSpec, owner: Owner) -> dict[str, Any]:
+def render_configmap(spec: ModelDeploymentSpec, owner: Owner, serving: Serving) -> dict[str, Any]:
     name = api.model_name(spec, owner.name)
     data = {
-        serverconfig.MODELS_CONFIG: serverconfig.models_config(spec, name),
+        serverconfig.MODELS_CONFIG: serverconfig.models_config(spec, name, serving.versions),
+        serverconfig.ROUTING_CONFIG: serverconfig.routing_config(serving.routing),
         serverconfig.MONITORING_CONFIG: serverconfig.monitoring_config(),
     }
     if spec.batching and spec.batching.enabled:
@@ -155,6 +186,7 @@ def render_pod_spec(spec: ModelDeploymentSpec, owner: Owner, defaults: Defaults)
         "ports": [
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
         ],
         # The root filesystem is read-only: caches that default to $HOME (CUDA's JIT cache in
         # ~/.nv, TensorFlow's and Keras' in ~/.keras) go to the writable /tmp volume instead.
@@ -177,6 +209,7 @@ def render_pod_spec(spec: ModelDeploymentSpec, owner: Owner, defaults: Defaults)
         },
         "volumeMounts": [
             {"name": "config", "mountPath": serverconfig.CONFIG_DIR, "readOnly": True},
+            {"name": "admin-token", "mountPath": serverconfig.ADMIN_TOKEN_DIR, "readOnly": True},
             model_mount,
             {"name": "tmp", "mountPath": "/tmp"},
         ],
@@ -195,6 +228,8 @@ def render_pod_spec(spec: ModelDeploymentSpec, owner: Owner, defaults: Defaults)
         },
         "volumes": [
             {"name": "config", "configMap": {"name": configmap_name(owner)}},
+            {"name": "admin-token", "secret": {"secretName": token_secret_name(owner.name), "defaultMode": 0o440,
+                                               "items": [{"key": TOKEN_KEY, "path": TOKEN_KEY}]}},
             volume,
             {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
         ],
@@ -210,8 +245,10 @@ def render_pod_spec(spec: ModelDeploymentSpec, owner: Owner, defaults: Defaults)
 
 
 def config_hash(pod_spec: dict[str, Any], configmap: dict[str, Any]) -> str:
-    """Hash of what needs a restart: the pod spec and every config file except models.config."""
-    files = {k: v for k, v in configmap["data"].items() if k != serverconfig.MODELS_CONFIG}
+    """Hash of what needs a restart: the pod spec and every config file except the two the server
+    polls (models.config, routing.json)."""
+    polled = (serverconfig.MODELS_CONFIG, serverconfig.ROUTING_CONFIG)
+    files = {k: v for k, v in configmap["data"].items() if k not in polled}
     blob = json.dumps({"pod": pod_spec, "files": files}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -262,6 +299,55 @@ def render_service(owner: Owner) -> dict[str, Any]:
     }
 
 
+def token_secret_name(owner_name: str) -> str:
+    return f"{owner_name}-admin-token"
+
+
+def admin_service_name(owner_name: str) -> str:
+    return f"{owner_name}-admin"
+
+
+def render_token_secret(owner: Owner, token: str) -> dict[str, Any]:
+    """The admin port's bearer token (created once with a random token, never re-rendered: see
+    plan.secret_action)."""
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(owner, token_secret_name(owner.name)),
+            "type": "Opaque", "stringData": {TOKEN_KEY: token}}
+
+
+def render_admin_service(owner: Owner) -> dict[str, Any]:
+    """Headless (no virtual IP, no load balancing): its EndpointSlices list each ready pod's admin
+    address, which the operator calls directly. Model clients use the other Service."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(owner, admin_service_name(owner.name)),
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector_labels(owner),
+            "ports": [{"name": "admin", "port": ADMIN_PORT, "targetPort": "admin", "protocol": "TCP", "appProtocol": "http"}],
+        },
+    }
+
+
+def render_network_policy(owner: Owner, defaults: Defaults) -> dict[str, Any]:
+    """Model ports open to every client; the admin port only to the operator's own pods."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(owner, owner.name),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(owner)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"ports": [{"port": GRPC_PORT, "protocol": "TCP"}, {"port": HTTP_PORT, "protocol": "TCP"}]},
+                {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": defaults.operator_namespace}},
+                           "podSelector": {"matchLabels": dict(defaults.operator_pod_labels)}}],
+                 "ports": [{"port": ADMIN_PORT, "protocol": "TCP"}]},
+            ],
+        },
+    }
+
+
 def render_pdb(owner: Owner) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
@@ -293,9 +379,12 @@ def in_sync(desired: Any, live: Any) -> bool:
 
 
 def child_refs(owner_name: str) -> list[tuple[str, str, str]]:
-    """(apiVersion, kind, name) of every child `render_all` renders for a ModelDeployment, in its order."""
-    return [("v1", "ConfigMap", f"{owner_name}-config"), ("apps/v1", "Deployment", owner_name),
-            ("v1", "Service", owner_name), ("policy/v1", "PodDisruptionBudget", owner_name)]
+    """(apiVersion, kind, name) of every child `render_all` may render for a ModelDeployment, in its
+    order (the NetworkPolicy only when the operator knows its own pods)."""
+    return [("v1", "Secret", token_secret_name(owner_name)), ("v1", "ConfigMap", f"{owner_name}-config"),
+            ("apps/v1", "Deployment", owner_name), ("v1", "Service", owner_name),
+            ("v1", "Service", admin_service_name(owner_name)), ("policy/v1", "PodDisruptionBudget", owner_name),
+            ("networking.k8s.io/v1", "NetworkPolicy", owner_name)]
 
 
 def config_hash_of(children: list[dict[str, Any]]) -> str:
@@ -304,14 +393,19 @@ def config_hash_of(children: list[dict[str, Any]]) -> str:
     return str(deployment["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION])
 
 
-def render_all(spec: ModelDeploymentSpec, owner: Owner, defaults: Defaults | None = None) -> list[dict[str, Any]]:
-    """Every child, in apply order (the ConfigMap before the pods that mount it)."""
+def render_all(spec: ModelDeploymentSpec, owner: Owner, defaults: Defaults | None = None,
+               serving: Serving | None = None) -> list[dict[str, Any]]:
+    """Every child but the token Secret (plan.secret_action), in apply order (the ConfigMap
+    before the pods that mount it)."""
     defaults = defaults or Defaults()
-    configmap = render_configmap(spec, owner)
+    configmap = render_configmap(spec, owner, serving or default_serving(spec, owner.name))
     children = [
         configmap,
         render_deployment(spec, owner, defaults, configmap),
         render_service(owner),
+        render_admin_service(owner),
         render_pdb(owner),
     ]
+    if defaults.operator_namespace and defaults.operator_pod_labels:
+        children.append(render_network_policy(owner, defaults))
     return [with_rendered_hash(c) for c in children]

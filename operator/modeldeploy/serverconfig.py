@@ -3,10 +3,16 @@
 `models.config` is TF Serving's `ModelServerConfig` (a `model_config_list`), `batching.config` its
 `BatchingParameters`, `monitoring.config` its `MonitoringConfig`. Tests parse the output with the
 real `tensorflow_serving.config.model_server_config_pb2` (and descriptors of the other two protos)
-to prove it is valid; the operator itself only writes text.
+to prove it is valid; the operator itself only writes text. `routing.json` is model-server's own
+routing table (labels and traffic weights; server_image/modelserver/routing.py): labels live there,
+not in models.config, so that a server starting while a labelled version cannot load waits (not
+ready) instead of refusing its model config, and so that the operator can push them live.
 """
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 from modelserver import contract  # file names and ports shared with the server (pure Python)
 from modelserver import flags as server_flags  # the server's own flag parser (pure Python, no TensorFlow)
@@ -18,6 +24,9 @@ MODELS_DIR = "/models"
 MODELS_CONFIG = contract.MODELS_CONFIG
 BATCHING_CONFIG = contract.BATCHING_CONFIG
 MONITORING_CONFIG = contract.MONITORING_CONFIG
+ROUTING_CONFIG = contract.ROUTING_CONFIG
+ADMIN_TOKEN_DIR = "/admin"
+ADMIN_TOKEN_KEY = "token"
 
 # The pod's preStop pause: endpoints drop the pod before the server gets SIGTERM.
 PRESTOP_SLEEP_SECONDS = 5
@@ -28,6 +37,7 @@ OWNED_FLAGS = frozenset({
     "port", "rest_api_port", "bind_address", "model_name", "model_base_path", "model_config_file",
     "model_config_file_poll_wait_seconds", "monitoring_config_file", "enable_model_warmup",
     "num_request_iterations_for_warmup", "enable_batching", "batching_parameters_file", "drain_timeout_seconds",
+    "routing_config_file", "admin_port", "admin_token_file", "warmup_config_file",
 })
 
 
@@ -54,8 +64,9 @@ def model_base_path(name: str) -> str:
     return f"{MODELS_DIR}/{name}"
 
 
-def models_config(spec: ModelDeploymentSpec, name: str) -> str:
-    """TF Serving's models.config for one model."""
+def models_config(spec: ModelDeploymentSpec, name: str, versions: tuple[int, ...] | None = None) -> str:
+    """TF Serving's models.config for one model: the spec's versions (or `versions`, which the
+    traffic decision widens while labels still point at versions the spec dropped), no labels."""
     lines = [
         "model_config_list {",
         "  config {",
@@ -64,15 +75,14 @@ def models_config(spec: ModelDeploymentSpec, name: str) -> str:
         '    model_platform: "tensorflow"',
         "    model_version_policy {",
     ]
+    listed = versions if versions is not None else tuple(spec.model.versions or ())
     if spec.model.versions:
         lines.append("      specific {")
-        lines += [f"        versions: {v}" for v in sorted(spec.model.versions)]
+        lines += [f"        versions: {v}" for v in sorted(listed)]
         lines.append("      }")
     else:
         lines.append(f"      latest {{ num_versions: {spec.model.latest_versions} }}")
     lines.append("    }")
-    for label, version in sorted((spec.version_labels or {}).items()):
-        lines += ["    version_labels {", f"      key: {quote(label)}", f"      value: {version}", "    }"]
     lines += ["  }", "}", ""]
     return "\n".join(lines)
 
@@ -95,6 +105,11 @@ def batching_config(batching: Batching) -> str:
     return "\n".join(lines) + "\n"
 
 
+def routing_config(document: dict[str, Any]) -> str:
+    """model-server's routing.json (the same document the operator pushes to the admin port)."""
+    return json.dumps(document, indent=2) + "\n"
+
+
 def monitoring_config() -> str:
     return f"prometheus_config {{\n  enable: true\n  path: {quote(contract.METRICS_PATH)}\n}}\n"
 
@@ -114,6 +129,9 @@ def server_args(spec: ModelDeploymentSpec) -> list[str]:
         f"--model_config_file_poll_wait_seconds={spec.server.config_poll_seconds}",
         f"--monitoring_config_file={CONFIG_DIR}/{MONITORING_CONFIG}",
         f"--enable_model_warmup={'true' if spec.warmup.enabled else 'false'}",
+        f"--routing_config_file={CONFIG_DIR}/{ROUTING_CONFIG}",
+        f"--admin_port={contract.ADMIN_PORT}",
+        f"--admin_token_file={ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_KEY}",
     ]
     if spec.warmup.enabled:
         args.append(f"--num_request_iterations_for_warmup={spec.warmup.request_iterations}")

@@ -69,7 +69,8 @@ def pending_labels(spec: ModelDeploymentSpec | None, served: dict[int, VersionRe
             if label not in (served.get(v) or VersionReport("Unknown")).labels]
 
 
-def conditions_for(problem: Problem | None, rollout: Rollout | None, generation: int, labels_pending: list[str] | None = None) -> list[Obj]:
+def conditions_for(problem: Problem | None, rollout: Rollout | None, generation: int, labels_pending: list[str] | None = None,
+                   failed: list[str] | None = None) -> list[Obj]:
     """Ready, Progressing, Degraded, and kstatus' own pair: `Reconciling` (= Progressing) and `Stalled`
     (= Degraded), which kstatus-based tools (Flux health checks, kpt, Config Sync) read to tell
     InProgress / Failed / Current; without them they would call a ModelDeployment Current as soon as
@@ -78,8 +79,12 @@ def conditions_for(problem: Problem | None, rollout: Rollout | None, generation:
     if labels_pending and problem is None and rollout is not None and rollout.complete and not rollout.deadline_exceeded:
         # Pods are ready, but a label move has not reached the server yet (the kubelet refreshes the
         # ConfigMap volume, then the server's poll applies it; a label may only move to a loaded version).
-        msg = f"the servers do not route {', '.join(labels_pending)} yet (models.config not applied, or the version is not loaded)"
+        msg = f"labels and traffic not live everywhere yet: {'; '.join(labels_pending)}"
         primary = [_condition("Progressing", True, "LabelsPending", msg, generation) if c["type"] == "Progressing" else c for c in primary]
+    if failed and problem is None:
+        # A version the spec's labels need did not load: it gets no traffic (the table in force stays)
+        msg = f"{'; '.join(failed)}; its labels and traffic stay where they were"
+        primary = [_condition("Degraded", True, "VersionFailed", msg, generation) if c["type"] == "Degraded" else c for c in primary]
     by_type = {c["type"]: c for c in primary}
     aliases = [{**by_type["Progressing"], "type": "Reconciling"}, {**by_type["Degraded"], "type": "Stalled"}]
     return primary + aliases
@@ -158,14 +163,17 @@ def version_states(
             entry["state"] = report.state if report else "Pending"
             if report and report.message:
                 entry["message"] = report.message
-        if v in labels_by_version:
+            if report and report.labels:
+                entry["labels"] = list(report.labels)  # as the servers route now
+        if v in labels_by_version and "labels" not in entry:
             entry["labels"] = labels_by_version[v]
         out.append(entry)
     return out
 
 
 # What the running pods serve; kept from the last good generation while a newer one has a problem.
-SERVING_KEYS = ("modelName", "versions", "versionsSummary", "versionLabels", "labelsSummary", "selector")
+SERVING_KEYS = ("modelName", "versions", "versionsSummary", "versionLabels", "labelsSummary", "selector", "routing",
+                "trafficSummary")
 
 
 def compute_status(
@@ -179,11 +187,18 @@ def compute_status(
     config_hash: str | None,
     now: str,
     served: dict[int, VersionReport] | None = None,
+    routing: Obj | None = None,
 ) -> Obj:
-    """The full status object (plain dict in the CRD's camelCase)."""
+    """The full status object (plain dict in the CRD's camelCase). `routing` is the routing table
+    in force and its delivery (plan.routing_status)."""
     rollout = rollout_of(deployment)
-    pending = pending_labels(spec, served) if problem is None else []
-    conditions = keep_transition_times(conditions_for(problem, rollout, generation, pending), (previous or {}).get("conditions"), now)
+    if routing is not None and routing.get("delivery") == "Push":
+        pending = list(routing.get("waiting") or [])
+    else:
+        pending = pending_labels(spec, served) if problem is None else []
+    failed = list((routing or {}).get("failed") or [])
+    conditions = keep_transition_times(conditions_for(problem, rollout, generation, pending, failed),
+                                       (previous or {}).get("conditions"), now)
     status: Obj = {"observedGeneration": generation, "conditions": conditions}
     if rollout is not None:
         status.update(replicas=rollout.total, desiredReplicas=rollout.wanted, readyReplicas=rollout.ready, updatedReplicas=rollout.updated)
@@ -193,8 +208,12 @@ def compute_status(
         status["modelName"] = api.model_name(spec, name)
         status["versions"] = version_states(spec, rollout, problem, served)
         status["versionsSummary"] = ",".join(str(v) for v in sorted(spec.model.versions)) if spec.model.versions else f"latest:{spec.model.latest_versions}"
-        status["versionLabels"] = dict(spec.version_labels or {})
-        status["labelsSummary"] = ",".join(f"{k}={v}" for k, v in sorted((spec.version_labels or {}).items())) or None
+        labels = dict(routing["labels"]) if routing is not None else dict(spec.version_labels or {})
+        status["versionLabels"] = labels  # where the labels point in the table in force
+        status["labelsSummary"] = ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or None
+        if routing is not None:
+            status["routing"] = routing
+            status["trafficSummary"] = routing.get("summary") or None
         status["selector"] = f"app.kubernetes.io/name=model-server,app.kubernetes.io/instance={name}"
     if problem is not None and deployment is not None and previous:
         # Nothing of the broken generation was applied: the running pods still serve what the

@@ -140,7 +140,6 @@ def decide(spec: api.ModelDeploymentSpec, generation: int, in_force: Table | Non
         table = Table(wanted.generation, {k: v for k, v in wanted.labels.items() if _everywhere(v, reachable)})
     live = sum(1 for p in reachable if p.generation >= table.generation)
     push = tuple(p.pod for p in reachable if p.generation < table.generation)
-    settled = table is wanted and live == len(pods)
     # a version stays listed while the table to be in force, or any pod's labels, still point at it
     keep = spec_versions | wanted.versions() | table.versions() | {v for p in reachable for v in p.labels.values()}
     return Decision(table, _versions(spec, keep), push, tuple(missing + unreachable), tuple(failed), "Push",
@@ -164,3 +163,31 @@ def summary(table: Table | None) -> str:
     if table is None or not table.weights:
         return ""
     return ",".join(f"{k}={w}%" for k, w in sorted(table.weights.items()) if w)
+
+
+def version_reports(pods: Sequence[PodReport], table: Table) -> dict[int, Any]:
+    """Per-version states over the ready pods, for status: Available when every pod that answered
+    serves it, Failed (with the first error) when one failed to load it, else Loading; with the
+    labels the table in force gives it."""
+    from modeldeploy.modelstatus import VersionReport
+
+    answered = [p for p in pods if not p.unreachable]
+    labels: dict[int, list[str]] = {}
+    for label, v in sorted(table.labels.items()):
+        labels.setdefault(v, []).append(label)
+    out: dict[int, Any] = {}
+    for v in sorted({v for p in answered for v in p.versions}):
+        states = [p.versions.get(v) for p in answered]
+        errors = [p.errors[v] for p in answered if p.errors.get(v)]
+        if errors:
+            state, message = "Failed", errors[0]
+        elif all(s == "AVAILABLE" for s in states):
+            state, message = "Available", ""
+        elif any(s in ("START", "LOADING") for s in states):
+            state, message = "Loading", ""
+        elif all(s in ("END", "UNLOADING") for s in states):
+            state, message = "Unloaded", ""
+        else:
+            state, message = "Loading", ""
+        out[v] = VersionReport(state, message, tuple(labels.get(v, ())))
+    return out

@@ -152,13 +152,20 @@ class OperatorProcess:
         self.command = [sys.executable, "-m", "modeldeploy.cli", "operator", *args, "--bind=127.0.0.1"]
         self.kubeconfig, self.log = kubeconfig, log
         self.proc: subprocess.Popen[bytes] | None = None
+        # the container's env as the kubelet gives it (values, and the downward API's namespace)
+        self.env: dict[str, str] = {}
+        for e in self.container.get("env") or []:
+            if "value" in e:
+                self.env[e["name"]] = str(e["value"])
+            elif ((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath") == "metadata.namespace":
+                self.env[e["name"]] = deployment["metadata"].get("namespace", "default")
 
     @property
     def health_url(self) -> str:
         return f"http://127.0.0.1:{self.health_port}{self.container['livenessProbe']['httpGet']['path']}"
 
     def start(self) -> OperatorProcess:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         env.pop("KUBERNETES_SERVICE_HOST", None)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.command, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -7,6 +7,7 @@ resume, the status subresource, generation, ownerReference cascade, CRD schema v
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -26,7 +27,8 @@ from operator_support import (
 )
 from support import condition, free_port, wait_for
 
-CHILDREN = [("", "configmaps", "-config"), ("apps", "deployments", ""), ("", "services", ""), ("policy", "poddisruptionbudgets", "")]
+CHILDREN = [("", "secrets", "-admin-token"), ("", "configmaps", "-config"), ("apps", "deployments", ""),
+            ("", "services", ""), ("", "services", "-admin"), ("policy", "poddisruptionbudgets", "")]
 
 
 def get_md(fake: FakeKubeAPI, ns: str, name: str) -> dict | None:
@@ -84,7 +86,10 @@ def test_create_renders_valid_children_and_truthful_status(fake: FakeKubeAPI, op
     assert ("Normal", "Created") in events(fake, "ml", "clf")
     # kopf's bookkeeping stays in annotations; status belongs to us alone.
     assert set(st) <= {"observedGeneration", "conditions", "replicas", "desiredReplicas", "readyReplicas", "updatedReplicas", "modelName",
-                       "versions", "versionsSummary", "versionLabels", "labelsSummary", "configHash", "selector"}
+                       "versions", "versionsSummary", "versionLabels", "labelsSummary", "configHash", "selector",
+                       "routing", "trafficSummary"}
+    # no pod to ask here (a fake API server, no pods): the table goes by ConfigMap... or no pod at all
+    assert st["routing"]["labels"] == {"stable": 1}
 
 
 def test_status_follows_pod_readiness(fake: FakeKubeAPI, operator: OperatorProcess) -> None:
@@ -109,7 +114,8 @@ def test_update_of_each_field_group(fake: FakeKubeAPI, operator: OperatorProcess
     gen = patch_spec(fake, "ml", "m", {"model": {"versions": [1, 2, 3]}, "versionLabels": {"stable": 2, "canary": 3}})
     wait_for(lambda: ready(fake, "ml", "m", gen), what="labels applied")
     cm = fake.get("", "configmaps", "ml", "m-config")
-    assert "versions: 3" in cm["data"]["models.config"] and 'key: "canary"' in cm["data"]["models.config"]
+    assert "versions: 3" in cm["data"]["models.config"]
+    assert json.loads(cm["data"]["routing.json"])["models"]["m"]["labels"] == {"stable": 2, "canary": 3}
     assert pod_hash(deployment(fake, "ml", "m")) == h0
     assert get_md(fake, "ml", "m")["status"]["labelsSummary"] == "canary=3,stable=2"
 
@@ -272,9 +278,10 @@ def test_kubectl_apply_examples_and_get_md(fake: FakeKubeAPI, operator: Operator
     wait_for(lambda: all(ready(fake, "default", n) for n in names), timeout=30, what="examples Ready")
     out = kubectl(kubeconfig, "get", "md").stdout
     lines = out.splitlines()
-    assert lines[0].split() == ["NAME", "READY", "MODEL", "VERSIONS", "LABELS", "REPLICAS", "AVAILABLE", "AGE"]
+    assert lines[0].split() == ["NAME", "READY", "MODEL", "VERSIONS", "STABLE", "CANARY", "TRAFFIC", "REPLICAS",
+                                "AVAILABLE", "AGE"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
-    assert rows["ranker"][1:7] == ["True", "ranker", "3,4", "canary=4,stable=3", "2", "2"]
+    assert rows["ranker"][1:9] == ["True", "ranker", "3,4", "3", "4", "<none>", "2", "2"]
     assert rows["half-plus-two"][1:4] == ["True", "half_plus_two", "latest:1"]
     assert rows["classifier"][1:4] == ["True", "classifier", "latest:1"]
     wide = kubectl(kubeconfig, "get", "md", "ranker", "-o", "wide").stdout
@@ -289,8 +296,10 @@ def test_kubectl_apply_examples_and_get_md(fake: FakeKubeAPI, operator: Operator
     assert "Reconciled" in described and "modeldeploy-operator" in described and "created Deployment ranker" in described
     # a label flip through kubectl: a merge patch on the custom resource
     kubectl(kubeconfig, "patch", "md", "ranker", "--type=merge", "-p", '{"spec":{"versionLabels":{"stable":4}}}')
-    wait_for(lambda: "canary=4,stable=4" in kubectl(kubeconfig, "get", "md", "ranker").stdout, what="label flip visible")
-    assert 'key: "stable"\n      value: 4' in fake.get("", "configmaps", "default", "ranker-config")["data"]["models.config"]
+    wait_for(lambda: "canary=4,stable=4" in kubectl(kubeconfig, "get", "md", "ranker", "-o", "wide").stdout,
+             what="label flip visible")
+    routing = json.loads(fake.get("", "configmaps", "default", "ranker-config")["data"]["routing.json"])
+    assert routing["models"]["ranker"]["labels"] == {"canary": 4, "stable": 4}
     kubectl(kubeconfig, "delete", "md", "ranker")
     wait_for(lambda: fake.get("apps", "deployments", "default", "ranker") is None, what="children deleted")
 
@@ -307,7 +316,8 @@ def test_audit_log_records_what_the_operator_calls(fake: FakeKubeAPI, operator: 
     assert ("create", "", "events", "") in rules
     # nothing outside what the chart's RBAC is meant to grant
     allowed_resources = {(GROUP, PLURAL), ("", "configmaps"), ("", "services"), ("apps", "deployments"),
-                         ("policy", "poddisruptionbudgets"), ("", "persistentvolumeclaims"), ("", "events")}
+                         ("policy", "poddisruptionbudgets"), ("", "persistentvolumeclaims"), ("", "events"),
+                         ("", "secrets"), ("discovery.k8s.io", "endpointslices"), ("networking.k8s.io", "networkpolicies")}
     assert {(g, r) for _, g, r, _ in rules} <= allowed_resources
     fake.write_audit(tmp_path / "audit.json")
     assert (tmp_path / "audit.json").read_text().startswith("[")

@@ -36,30 +36,37 @@ def observed(b: dict, children: dict | None = None, claim_found: bool | None = T
 
 def live_children(b: dict, ready: int = 1) -> dict[tuple[str, str], dict]:
     """The children as the API server holds them after our apply (plus fields the server adds)."""
-    spec = plan.parse_spec(b)
-    assert not isinstance(spec, Problem)
     out = {}
-    for c in render.render_all(spec, plan.owner_of(b), DEFAULTS):
+    rendered = [a.desired for a in plan.plan(observed(b), DEFAULTS).children if a.desired["kind"] != "Secret"]
+    for c in rendered:
         live = copy.deepcopy(c)
         live["metadata"].update(resourceVersion="10", uid="child-uid", creationTimestamp="2026-01-01T00:00:00Z")
         if c["kind"] == "Deployment":
             live["metadata"]["generation"] = 1
             live["status"] = {"observedGeneration": 1, "replicas": 1, "readyReplicas": ready, "updatedReplicas": 1}
         out[(c["kind"], c["metadata"]["name"])] = live
+    secret = render.render_token_secret(plan.owner_of(b), "")
+    secret = {**{k: v for k, v in secret.items() if k != "stringData"}, "data": {"token": "dDBrZW4="}}
+    secret["metadata"] = {**secret["metadata"], "resourceVersion": "10", "uid": "secret-uid"}
+    out[("Secret", secret["metadata"]["name"])] = secret
     return out
 
 
 def verbs(p: plan.Plan) -> dict[str, str]:
-    return {a.desired["kind"]: a.verb for a in p.children}
+    """By kind; the headless admin Service as "AdminService"."""
+    return {("AdminService" if a.desired["metadata"]["name"].endswith("-admin") else a.desired["kind"]): a.verb
+            for a in p.children}
 
 
 # -- plan: the children and the finalizer --
 def test_a_new_model_deployment_gets_the_finalizer_and_every_child_created() -> None:
     p = plan.plan(observed(body()), DEFAULTS)
     assert p.finalizer == "add"
-    assert [a.desired["kind"] for a in p.children] == ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget"]
-    assert verbs(p) == dict.fromkeys(("ConfigMap", "Deployment", "Service", "PodDisruptionBudget"), "create")
-    assert [a.event for a in p.children][1] == Event("Normal", "Created", "created Deployment m")
+    assert [a.desired["kind"] for a in p.children] == ["Secret", "ConfigMap", "Deployment", "Service", "Service",
+                                                       "PodDisruptionBudget"]
+    assert verbs(p) == dict.fromkeys(("Secret", "ConfigMap", "Deployment", "Service", "AdminService",
+                                      "PodDisruptionBudget"), "create")
+    assert [a.event for a in p.children][2] == Event("Normal", "Created", "created Deployment m")
     assert p.config_hash == render.config_hash_of([a.desired for a in p.children])
 
 

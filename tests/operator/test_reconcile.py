@@ -38,9 +38,10 @@ def test_first_run_creates_everything_then_a_second_run_writes_nothing(kube: Rec
     add_md(kube, ctx)
     assert 0 < reconcile.reconcile(ctx, "ml", "m") <= 66  # the periodic re-check, ±10%
     assert [c for c in kube.calls if c[0] != "post_event"] == [
-        ("get", "PersistentVolumeClaim"), ("patch_finalizers", "ModelDeployment"), ("apply", "ConfigMap"),
-        ("apply", "Deployment"), ("apply", "Service"), ("apply", "PodDisruptionBudget"), ("patch_status", "ModelDeployment")]
-    assert [e[1] for e in kube.events] == ["Created"] * 4 + ["Reconciled"]
+        ("get", "PersistentVolumeClaim"), ("patch_finalizers", "ModelDeployment"), ("apply", "Secret"),
+        ("apply", "ConfigMap"), ("apply", "Deployment"), ("apply", "Service"), ("apply", "Service"),
+        ("apply", "PodDisruptionBudget"), ("patch_status", "ModelDeployment")]
+    assert [e[1] for e in kube.events] == ["Created"] * 6 + ["Reconciled"]
     md = ctx.cache.get("ModelDeployment", "ml", "m")
     assert md is not None and md["metadata"]["finalizers"] == [plan.FINALIZER] and md["status"]["observedGeneration"] == 1
     # the answers went into the cache, the claim was just found: the next run has nothing to ask or do
@@ -89,7 +90,7 @@ def test_a_refused_child_is_apply_failed(ctx: OperatorContext) -> None:
     ctx.kube = kube  # type: ignore[assignment]
     add_md(kube, ctx)
     reconcile.reconcile(ctx, "ml", "m")
-    assert [e[1] for e in kube.events] == ["Created", "Created", "ApplyFailed"]
+    assert [e[1] for e in kube.events] == ["Created", "Created", "Created", "ApplyFailed"]  # Secret, ConfigMap, Deployment
     assert ("apply", "PodDisruptionBudget") not in kube.calls  # stops at the first refusal
 
 

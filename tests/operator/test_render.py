@@ -22,7 +22,8 @@ def spec(**kw: Any) -> api.ModelDeploymentSpec:
 
 
 def kinds(objs: list[dict]) -> dict[str, dict]:
-    return {o["kind"]: o for o in objs}
+    """By kind; the admin Service (headless, `<name>-admin`) as "AdminService"."""
+    return {("AdminService" if o["metadata"]["name"].endswith("-admin") else o["kind"]): o for o in objs}
 
 
 def _proto_class(name: str, fields: list[tuple[str, int, int, str | None]]) -> Any:
@@ -82,7 +83,24 @@ def test_models_config_specific_versions_and_labels() -> None:
     cfg = parse_models_config(serverconfig.models_config(s, "ranker"))
     (model,) = cfg.model_config_list.config
     assert list(model.model_version_policy.specific.versions) == [3, 4]
-    assert dict(model.version_labels) == {"stable": 3, "canary": 4}
+    # labels live in routing.json (the server's routing table), not in TF Serving's file
+    assert dict(model.version_labels) == {}
+    widened = parse_models_config(serverconfig.models_config(s, "ranker", versions=(2, 3, 4)))
+    assert list(widened.model_config_list.config[0].model_version_policy.specific.versions) == [2, 3, 4]
+
+
+def test_routing_json_carries_labels_and_the_split_in_the_servers_format() -> None:
+    import json
+
+    from modelserver.routing import parse_table
+
+    s = spec(model={"name": "ranker", "storage": {"hostPath": {"path": "/m"}}, "versions": [3, 4]},
+             versionLabels={"stable": 3, "canary": 4}, traffic={"canary": 10})
+    cm = kinds(render.render_all(s, OWNER))["ConfigMap"]
+    doc = json.loads(cm["data"]["routing.json"])
+    table = parse_table(doc)  # the server's own parser accepts it
+    route = table.models["ranker"]
+    assert dict(route.labels) == {"stable": 3, "canary": 4} and route.weights == (("stable", 90), ("canary", 10))
 
 
 def test_text_proto_quoting_survives_odd_characters() -> None:
@@ -197,8 +215,11 @@ CASES = {
 @pytest.mark.parametrize(("case", "version"), [(c, v) for v in K8S_VERSIONS for c in CASES if not (c == "image" and v == "1.30")]
                          + [("image", "1.31")])
 def test_every_rendered_manifest_passes_kubernetes_validate_strict(case: str, version: str) -> None:
-    objs = render.render_all(spec(**CASES[case]), OWNER)
-    assert [o["kind"] for o in objs] == ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget"]
+    defaults = render.Defaults(operator_namespace="ops", operator_pod_labels=(("app.kubernetes.io/name", "modeldeploy"),))
+    objs = render.render_all(spec(**CASES[case]), OWNER, defaults)
+    assert [o["kind"] for o in objs] == ["ConfigMap", "Deployment", "Service", "Service", "PodDisruptionBudget",
+                                         "NetworkPolicy"]
+    objs.append(render.render_token_secret(OWNER, "t0ken"))
     for obj in objs:
         kubernetes_validate.validate(obj, version, strict=True)
         assert obj["metadata"]["ownerReferences"] == [render.owner_reference(OWNER)]
@@ -223,7 +244,7 @@ def test_deployment_pod_contract() -> None:
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     assert c["command"] == ["model-server"]
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": 8500, "http": 8501}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"grpc": 8500, "http": 8501, "admin": 8502}
     assert c["readinessProbe"]["httpGet"] == {"path": "/v1/health/ready", "port": "http"}
     assert c["livenessProbe"]["httpGet"]["path"] == "/v1/health/live"
     assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 300
@@ -240,6 +261,10 @@ def test_deployment_pod_contract() -> None:
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert mounts["model"] == {"name": "model", "mountPath": "/models/clf", "readOnly": True, "subPath": "clf"}
     assert mounts["config"]["mountPath"] == "/config"
+    assert mounts["admin-token"] == {"name": "admin-token", "mountPath": "/admin", "readOnly": True}
+    token_volume = next(v for v in pod["volumes"] if v["name"] == "admin-token")
+    assert token_volume["secret"]["secretName"] == "clf-admin-token"
+    assert "--admin_token_file=/admin/token" in c["args"] and "--routing_config_file=/config/routing.json" in c["args"]
 
 
 RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
@@ -271,9 +296,24 @@ def test_model_pods_meet_the_restricted_pod_security_standard(case: str) -> None
 def test_service_and_pdb() -> None:
     objs = kinds(render.render_all(spec(), OWNER))
     ports = {p["name"]: p for p in objs["Service"]["spec"]["ports"]}
+    assert set(ports) == {"grpc", "http"}  # the admin port stays off the clients' Service
     assert ports["grpc"]["appProtocol"] == "grpc" and ports["http"]["appProtocol"] == "http"
     assert objs["Service"]["spec"]["selector"] == objs["Deployment"]["spec"]["selector"]["matchLabels"]
+    admin = objs["AdminService"]["spec"]
+    assert admin["clusterIP"] == "None" and [p["port"] for p in admin["ports"]] == [8502]
+    assert admin["selector"] == objs["Service"]["spec"]["selector"]
     assert objs["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+    assert "NetworkPolicy" not in objs  # without the operator's own pods known
+
+
+def test_network_policy_admits_only_the_operator_to_the_admin_port() -> None:
+    defaults = render.Defaults(operator_namespace="ops", operator_pod_labels=(("app.kubernetes.io/name", "modeldeploy"),))
+    pol = kinds(render.render_all(spec(), OWNER, defaults))["NetworkPolicy"]["spec"]
+    model_ports, admin = pol["ingress"]
+    assert "from" not in model_ports and {p["port"] for p in model_ports["ports"]} == {8500, 8501}
+    assert admin["ports"] == [{"port": 8502, "protocol": "TCP"}]
+    assert admin["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}},
+                              "podSelector": {"matchLabels": {"app.kubernetes.io/name": "modeldeploy"}}}]
 
 
 def _hash(**kw: Any) -> str:

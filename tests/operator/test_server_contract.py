@@ -63,10 +63,12 @@ def server(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
     children = {c["kind"]: c for c in render.render_all(spec({"stable": 1, "canary": 2}), OWNER)}
     write_config(children["ConfigMap"], config_dir, models)
     container = children["Deployment"]["spec"]["template"]["spec"]["containers"][0]
-    rest = free_port()
-    args = [a.replace(f"{serverconfig.CONFIG_DIR}/", f"{config_dir}/") for a in container["args"]
-            if not a.startswith(("--port=", "--rest_api_port="))]
-    args += [f"--port={free_port()}", f"--rest_api_port={rest}", "--bind_address=127.0.0.1"]
+    token_dir = tmp_path_factory.mktemp("admin")  # what the kubelet makes of the admin token Secret volume
+    (token_dir / serverconfig.ADMIN_TOKEN_KEY).write_text("t0ken")
+    rest, admin = free_port(), free_port()
+    args = [a.replace(f"{serverconfig.CONFIG_DIR}/", f"{config_dir}/").replace(f"{serverconfig.ADMIN_TOKEN_DIR}/", f"{token_dir}/")
+            for a in container["args"] if not a.startswith(("--port=", "--rest_api_port=", "--admin_port="))]
+    args += [f"--port={free_port()}", f"--rest_api_port={rest}", f"--admin_port={admin}", "--bind_address=127.0.0.1"]
     log = tmp_path_factory.mktemp("log") / "server.log"
     proc = subprocess.Popen([sys.executable, "-m", "modelserver.main", *args], stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
@@ -80,7 +82,8 @@ def server(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
                 return False
 
         wait_for(up, timeout=120, what="model-server ready")
-        yield {"url": url, "container": children["Deployment"], "config_dir": config_dir, "proc": proc}
+        yield {"url": url, "container": children["Deployment"], "config_dir": config_dir, "proc": proc,
+               "admin": f"http://127.0.0.1:{admin}"}
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -157,3 +160,25 @@ def test_operator_reports_the_servers_version_states(server: dict[str, Any], mod
                  what="labels applied")
     finally:
         op.stop()
+
+
+# last in this module: its pushes raise the routing generation above the files the other tests write
+def test_the_operators_pod_admin_calls_against_a_real_server(server: dict[str, Any]) -> None:
+    """podadmin (what the operator asks each ready pod, and its push) against the rendered server."""
+    from modeldeploy import podadmin, traffic
+
+    ep = podadmin.Endpoint("pod-0", server["admin"])
+    (report,) = podadmin.fetch([ep], "t0ken", "tv")
+    assert report.versions == {1: "AVAILABLE", 2: "AVAILABLE"} and not report.unreachable
+    (refused,) = podadmin.fetch([ep], "wrong", "tv")
+    assert "HTTP 401" in refused.unreachable
+    table = traffic.Table(report.generation + 1, {"stable": 1, "canary": 2}, {"stable": 80, "canary": 20})
+    (pushed,) = podadmin.push([ep], "t0ken", table.document("tv"))
+    assert not pushed.error and pushed.generation == table.generation
+    (after,) = podadmin.fetch([ep], "t0ken", "tv")
+    assert after.generation == table.generation and after.labels == {"stable": 1, "canary": 2}
+    seen = {requests.post(server["url"] + "/v1/models/tv:predict", json={"instances": [1.0]}, timeout=10).headers["X-Model-Label"]
+            for _ in range(60)}
+    assert seen == {"stable", "canary"}
+    (stale,) = podadmin.push([ep], "t0ken", traffic.Table(0, {"stable": 2}).document("tv"))
+    assert "HTTP 409" in stale.error

@@ -3,7 +3,10 @@ The operator's permissions, in one place. Every rule is used by the operator's c
 tests/helm/test_helm_rbac.py checks both directions against the API requests the real operator
 makes (a fake API server's audit log): everything it calls is allowed, and nothing else is granted.
 kopf runs standalone (no peering objects) with cluster scanning off (no CRD or Namespace access).
-No Secrets: nothing the operator does reads or writes them.
+Secrets: only each ModelDeployment's admin token (`<name>-admin-token`, created by the operator with
+a random token, mounted by its pods, read back from the watch to authenticate the routing pushes);
+Kubernetes RBAC cannot narrow a list/watch by label, so the watch's label selector
+(app.kubernetes.io/managed-by=modeldeploy) is what keeps other Secrets out of the operator's cache.
 */}}
 {{- define "modeldeploy.namespacedRules" -}}
 # ModelDeployments: kopf lists and watches them (the operator reads them from that cache); the
@@ -19,8 +22,16 @@ No Secrets: nothing the operator does reads or writes them.
 # and its events undo hand edits and deletions. Nothing is deleted by the operator: children go
 # with their owner through ownerReferences.
 - apiGroups: [""]
-  resources: [configmaps, services]
+  resources: [configmaps, services, secrets]
   verbs: [list, watch, create, patch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [list, watch, create, patch]
+# Which pods are ready and where their admin port is: the EndpointSlices of each ModelDeployment's
+# headless admin Service (they carry its labels), watched to push routing tables to each pod.
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [list, watch, create, patch]
