@@ -1,7 +1,7 @@
 """The `modeldeploy` command: the operator and its tools, as subcommands.
 
-Each subcommand lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`,
-imported only when chosen, so that `modeldeploy trace-summary` does not load kopf.
+Each subcommand lives in a module (or a `module:Class`) exposing `add_arguments(parser)` and
+`run(args) -> int`, imported only when chosen, so that `modeldeploy trace-summary` does not load kopf.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "trace-summary": ("modeldeploy.trace_summary", "summarize a model-server request trace file"),
     # Needs the server extra (TensorFlow): it builds records against the model's signatures.
     "warmup": ("modelserver.warmup", "write a TF Serving warmup file (assets.extra/tf_serving_warmup_requests)"),
+    "promote": ("modeldeploy.verbs:Promote", "promote the canary to stable (during a rollout: skip its remaining steps)"),
+    "rollback": ("modeldeploy.verbs:Rollback", "drop the canary (during a rollout: roll it back now)"),
+    "abort": ("modeldeploy.verbs:Abort", "roll back a progressive rollout now"),
 }
 
 
@@ -28,20 +31,22 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text, add_help=False)
         p.set_defaults(_module=module_name)
     args, _ = parser.parse_known_args(argv)
+    module_name, _, attr = args._module.partition(":")
     try:
-        module = importlib.import_module(args._module)
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         parser.error(f"'{args.command}' needs a package that is not installed ({e.name}); "
                      "install modeldeploy with the extra that provides it, e.g. pip install 'modeldeploy[server]'")
+    command = getattr(module, attr) if attr else module
     full = argparse.ArgumentParser(
         prog=f"modeldeploy {args.command}",
-        description=module.__doc__,
+        description=command.__doc__ if attr else module.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    module.add_arguments(full)
+    command.add_arguments(full)
     argv = list(sys.argv[1:] if argv is None else argv)
     sub_args = full.parse_args(argv[argv.index(args.command) + 1 :])
-    return int(module.run(sub_args) or 0)
+    return int(command.run(sub_args) or 0)
 
 
 if __name__ == "__main__":
