@@ -4,6 +4,7 @@ a Service."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ SERVER_IMAGE = os.environ.get("E2E_SERVER_IMAGE", "modeldeploy/model-server:e2e"
 SKIP_READY = os.environ.get("E2E_SKIP_READY") == "1"
 READY_TIMEOUT = float(os.environ.get("E2E_READY_TIMEOUT", "300"))
 SERVICE_PORTS_ANNOTATION = "localcluster.modeldeploy.io/ports"
+HOST_PORTS_ANNOTATION = "localcluster.modeldeploy.io/host-ports"
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
@@ -44,6 +46,7 @@ class Cluster:
 
     def __init__(self, kubeconfig: Path, local: dict[str, Any] | None = None):
         self.kubeconfig, self.local = kubeconfig, local
+        self._forwards: dict[tuple[str, str, int], tuple[subprocess.Popen[str], int]] = {}
         cfg = client.Configuration()
         config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
         self.kube = Kube(client.ApiClient(cfg))
@@ -120,6 +123,31 @@ class Cluster:
         if port not in ports:
             raise AssertionError(f"service {ns}/{service} has no local port {port!r} yet")
         return f"http://127.0.0.1:{ports[port]}"
+
+    def pod_request(self, pod: dict, method: str, path: str, body: Any = None,
+                    headers: dict[str, str] | None = None, port: int = 8501) -> requests.Response:
+        """An HTTP request to one pod's own server (no Service): its local host port here; on a real
+        cluster, through `kubectl port-forward` (started once per pod and port, stopped at exit)."""
+        if self.local is not None:
+            mapping = json.loads((pod["metadata"].get("annotations") or {}).get(HOST_PORTS_ANNOTATION) or "{}")
+            local = mapping[str(port)]
+        else:
+            local = self._forward(pod, port)
+        return requests.request(method, f"http://127.0.0.1:{local}{path}", json=body, headers=headers or {}, timeout=10)
+
+    def _forward(self, pod: dict, port: int) -> int:
+        key = (pod["metadata"]["namespace"], pod["metadata"]["name"], port)
+        if key not in self._forwards:
+            env = dict(os.environ, KUBECONFIG=str(self.kubeconfig))
+            proc = subprocess.Popen([str(KUBECTL), "-n", key[0], "port-forward", f"pod/{key[1]}", f"0:{port}"],
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            line = proc.stdout.readline() if proc.stdout else ""  # "Forwarding from 127.0.0.1:NNNNN -> 8501"
+            if "Forwarding from" not in line:
+                proc.kill()
+                raise AssertionError(f"kubectl port-forward {key[1]}: {line}")
+            self._forwards[key] = (proc, int(line.split("127.0.0.1:")[1].split()[0]))
+            atexit.register(stop_process, proc)
+        return self._forwards[key][1]
 
     def kill_server(self, pod: dict) -> None:
         """Kill a pod's model-server process: SIGKILL by its PID here; on a real cluster, SIGTERM to

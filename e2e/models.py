@@ -4,7 +4,8 @@
 - `OUT/half_plus_two/1` and `OUT/half_plus_two/123`: y = 0.5x + 2, no warmup file (123 as in TF
   Serving's own test data, which some scenarios pin with `versions: [123]`);
 - `OUT/two_versions/{1,2}`: y = 0.5x + 2 and y = x + 3, each with a warmup file of 8 predict records
-  (batch sizes 1 to 128, as `make demo-models` writes with `modeldeploy warmup`).
+  (batch sizes 1 to 128, as `make demo-models` writes with `modeldeploy warmup`); `OUT/two_versions/3`
+  is not a SavedModel (a canary version that fails to load).
 
 The kind cluster of e2e/README.md mounts `demo_models/` at /models; the local cluster mounts OUT there.
 """
@@ -31,6 +32,9 @@ def build(out: Path) -> Path:
         logs = [warmup.predict_log({"x": rng.standard_normal(n).astype(np.float32)}, signature_name="serving_default")
                 for n in BATCH_SIZES]
         warmup.write_records(warmup.warmup_file(vdir), logs)
+    broken = out / "two_versions" / "3"  # a version that fails to load (the canary scenarios)
+    broken.mkdir(parents=True, exist_ok=True)
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
     (out / ".complete").write_text("")
     return out
 
