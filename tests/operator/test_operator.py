@@ -88,8 +88,8 @@ def test_create_renders_valid_children_and_truthful_status(fake: FakeKubeAPI, op
     assert set(st) <= {"observedGeneration", "conditions", "replicas", "desiredReplicas", "readyReplicas", "updatedReplicas", "modelName",
                        "versions", "versionsSummary", "versionLabels", "labelsSummary", "configHash", "selector",
                        "routing", "trafficSummary"}
-    # no pod to ask here (a fake API server, no pods): the table goes by ConfigMap... or no pod at all
-    assert st["routing"]["labels"] == {"stable": 1}
+    # no pod the operator can ask (a fake API server: no EndpointSlices): the table goes by ConfigMap, as status says
+    assert st["routing"]["labels"] == {"stable": 1} and st["routing"]["delivery"] == "ConfigMap"
 
 
 def test_status_follows_pod_readiness(fake: FakeKubeAPI, operator: OperatorProcess) -> None:
