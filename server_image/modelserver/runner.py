@@ -64,9 +64,11 @@ class InlinePolicy:
         return self.cheap(key, rows) and not self.reprobe_now()
 
     def record_call(self, key: Hashable, seconds: float, rows: int) -> None:
+        """A call's measured cost. One sample counts at most 4x the current estimate, so that a
+        lone stall (a GC pause, a descheduled core) does not send the next calls to a thread."""
         per_row = seconds / max(1, rows)
         old = self._cost_per_row.get(key)
-        self._cost_per_row[key] = per_row if old is None else 0.8 * old + 0.2 * per_row
+        self._cost_per_row[key] = per_row if old is None else 0.8 * old + 0.2 * min(per_row, 4 * old)
 
     def record_hop(self, seconds: float) -> None:
         old = self.hop_s
