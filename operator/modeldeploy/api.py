@@ -147,9 +147,70 @@ class Rollout(_Model):
         return v
 
 
+class WarmupSource(StrEnum):
+    model = "model"
+    generated = "generated"
+    config_map = "configMap"
+
+
+class WarmupGenerate(_Model):
+    """Warmup requests the server makes from each version's own signatures at load time."""
+
+    signatures: list[str] | None = Field(
+        None, max_length=64, description="signatures to warm (default: every one whose generated requests run)",
+        json_schema_extra={"items": {"type": "string", "minLength": 1}})
+    batch_sizes: list[int] = Field(
+        default_factory=lambda: [1], min_length=1, max_length=16, description="batch sizes of the requests",
+        json_schema_extra={"items": {"type": "integer", "minimum": 1, "maximum": 65536}, "default": [1]})
+    count: int = Field(1, ge=1, le=1000, description="requests per batch size and signature")
+    data: Literal["zero", "random"] = Field("zero", description="input values: zeros, or random values of each dtype")
+    seed: int = Field(0, ge=0, description="random seed (data: random)")
+
+
+class ConfigMapKey(_Model):
+    name: str = Field(min_length=1, max_length=253, description="a ConfigMap in the ModelDeployment's namespace")
+    key: str = Field(min_length=1, max_length=253, description="its key holding the requests")
+
+
 class Warmup(_Model):
-    enabled: bool = Field(True, description="replay assets.extra/tf_serving_warmup_requests before ready")
+    """Warmup before a version takes traffic. Where the requests come from (`source`): `model`, the
+    SavedModel's own assets.extra/tf_serving_warmup_requests (TF Serving's file; none: no warmup);
+    `generated`, made by the server from each version's signatures (`generate`); `configMap`, REST API
+    bodies from a ConfigMap key (`requests`). Default: `generated` when `generate` is set, `configMap`
+    when `requests` is set, else `model`; the chosen source replaces the model's own file."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            ("!has(self.source) || self.source != 'configMap' || has(self.requests)",
+             "warmup.source configMap needs warmup.requests (a ConfigMap name and key)"),
+            ("has(self.source) || !has(self.generate) || !has(self.requests)",
+             "warmup.generate and warmup.requests are both set: say which wins with warmup.source"),
+        )
+    )
+
+    enabled: bool = Field(True, description="replay warmup requests before a version is ready")
     request_iterations: int = Field(1, ge=1, le=1000, description="--num_request_iterations_for_warmup")
+    source: WarmupSource | None = None
+    generate: WarmupGenerate | None = None
+    requests: ConfigMapKey | None = None
+
+    @model_validator(mode="after")
+    def _source(self) -> Warmup:
+        if self.source == WarmupSource.config_map and self.requests is None:
+            raise ValueError("warmup.source configMap needs warmup.requests (a ConfigMap name and key)")
+        if self.source is None and self.generate is not None and self.requests is not None:
+            raise ValueError("warmup.generate and warmup.requests are both set: say which wins with warmup.source")
+        return self
+
+    @property
+    def effective_source(self) -> WarmupSource:
+        if self.source is not None:
+            return self.source
+        if self.generate is not None:
+            return WarmupSource.generated
+        if self.requests is not None:
+            return WarmupSource.config_map
+        return WarmupSource.model
 
 
 class Batching(_Model):
@@ -358,11 +419,21 @@ class Condition(_Model):
     last_transition_time: str | None = None
 
 
+class WarmupStatus(_Model):
+    source: str = Field(description="model | generated | requests")
+    records: int = Field(description="warmup requests (file records, or generated/given requests)")
+    requests: int = Field(description="requests replayed (records x requestIterations)")
+    seconds: float = Field(description="time the warmup took")
+    skipped: dict[str, str] | None = Field(None, description="signatures left out (generated requests they refused)",
+                                           json_schema_extra={"additionalProperties": {"type": "string"}})
+
+
 class VersionStatus(_Model):
     version: int
     state: str = Field(description="Pending | Loading | Available | Unloading | Unloaded | Failed | Unknown")
     message: str | None = Field(None, description="the server's error message for this version")
     labels: list[str] | None = None
+    warmup: WarmupStatus | None = Field(None, description="the warmup replayed before the version turned available")
 
 
 class RoutingStatus(_Model):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -73,7 +74,8 @@ class Kube:
         try:
             config.load_incluster_config()
         except config.ConfigException:
-            config.load_kube_config()
+            # KUBECONFIG as it is now (the client library reads it once, when first imported)
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
         return cls(client.ApiClient())
 
     def request(

@@ -35,6 +35,7 @@ class VersionReport:
     state: str
     message: str = ""
     labels: tuple[str, ...] = ()  # the labels the server resolves to this version
+    warmup: dict[str, Any] | None = None  # what the server replayed before AVAILABLE (admin port report)
 
 
 def parse(body: dict[str, Any]) -> dict[int, VersionReport]:

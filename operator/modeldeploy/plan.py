@@ -135,7 +135,39 @@ def claim_name(spec: api.ModelDeploymentSpec | Problem) -> str | None:
     return spec.model.storage.pvc.claim_name
 
 
-def assess(body: Obj, parsed: api.ModelDeploymentSpec | Problem, claim_found: bool | None) -> Problem | None:
+def warmup_requests_ref(spec: api.ModelDeploymentSpec | Problem) -> api.ConfigMapKey | None:
+    """The ConfigMap key holding warmup requests the spec uses, if any (to check it)."""
+    if isinstance(spec, Problem) or not spec.warmup.enabled or spec.warmup.effective_source != api.WarmupSource.config_map:
+        return None
+    return spec.warmup.requests
+
+
+def warmup_requests_problem(ref: api.ConfigMapKey, namespace: str, configmap: Obj | None) -> Problem | None:
+    """Pure: the user's warmup requests ConfigMap must exist, hold the key, and hold REST API bodies."""
+    import json
+
+    if configmap is None:
+        return Problem("WarmupRequestsNotFound", f'ConfigMap "{ref.name}" not found in namespace "{namespace}" '
+                       "(spec.warmup.requests.name); create it or fix the spec")
+    text = (configmap.get("data") or {}).get(ref.key)
+    if text is None:
+        return Problem("WarmupRequestsNotFound", f'ConfigMap "{ref.name}" has no key "{ref.key}" (spec.warmup.requests.key)')
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        return Problem("InvalidWarmupRequests", f'ConfigMap "{ref.name}" key "{ref.key}" is not JSON: {exc}')
+    bodies = doc if isinstance(doc, list) else [doc]
+    for i, b in enumerate(bodies):
+        if not isinstance(b, dict) or ("instances" in b) == ("inputs" in b):
+            return Problem("InvalidWarmupRequests", f'ConfigMap "{ref.name}" key "{ref.key}": request {i} must be an '
+                           'object with exactly one of "instances" or "inputs" (the REST API\'s format)')
+    if len(bodies) > 1000:
+        return Problem("InvalidWarmupRequests", f"at most 1000 warmup requests (TF Serving's limit), not {len(bodies)}")
+    return None
+
+
+def assess(body: Obj, parsed: api.ModelDeploymentSpec | Problem, claim_found: bool | None,
+           warmup_problem: Problem | None = None) -> Problem | None:
     if isinstance(parsed, Problem):
         return parsed
     claim = claim_name(parsed)
@@ -145,7 +177,7 @@ def assess(body: Obj, parsed: api.ModelDeploymentSpec | Problem, claim_found: bo
             "StorageNotFound",
             f'PersistentVolumeClaim "{claim}" not found in namespace "{namespace}"; create it or fix spec.model.storage.pvc.claimName',
         )
-    return None
+    return warmup_problem
 
 
 # -- plan: what to do --
@@ -261,5 +293,18 @@ def report(observed: Observed, plan_: Plan, outcome: Outcome, now: str) -> Repor
         routing=routing,
     )
     event = summary_event(problem, previous, generation, plan_.config_hash)
+    events = ((event,) if event else ()) + failed_version_event(status, previous)
     patch = {**{k: None for k in previous if k not in status}, **status} if _differs(status, previous) else None
-    return Report(patch, (event,) if event else (), problem)
+    return Report(patch, events, problem)
+
+
+def failed_version_event(status: Obj, previous: Obj) -> tuple[Event, ...]:
+    """A Warning naming the version that failed to load (a warmup request that failed, say), once
+    per message: the Degraded condition says it too."""
+    def degraded(st: Obj) -> Obj:
+        return {c.get("type"): c for c in st.get("conditions") or []}.get("Degraded") or {}
+
+    now, was = degraded(status), degraded(previous)
+    if now.get("reason") == "VersionFailed" and (was.get("reason"), was.get("message")) != ("VersionFailed", now.get("message")):
+        return (Event("Warning", "VersionFailed", str(now.get("message", ""))),)
+    return ()

@@ -70,6 +70,7 @@ def parse_report(pod: str, model: str, body: Any) -> PodReport:
         return PodReport(pod, generation=gen)
     versions: dict[int, str] = {}
     errors: dict[int, str] = {}
+    warmup: dict[int, dict[str, Any]] = {}
     for v, rec in (entry.get("versions") or {}).items():
         try:
             version = int(v)
@@ -78,8 +79,10 @@ def parse_report(pod: str, model: str, body: Any) -> PodReport:
         versions[version] = str((rec or {}).get("state") or "UNKNOWN")
         if (rec or {}).get("error"):
             errors[version] = str(rec["error"])
+        if isinstance((rec or {}).get("warmup"), dict) and rec["warmup"].get("records"):
+            warmup[version] = dict(rec["warmup"])
     labels = {str(k): int(v) for k, v in (entry.get("labels") or {}).items()}
-    return PodReport(pod, versions, errors, gen, labels=labels)
+    return PodReport(pod, versions, errors, gen, labels=labels, warmup=warmup)
 
 
 def _call(method: str, url: str, token: str, body: Obj | None, timeout: float) -> tuple[int, Any]:

@@ -94,7 +94,14 @@ def observe(ctx: OperatorContext, body: Obj) -> Observed:
     parsed = parse_spec(body)
     claim = plan.claim_name(parsed)
     claim_found = None if claim is None else claim_exists(ctx, namespace, claim)
-    problem = plan.assess(body, parsed, claim_found)
+    ref = plan.warmup_requests_ref(parsed)
+    warmup_problem = None
+    if ref is not None:
+        try:
+            warmup_problem = plan.warmup_requests_problem(ref, namespace, ctx.kube.get("v1", "ConfigMap", namespace, ref.name))
+        except KubeError as exc:
+            raise Retry(f"reading the warmup requests ConfigMap: {exc}", 1) from exc
+    problem = plan.assess(body, parsed, claim_found, warmup_problem)
     spec = None if isinstance(parsed, plan.Problem) else parsed
     children = {(kind, child): obj for _, kind, child in render.child_refs(name)
                 if (obj := ctx.cache.get(kind, namespace, child)) is not None}

@@ -122,6 +122,9 @@ def render_configmap(spec: ModelDeploymentSpec, owner: Owner, serving: Serving) 
     }
     if spec.batching and spec.batching.enabled:
         data[serverconfig.BATCHING_CONFIG] = serverconfig.batching_config(spec.batching)
+    warmup = serverconfig.warmup_config(spec)
+    if warmup is not None:
+        data[serverconfig.WARMUP_CONFIG] = warmup
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(owner, configmap_name(owner)), "data": data}
 
 
@@ -234,6 +237,13 @@ def render_pod_spec(spec: ModelDeploymentSpec, owner: Owner, defaults: Defaults)
             {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
         ],
     }
+    requests = spec.warmup.requests
+    if spec.warmup.enabled and spec.warmup.effective_source == api.WarmupSource.config_map and requests is not None:
+        # the user's requests, as a file the server reads at each version's load
+        pod["volumes"].append({"name": "warmup-requests", "configMap": {
+            "name": requests.name, "items": [{"key": requests.key, "path": serverconfig.WARMUP_REQUESTS_FILE}]}})
+        container["volumeMounts"].append({"name": "warmup-requests", "mountPath": serverconfig.WARMUP_REQUESTS_DIR,
+                                          "readOnly": True})
     tolerations = _tolerations(spec)
     if tolerations:
         pod["tolerations"] = tolerations

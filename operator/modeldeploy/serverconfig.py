@@ -17,7 +17,7 @@ from typing import Any
 from modelserver import contract  # file names and ports shared with the server (pure Python)
 from modelserver import flags as server_flags  # the server's own flag parser (pure Python, no TensorFlow)
 
-from modeldeploy.api import Batching, ModelDeploymentSpec
+from modeldeploy.api import Batching, ModelDeploymentSpec, WarmupSource
 
 CONFIG_DIR = "/config"
 MODELS_DIR = "/models"
@@ -25,6 +25,9 @@ MODELS_CONFIG = contract.MODELS_CONFIG
 BATCHING_CONFIG = contract.BATCHING_CONFIG
 MONITORING_CONFIG = contract.MONITORING_CONFIG
 ROUTING_CONFIG = contract.ROUTING_CONFIG
+WARMUP_CONFIG = contract.WARMUP_CONFIG
+WARMUP_REQUESTS_DIR = "/warmup-requests"  # the user's ConfigMap key (warmup.source configMap)
+WARMUP_REQUESTS_FILE = "requests.json"
 ADMIN_TOKEN_DIR = "/admin"
 ADMIN_TOKEN_KEY = "token"
 
@@ -110,6 +113,23 @@ def routing_config(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
+def warmup_config(spec: ModelDeploymentSpec) -> str | None:
+    """model-server's --warmup_config_file (warmup_sources.py), or None for the model's own file."""
+    w = spec.warmup
+    source = w.effective_source
+    if not w.enabled or source == WarmupSource.model:
+        return None
+    if source == WarmupSource.config_map:
+        doc: dict[str, Any] = {"source": "requests", "requestsFile": f"{WARMUP_REQUESTS_DIR}/{WARMUP_REQUESTS_FILE}"}
+    else:
+        g = w.generate
+        doc = {"source": "generated", "batchSizes": list(g.batch_sizes) if g else [1], "count": g.count if g else 1,
+               "data": g.data if g else "zero", "seed": g.seed if g else 0}
+        if g and g.signatures:
+            doc["signatures"] = list(g.signatures)
+    return json.dumps(doc, indent=2) + "\n"
+
+
 def monitoring_config() -> str:
     return f"prometheus_config {{\n  enable: true\n  path: {quote(contract.METRICS_PATH)}\n}}\n"
 
@@ -135,6 +155,8 @@ def server_args(spec: ModelDeploymentSpec) -> list[str]:
     ]
     if spec.warmup.enabled:
         args.append(f"--num_request_iterations_for_warmup={spec.warmup.request_iterations}")
+        if warmup_config(spec) is not None:
+            args.append(f"--warmup_config_file={CONFIG_DIR}/{WARMUP_CONFIG}")
     args.append(f"--drain_timeout_seconds={drain_seconds(spec.server.termination_grace_period_seconds)}")
     if spec.batching and spec.batching.enabled:
         args += ["--enable_batching=true", f"--batching_parameters_file={CONFIG_DIR}/{BATCHING_CONFIG}"]

@@ -165,6 +165,12 @@ def version_states(
                 entry["message"] = report.message
             if report and report.labels:
                 entry["labels"] = list(report.labels)  # as the servers route now
+            if report and report.warmup:
+                w = report.warmup
+                entry["warmup"] = {"source": str(w.get("source", "model")), "records": int(w.get("records", 0)),
+                                   "requests": int(w.get("requests", 0)), "seconds": float(w.get("seconds", 0.0))}
+                if w.get("skipped"):
+                    entry["warmup"]["skipped"] = {str(k): str(v) for k, v in w["skipped"].items()}
         if v in labels_by_version and "labels" not in entry:
             entry["labels"] = labels_by_version[v]
         out.append(entry)

@@ -77,6 +77,7 @@ class PodReport:
     generation: int = -1  # the routing generation in force on the pod
     unreachable: str = ""  # why it could not be asked
     labels: Mapping[str, int] = field(default_factory=dict)  # where its labels point now
+    warmup: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)  # version -> the server's warmup report
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,17 +123,18 @@ def decide(spec: api.ModelDeploymentSpec, generation: int, in_force: Table | Non
     reachable = [p for p in pods if not p.unreachable]
     missing: list[str] = []
     failed: list[str] = []
-    for v in sorted(wanted.versions()):
+    for v in sorted(wanted.versions() | spec_versions):
         for p in reachable:
             state = p.versions.get(v)
             if state == "AVAILABLE":
                 continue
             if state == "END" and p.errors.get(v):
                 failed.append(f"version {v} failed to load on {p.pod}: {p.errors[v]}")
-            else:
+            elif v in wanted.versions():  # a version no label names does not hold the labels back
                 missing.append(f"version {v} {(state or 'not loaded').lower()} on {p.pod}")
     unreachable = [f"{p.pod} unreachable: {p.unreachable}" for p in pods if p.unreachable]
-    if not missing and not failed and not unreachable:
+    labelled_failed = [f for f in failed if any(f.startswith(f"version {v} ") for v in wanted.versions())]
+    if not missing and not labelled_failed and not unreachable:
         table = wanted
     elif in_force is not None:
         table = in_force
@@ -189,5 +191,6 @@ def version_reports(pods: Sequence[PodReport], table: Table) -> dict[int, Any]:
             state, message = "Unloaded", ""
         else:
             state, message = "Loading", ""
-        out[v] = VersionReport(state, message, tuple(labels.get(v, ())))
+        warmed = next((p.warmup[v] for p in answered if p.warmup.get(v)), None)
+        out[v] = VersionReport(state, message, tuple(labels.get(v, ())), dict(warmed) if warmed else None)
     return out

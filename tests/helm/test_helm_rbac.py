@@ -114,6 +114,16 @@ def scenario(fake: Any, watched: list[str]) -> None:
         ),
         "StorageNotFound",
     )
+    # Warmup requests from a ConfigMap that does not exist yet: reported, then found (a GET by name).
+    for ns in (a, b):
+        fake.add_object(md("scorer", ns, warmup={"requests": {"name": "scorer-warmup", "key": "requests.json"}}))
+        wait_for(
+            lambda ns=ns: (
+                condition(fake.get(GROUP, "modeldeployments", ns, "scorer"), "Degraded").get("reason")
+                == "WarmupRequestsNotFound"
+            ),
+            "WarmupRequestsNotFound",
+        )
     # Deletion: children go with their owner.
     fake.delete(md_r, a, "classifier")
     wait_for(lambda: fake.get(GROUP, "modeldeployments", a, "classifier") is None, "deletion")

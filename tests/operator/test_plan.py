@@ -168,3 +168,24 @@ def test_status_counts_the_deployment_as_the_apply_left_it() -> None:
     applied["metadata"]["generation"] = 2  # a new spec the Deployment controller has not seen yet
     r = plan.report(o, plan.plan(o, DEFAULTS), Outcome({("Deployment", "m"): applied}), "T")
     assert r.status is not None and {c["type"]: c["status"] for c in r.status["conditions"]}["Progressing"] == "True"
+
+
+@pytest.mark.parametrize(("configmap", "reason", "words"), [
+    (None, "WarmupRequestsNotFound", 'ConfigMap "w" not found'),
+    ({"data": {}}, "WarmupRequestsNotFound", 'has no key "k"'),
+    ({"data": {"k": "{not json"}}, "InvalidWarmupRequests", "not JSON"),
+    ({"data": {"k": '[{"instances": [1], "inputs": [1]}]'}}, "InvalidWarmupRequests", "exactly one of"),
+    ({"data": {"k": '[{"instances": [1.0]}, {"signature_name": "s", "inputs": {"x": [2.0]}}]'}}, None, ""),
+])
+def test_warmup_requests_from_a_configmap_are_checked_before_anything_is_applied(
+        configmap: dict | None, reason: str | None, words: str) -> None:
+    from modeldeploy import api
+
+    ref = api.ConfigMapKey(name="w", key="k")
+    problem = plan.warmup_requests_problem(ref, "ml", configmap)
+    assert (problem.reason if problem else None) == reason and (words in problem.message if problem else True)
+    b = body(warmup={"requests": {"name": "w", "key": "k"}})
+    parsed = plan.parse_spec(b)
+    assert plan.warmup_requests_ref(parsed) == ref
+    if problem is not None:
+        assert plan.plan(Observed(b, parsed, plan.assess(b, parsed, True, problem)), DEFAULTS).children == ()

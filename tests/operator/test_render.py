@@ -334,3 +334,39 @@ def test_config_hash_ignores_models_config_but_rolls_on_restart_changes() -> Non
 def test_autoscaling_pins_replicas_to_min_until_the_autoscaler_exists() -> None:
     dep = kinds(render.render_all(spec(replicas=5, autoscaling={"minReplicas": 2, "maxReplicas": 4, "target": 50}), OWNER))["Deployment"]
     assert dep["spec"]["replicas"] == 2
+
+
+@pytest.mark.parametrize(("warmup", "flag", "doc"), [
+    ({}, False, None),  # the model's own assets.extra file
+    ({"source": "model", "generate": {"batchSizes": [8]}}, False, None),  # said explicitly: the model's file wins
+    ({"generate": {"batchSizes": [1, 8, 32], "count": 2, "data": "random", "seed": 7, "signatures": ["serving_default"]}},
+     True, {"source": "generated", "batchSizes": [1, 8, 32], "count": 2, "data": "random", "seed": 7,
+            "signatures": ["serving_default"]}),
+    ({"requests": {"name": "clf-warmup", "key": "bodies.json"}}, True,
+     {"source": "requests", "requestsFile": "/warmup-requests/requests.json"}),
+    ({"enabled": False, "generate": {}}, False, None),
+])
+def test_each_warmup_source_renders_what_the_server_reads(warmup: dict, flag: bool, doc: dict | None) -> None:
+    import json
+
+    from modelserver.warmup_sources import parse_plan
+
+    objs = kinds(render.render_all(spec(warmup=warmup), OWNER))
+    c = objs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert ("--warmup_config_file=/config/warmup.json" in c["args"]) == flag
+    data = objs["ConfigMap"]["data"]
+    assert (json.loads(data["warmup.json"]) if "warmup.json" in data else None) == doc
+    if doc is not None:
+        parse_plan(json.loads(data["warmup.json"]))  # the server's own parser accepts it
+    mounted = {m["mountPath"] for m in c["volumeMounts"]}
+    assert ("/warmup-requests" in mounted) == ("requests" in warmup)
+    if "requests" in warmup:
+        vol = next(v for v in objs["Deployment"]["spec"]["template"]["spec"]["volumes"] if v["name"] == "warmup-requests")
+        assert vol["configMap"] == {"name": "clf-warmup", "items": [{"key": "bodies.json", "path": "requests.json"}]}
+
+
+def test_warmup_source_needs_what_it_names() -> None:
+    with pytest.raises(ValueError, match="needs warmup.requests"):
+        spec(warmup={"source": "configMap"})
+    with pytest.raises(ValueError, match="say which wins"):
+        spec(warmup={"generate": {}, "requests": {"name": "a", "key": "b"}})

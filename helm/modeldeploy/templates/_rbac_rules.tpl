@@ -38,9 +38,13 @@ Kubernetes RBAC cannot narrow a list/watch by label, so the watch's label select
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [list, watch, create, patch]
-# The claim named in spec.model.storage.pvc must exist (status StorageNotFound otherwise).
+# The claim named in spec.model.storage.pvc must exist (status StorageNotFound otherwise), and the
+# ConfigMap named in spec.warmup.requests must hold warmup requests (WarmupRequestsNotFound otherwise).
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [configmaps]
   verbs: [get]
 # Events on ModelDeployments (Created, Reconciled, DriftCorrected, InvalidSpec, ...).
 - apiGroups: [""]
