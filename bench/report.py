@@ -126,9 +126,11 @@ def render(r: Mapping[str, Any], findings: str = "") -> str:
         L += ["", "## model-server's own steps per batch-1 Predict (µs, in-process, no transport; bench/hotpath.py)",
               "", "| model | " + " | ".join(steps) + " |", "|---|" + "---:|" * len(steps)]
         L += [f"| {m} | " + " | ".join(f"{hot[m][k]:.1f}" for k in steps) + " |" for m in models if m in hot]
-        L += ["", "`model` is the server's signature call (flat call + `.numpy()`), `signature call` TF's "
-              "keyword call that the in-process limit uses; `predict()` is the whole transport-free Predict "
-              "with the model run inline."]
+        L += ["", "`model` is the server's signature call (its session's prepared callable), `signature call` "
+              "TF2's keyword call on `tf.saved_model.load` (how the server called TF2 models before sessions); "
+              "`predict()` is the whole transport-free Predict with the model run inline; `handler` the whole "
+              "gRPC Predict handler with a model answering a constant, `batched handler` the same with 32 "
+              "handlers at once through the Batcher (µs of event-loop CPU per request)."]
     servers = ["noop", "pytriton", "model-server-off", "model-server-on"]
     susp = [(m, s, c) for m in models for s in ("noop", "noop-yield", "noop-thread") for c in (1, 32)]
     if any(s != "noop" and _find(r["points"], s, m, "grpc", c) for m, s, c in susp):
