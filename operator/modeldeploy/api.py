@@ -303,7 +303,27 @@ class Metric(StrEnum):
     latency_p50 = "latencyP50Ms"
     latency_p95 = "latencyP95Ms"
     latency_p99 = "latencyP99Ms"
-    rps = "requestsPerSecond"
+    rps = "requestsPerSecond"  # per ready replica
+    in_flight = "inFlightRequests"  # per ready replica (requests received and not yet answered)
+
+
+class ScalingPolicy(_Model):
+    type: Literal["Percent", "Pods"]
+    value: int = Field(ge=1, le=10000)
+    period_seconds: int = Field(15, ge=1, le=1800)
+
+
+class ScalingRules(_Model):
+    """As autoscaling/v2's HPAScalingRules: a stabilization window and rate limits (the policy
+    allowing the largest change wins)."""
+
+    stabilization_window_seconds: int | None = Field(None, ge=0, le=3600)
+    policies: list[ScalingPolicy] | None = Field(None, min_length=1, max_length=10)
+
+
+class ScalingBehavior(_Model):
+    scale_up: ScalingRules | None = Field(None, description="default: no stabilization, max(+100%, +4 pods) per 15 s")
+    scale_down: ScalingRules | None = Field(None, description="default: 300 s stabilization, -100% per 15 s")
 
 
 class Prometheus(_Model):
@@ -311,7 +331,9 @@ class Prometheus(_Model):
 
 
 class Autoscaling(_Model):
-    """Latency-driven scaling (a later issue implements it; the shape is fixed now)."""
+    """Replicas that follow a metric from Prometheus: by the operator itself (`mode: operator`, the
+    HPA algorithm as Kubernetes implements it), or by an autoscaling/v2 HPA on an External metric
+    (`mode: hpa`, with the chart's prometheus-adapter rules)."""
 
     model_config = ConfigDict(
         json_schema_extra=_cel(("self.minReplicas <= self.maxReplicas", "autoscaling.minReplicas must be <= maxReplicas"))
@@ -321,8 +343,12 @@ class Autoscaling(_Model):
     min_replicas: int = Field(1, ge=1, le=1000)
     max_replicas: int = Field(ge=1, le=1000)
     metric: Metric = Metric.latency_p99
-    target: float = Field(gt=0)
-    prometheus: Prometheus | None = None
+    target: float = Field(gt=0, description="the metric's target (ms for latencies; per replica for rates)")
+    prometheus: Prometheus | None = Field(None, description="default: the operator's --prometheus-url")
+    interval_seconds: int = Field(15, ge=1, le=600, description="how often the operator evaluates (mode operator)")
+    window_seconds: int = Field(60, ge=10, le=3600, description="the rate window of the queries")
+    tolerance: float = Field(0.1, ge=0, le=1, description="no change while |value/target - 1| is within it")
+    behavior: ScalingBehavior | None = None
 
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:
@@ -452,6 +478,32 @@ class RoutingStatus(_Model):
     failed: list[str] | None = Field(None, description="versions the spec's labels need that failed to load")
 
 
+class ScaleRecord(_Model):
+    at: float = Field(description="Unix seconds")
+    replicas: int | None = None
+    change: int | None = None
+
+
+class AutoscalerStatus(_Model):
+    """What the autoscaler measured and decided (mode operator), or what the HPA reports (mode hpa)."""
+
+    mode: str
+    metric: str
+    target: float
+    value: float | None = Field(None, description="the metric now (none: missing; replicas are held)")
+    current_replicas: int | None = None
+    ready_replicas: int | None = None
+    desired_replicas: int | None = None
+    reason: str | None = Field(None, description="ScaleUp, ScaleDown, WithinTolerance, ScaleDownStabilized, Limited, "
+                                                 "Bounds, MetricUnavailable, NoReadyPods")
+    message: str | None = None
+    summary: str | None = Field(None, description="metric value/target (printer column)")
+    last_evaluation: float | None = None
+    last_scale_time: float | str | None = Field(None, json_schema_extra=INT_OR_STRING)
+    recommendations: list[ScaleRecord] | None = Field(None, description="the stabilization windows' history")
+    scale_events: list[ScaleRecord] | None = Field(None, description="the rate limits' history")
+
+
 class ModelDeploymentStatus(_Model):
     observed_generation: int | None = None
     conditions: list[Condition] | None = Field(
@@ -470,6 +522,7 @@ class ModelDeploymentStatus(_Model):
     labels_summary: str | None = Field(None, description="label=version, comma-separated (printer column)")
     traffic: Traffic | None = None
     routing: RoutingStatus | None = None
+    autoscaler: AutoscalerStatus | None = None
     traffic_summary: str | None = Field(None, description="the split in force (printer column)")
     config_hash: str | None = None
     selector: str | None = Field(None, description="pod label selector (scale subresource)")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,3 +193,56 @@ def decide(o: Observation) -> Decision:
                    f"{o.current} replicas: {cmp}; recommendations of the last "
                    f"{o.behavior.down.stabilization_seconds} s keep them", recs=recs)
     return out(desired, "Limited", f"{o.current} replicas: {cmp}; bounded by min/max or rate limits", recs=recs)
+
+
+# ---- the spec and status, as this module's plain data ------------------------------------------
+
+
+def behavior_of(spec: Any) -> Behavior:
+    """spec.autoscaling (tolerance, behavior) as a Behavior; unset parts keep Kubernetes' defaults."""
+    def rules(given: Any, default: Rules) -> Rules:
+        if given is None:
+            return default
+        window = default.stabilization_seconds if given.stabilization_window_seconds is None else given.stabilization_window_seconds
+        policies = default.policies if not given.policies else tuple(
+            Policy(p.type, p.value, p.period_seconds) for p in given.policies)
+        return Rules(window, policies)
+
+    b = spec.behavior
+    return Behavior(rules(b.scale_up if b else None, DEFAULT_UP), rules(b.scale_down if b else None, DEFAULT_DOWN),
+                    spec.tolerance)
+
+
+def history_of(status: dict[str, Any] | None) -> tuple[tuple[Recommendation, ...], tuple[ScaleEvent, ...]]:
+    s = status or {}
+    try:
+        recs = tuple(Recommendation(float(r["at"]), int(r["replicas"])) for r in s.get("recommendations") or [])
+        events = tuple(ScaleEvent(float(e["at"]), int(e["change"])) for e in s.get("scaleEvents") or [])
+    except (KeyError, TypeError, ValueError):
+        return (), ()
+    return recs, events
+
+
+def due(status: dict[str, Any] | None, now: float, interval: float) -> bool:
+    """Whether an evaluation is due (every `interval` seconds; at once with no history)."""
+    last = (status or {}).get("lastEvaluation")
+    try:
+        return last is None or now - float(last) >= interval - 0.5
+    except (TypeError, ValueError):
+        return True
+
+
+def status_of(d: Decision, o: Observation, metric: str, previous: dict[str, Any] | None) -> dict[str, Any]:
+    """status.autoscaler after a decision (history kept for the windows, as plain data)."""
+    prev = previous or {}
+    scaled = d.desired != o.current
+    out: dict[str, Any] = {
+        "mode": "operator", "metric": metric, "target": o.target,
+        "value": None if not usable(o.value) else round(float(o.value), 6),  # type: ignore[arg-type]
+        "currentReplicas": o.current, "readyReplicas": o.ready, "desiredReplicas": d.desired,
+        "reason": d.reason, "message": d.message, "lastEvaluation": o.now,
+        "lastScaleTime": o.now if scaled else prev.get("lastScaleTime"),
+        "recommendations": [{"at": r.at, "replicas": r.replicas} for r in d.recommendations],
+        "scaleEvents": [{"at": e.at, "change": e.change} for e in d.events],
+    }
+    return {k: v for k, v in out.items() if v is not None}

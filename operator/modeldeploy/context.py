@@ -37,6 +37,8 @@ class OperatorContext:
     claim_seconds: float = 300.0
     reporting_component: str = "modeldeploy-operator"
     reporting_instance: str = field(default_factory=socket.gethostname)
+    # Prometheus for autoscaling and rollout analysis (a ModelDeployment may name its own).
+    prometheus_url: str = ""
     # Ask each ready pod on its admin port and push routing tables there (off: ConfigMap only).
     pod_admin: bool = True
     # While labels or weights are still moving (a version loading, a pod lagging): look again this soon.

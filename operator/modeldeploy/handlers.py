@@ -33,6 +33,7 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "modeldeploy"}
 CHILDREN = [("", "v1", "configmaps", "ConfigMap"), ("apps", "v1", "deployments", "Deployment"),
             ("", "v1", "services", "Service"), ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
             ("", "v1", "secrets", "Secret"), ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
+            ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
             # not rendered: the EndpointSlice controller makes them for our Services, with their
             # labels (so the managed-by selector finds them): which pods are ready, and where
             ("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")]

@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--operator-pod-labels", default=os.environ.get("OPERATOR_POD_LABELS", ""),
         help="the operator pods' labels, key=value,key=value (env OPERATOR_POD_LABELS)")
     parser.add_argument(
+        "--prometheus-url", default=os.environ.get("PROMETHEUS_URL", ""),
+        help="Prometheus for autoscaling and rollout analysis (env PROMETHEUS_URL); a ModelDeployment may name its own")
+    parser.add_argument(
         "--pod-admin", action=argparse.BooleanOptionalAction, default=True,
         help="ask each ready pod on its admin port and push routing tables there (--no-pod-admin: ConfigMap only)")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -116,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                                operator_namespace=args.operator_namespace, operator_pod_labels=pod_labels)
     context = OperatorContext(
         kube=kube, defaults=defaults, resync_seconds=args.resync_seconds, model_status_url=args.model_status_url,
-        workers=args.workers, pod_admin=args.pod_admin,
+        workers=args.workers, pod_admin=args.pod_admin, prometheus_url=args.prometheus_url,
     )
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, addr=args.bind)

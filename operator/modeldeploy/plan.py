@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from modeldeploy import api, render, serverconfig, traffic
+from modeldeploy import api, render, scaling, serverconfig, traffic
 from modeldeploy.modelstatus import VersionReport
 from modeldeploy.podadmin import Endpoint, PushResult
 from modeldeploy.status import Problem, compute_status
@@ -56,6 +56,7 @@ class Observed:
     pods: tuple[traffic.PodReport, ...] | None = None
     token: str | None = None
     fresh_token: str = ""
+    measured: scaling.Measured | None = None  # the autoscaler's metric, when an evaluation was due
 
     @property
     def deleting(self) -> bool:
@@ -83,6 +84,7 @@ class Plan:
     routing: Obj | None = None  # its document (routing.json, and the pushes)
     push_to: tuple[Endpoint, ...] = ()
     token: str | None = None
+    scaling: scaling.Scaling | None = None
 
     @property
     def writes(self) -> tuple[ChildAction, ...]:
@@ -214,14 +216,19 @@ def plan(observed: Observed, defaults: render.Defaults) -> Plan:
     generation = int(observed.body["metadata"].get("generation") or 1)
     in_force = traffic.Table.from_status((observed.body.get("status") or {}).get("routing"))
     decision = traffic.decide(spec, generation, in_force, observed.pods)
-    serving = render.Serving(decision.load_versions, decision.table.document(api.model_name(spec, owner.name)))
+    previous = observed.body.get("status") or {}
+    scaled = scaling.decide(spec, observed.children.get(("Deployment", owner.name)),
+                            observed.children.get(("HorizontalPodAutoscaler", owner.name)), previous.get("autoscaler"),
+                            observed.measured)
+    serving = render.Serving(decision.load_versions, decision.table.document(api.model_name(spec, owner.name)),
+                             scaled.replicas)
     children = render.render_all(spec, owner, defaults, serving)
     actions = (secret_action(owner, observed),
                *(child_action(c, observed.children.get((c["kind"], c["metadata"]["name"]))) for c in children))
     targets = tuple(ep for ep in observed.endpoints if ep.pod in decision.push_to)
     return Plan(finalizer=finalizer, children=actions, config_hash=render.config_hash_of(children),
                 traffic=decision, routing=serving.routing, push_to=targets if observed.token else (),
-                token=observed.token)
+                token=observed.token, scaling=scaled)
 
 
 def secret_action(owner: render.Owner, observed: Observed) -> ChildAction:
@@ -290,10 +297,12 @@ def report(observed: Observed, plan_: Plan, outcome: Outcome, now: str) -> Repor
         previous=previous, config_hash=plan_.config_hash if problem is None else previous.get("configHash"), now=now,
         served=(traffic.version_reports(observed.pods, plan_.traffic.table) if observed.pods
                 and plan_.traffic else observed.served) if problem is None else None,
-        routing=routing,
+        routing=routing, autoscaler=plan_.scaling.status if plan_.scaling and problem is None else previous.get("autoscaler"),
     )
     event = summary_event(problem, previous, generation, plan_.config_hash)
     events = ((event,) if event else ()) + failed_version_event(status, previous)
+    if plan_.scaling is not None and problem is None:
+        events += tuple(Event(t, r, m) for t, r, m in plan_.scaling.events)
     patch = {**{k: None for k in previous if k not in status}, **status} if _differs(status, previous) else None
     return Report(patch, events, problem)
 

@@ -25,7 +25,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
-from modeldeploy import api, metrics, plan, podadmin, render, serverconfig
+from modeldeploy import api, autoscale, metrics, plan, podadmin, render, scaling, serverconfig
 from modeldeploy.kube import KubeError
 from modeldeploy.plan import Event, Observed, Outcome, Plan, parse_spec
 from modeldeploy.workqueue import Retry
@@ -65,7 +65,11 @@ def reconcile(ctx: OperatorContext, namespace: str, name: str) -> float | None:
     if problem is None and ctx.traffic_pending.pop((namespace, name), False):
         return ctx.traffic_recheck_seconds  # labels or weights still moving: look again soon
     # Spread the re-checks of ModelDeployments created together (±10%).
-    return ctx.resync_seconds * random.uniform(0.9, 1.1)
+    after = ctx.resync_seconds * random.uniform(0.9, 1.1)
+    a = (plan.parse_spec(body) if problem is None else None)
+    if isinstance(a, api.ModelDeploymentSpec) and a.autoscaling and a.autoscaling.mode == api.AutoscalingMode.operator:
+        after = min(after, float(a.autoscaling.interval_seconds))  # the autoscaler's next evaluation
+    return after
 
 
 def _reconcile(ctx: OperatorContext, body: Obj) -> plan.Problem | None:
@@ -119,7 +123,15 @@ def observe(ctx: OperatorContext, body: Obj) -> Observed:
         deployment = children.get(("Deployment", name))
         if not pods and int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0) > 0:
             served = ctx.probe(namespace, name, model, sorted(spec.version_labels or {}))
-    return Observed(body, spec, problem, children, served, endpoints, pods, token, secrets.token_urlsafe(32))
+    measured = None
+    a = spec.autoscaling if spec is not None and problem is None else None
+    if a is not None and a.mode == api.AutoscalingMode.operator:
+        now_s = time.time()
+        if autoscale.due((body.get("status") or {}).get("autoscaler"), now_s, a.interval_seconds):
+            dep = children.get(("Deployment", name))
+            ready = int(((dep or {}).get("status") or {}).get("readyReplicas") or 0)
+            measured = scaling.measure(a, ctx.prometheus_url, namespace, name, ready, now_s)
+    return Observed(body, spec, problem, children, served, endpoints, pods, token, secrets.token_urlsafe(32), measured)
 
 
 def claim_exists(ctx: OperatorContext, namespace: str, claim: str) -> bool:

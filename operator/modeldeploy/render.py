@@ -61,6 +61,7 @@ class Serving:
 
     versions: tuple[int, ...] | None
     routing: dict[str, Any]
+    replicas: int | None = -1  # the Deployment's replicas (-1: from the spec; None: an HPA owns them)
 
 
 def default_serving(spec: ModelDeploymentSpec, owner_name: str) -> Serving:
@@ -264,7 +265,7 @@ def config_hash(pod_spec: dict[str, Any], configmap: dict[str, Any]) -> str:
 
 
 def render_deployment(
-    spec: ModelDeploymentSpec, owner: Owner, defaults: Defaults, configmap: dict[str, Any]
+    spec: ModelDeploymentSpec, owner: Owner, defaults: Defaults, configmap: dict[str, Any], replicas: int | None = -1
 ) -> dict[str, Any]:
     pod_spec = render_pod_spec(spec, owner, defaults)
     chash = config_hash(pod_spec, configmap)
@@ -288,8 +289,12 @@ def render_deployment(
             "spec": pod_spec,
         },
     }
-    # Until the autoscaler lands (a later issue), autoscaling pins the Deployment at minReplicas.
-    deployment_spec["replicas"] = spec.autoscaling.min_replicas if spec.autoscaling else spec.replicas
+    if replicas == -1:  # no decision given: the spec's (the autoscaler's floor when it scales)
+        replicas = spec.autoscaling.min_replicas if spec.autoscaling else spec.replicas
+        if spec.autoscaling and spec.autoscaling.mode == api.AutoscalingMode.hpa:
+            replicas = None
+    if replicas is not None:  # with an HPA, the operator leaves replicas to it (no field manager of ours)
+        deployment_spec["replicas"] = replicas
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(owner, owner.name), "spec": deployment_spec}
 
 
@@ -358,6 +363,51 @@ def render_network_policy(owner: Owner, defaults: Defaults) -> dict[str, Any]:
     }
 
 
+def render_hpa(spec: ModelDeploymentSpec, owner: Owner) -> dict[str, Any]:
+    """autoscaling.mode hpa: an autoscaling/v2 HPA on the External metric the chart's prometheus-adapter
+    rules serve, selected to this ModelDeployment (the adapter groups by it, one series each)."""
+    from modeldeploy.promql import MD_LABEL
+    from modeldeploy.scaling import external_metric_name
+
+    a = spec.autoscaling
+    assert a is not None
+    per_replica = a.metric in (api.Metric.rps, api.Metric.in_flight)
+    target = {"type": "AverageValue", "averageValue": _quantity(a.target)} if per_replica else {
+        "type": "Value", "value": _quantity(a.target)}
+    out: dict[str, Any] = {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": _meta(owner, owner.name),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.name},
+            "minReplicas": a.min_replicas, "maxReplicas": a.max_replicas,
+            "metrics": [{"type": "External", "external": {
+                "metric": {"name": external_metric_name(a.metric),
+                           "selector": {"matchLabels": {MD_LABEL: owner.name}}},
+                "target": target}}],
+        },
+    }
+    if a.behavior is not None:
+        out["spec"]["behavior"] = {k: v for k, v in {
+            "scaleUp": _hpa_rules(a.behavior.scale_up), "scaleDown": _hpa_rules(a.behavior.scale_down)}.items() if v}
+    return out
+
+
+def _hpa_rules(rules: Any) -> dict[str, Any] | None:
+    if rules is None:
+        return None
+    out: dict[str, Any] = {}
+    if rules.stabilization_window_seconds is not None:
+        out["stabilizationWindowSeconds"] = rules.stabilization_window_seconds
+    if rules.policies:
+        out["policies"] = [{"type": p.type, "value": p.value, "periodSeconds": p.period_seconds} for p in rules.policies]
+        out["selectPolicy"] = "Max"
+    return out or None
+
+
+def _quantity(value: float) -> str:
+    """A target as a Kubernetes quantity (milli-units when fractional)."""
+    return str(int(value)) if float(value).is_integer() else f"{round(value * 1000)}m"
+
+
 def render_pdb(owner: Owner) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
@@ -394,7 +444,8 @@ def child_refs(owner_name: str) -> list[tuple[str, str, str]]:
     return [("v1", "Secret", token_secret_name(owner_name)), ("v1", "ConfigMap", f"{owner_name}-config"),
             ("apps/v1", "Deployment", owner_name), ("v1", "Service", owner_name),
             ("v1", "Service", admin_service_name(owner_name)), ("policy/v1", "PodDisruptionBudget", owner_name),
-            ("networking.k8s.io/v1", "NetworkPolicy", owner_name)]
+            ("networking.k8s.io/v1", "NetworkPolicy", owner_name),
+            ("autoscaling/v2", "HorizontalPodAutoscaler", owner_name)]
 
 
 def config_hash_of(children: list[dict[str, Any]]) -> str:
@@ -411,11 +462,13 @@ def render_all(spec: ModelDeploymentSpec, owner: Owner, defaults: Defaults | Non
     configmap = render_configmap(spec, owner, serving or default_serving(spec, owner.name))
     children = [
         configmap,
-        render_deployment(spec, owner, defaults, configmap),
+        render_deployment(spec, owner, defaults, configmap, serving.replicas if serving else -1),
         render_service(owner),
         render_admin_service(owner),
         render_pdb(owner),
     ]
+    if spec.autoscaling and spec.autoscaling.mode == api.AutoscalingMode.hpa:
+        children.append(render_hpa(spec, owner))
     if defaults.operator_namespace and defaults.operator_pod_labels:
         children.append(render_network_policy(owner, defaults))
     return [with_rendered_hash(c) for c in children]

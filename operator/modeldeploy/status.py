@@ -125,6 +125,13 @@ def _primary_conditions(problem: Problem | None, rollout: Rollout | None, genera
     ]
 
 
+def scaling_condition(autoscaler: Obj, generation: int) -> Obj:
+    """`ScalingActive`, as the HPA's: False while the metric is missing (replicas are held)."""
+    reason = str(autoscaler.get("reason") or ("HPA" if autoscaler.get("mode") == "hpa" else "Waiting"))
+    held = reason in ("MetricUnavailable", "NoReadyPods")
+    return _condition("ScalingActive", not held, reason, str(autoscaler.get("message") or ""), generation)
+
+
 def keep_transition_times(new: list[Obj], old: list[Obj] | None, now: str) -> list[Obj]:
     previous = {c.get("type"): c for c in old or []}
     out = []
@@ -194,6 +201,7 @@ def compute_status(
     now: str,
     served: dict[int, VersionReport] | None = None,
     routing: Obj | None = None,
+    autoscaler: Obj | None = None,
 ) -> Obj:
     """The full status object (plain dict in the CRD's camelCase). `routing` is the routing table
     in force and its delivery (plan.routing_status)."""
@@ -203,8 +211,10 @@ def compute_status(
     else:
         pending = pending_labels(spec, served) if problem is None else []
     failed = list((routing or {}).get("failed") or [])
-    conditions = keep_transition_times(conditions_for(problem, rollout, generation, pending, failed),
-                                       (previous or {}).get("conditions"), now)
+    conds = conditions_for(problem, rollout, generation, pending, failed)
+    if autoscaler is not None and problem is None:
+        conds.append(scaling_condition(autoscaler, generation))
+    conditions = keep_transition_times(conds, (previous or {}).get("conditions"), now)
     status: Obj = {"observedGeneration": generation, "conditions": conditions}
     if rollout is not None:
         status.update(replicas=rollout.total, desiredReplicas=rollout.wanted, readyReplicas=rollout.ready, updatedReplicas=rollout.updated)
@@ -225,6 +235,8 @@ def compute_status(
         # Nothing of the broken generation was applied: the running pods still serve what the
         # last good generation configured, so status keeps describing that.
         status.update({k: previous[k] for k in SERVING_KEYS if k in previous})
+    if autoscaler is not None:
+        status["autoscaler"] = autoscaler
     if config_hash:
         status["configHash"] = config_hash
     return {k: v for k, v in status.items() if v is not None}

@@ -68,6 +68,7 @@ def model_server_metrics() -> Iterator[str]:
 
     metrics = ServerMetrics()
     metrics.add_queue_depth_source(lambda: {MD: 3})
+    metrics.set_in_flight_source(lambda: 2)  # as model-server wires it (metrics.install)
     lock = threading.Lock()
     rounds = [0]
 
@@ -309,3 +310,28 @@ def test_prometheus_adapter_rules_serve_every_autoscaling_metric(prometheus: str
                 assert 1 < value < 100, (rule["name"]["as"], value)  # milliseconds, not seconds
             else:
                 assert value > 0
+
+
+def test_prometheus_adapter_external_rules_serve_one_series_per_model_deployment(prometheus: str) -> None:
+    """The External metrics the operator's HPAs use (autoscaling.mode hpa): each query groups by
+    ModelDeployment itself and returns one finite series for the HPA's selector."""
+    from modeldeploy.scaling import external_metric_name
+
+    cm = next(c for c in by_kind(objects(FULL_VALUES), "ConfigMap") if c["metadata"]["name"].endswith("-prometheus-adapter"))
+    rules = yaml.safe_load(cm["data"]["config.yaml"])["externalRules"]
+    names = {r["name"]["as"] for r in rules}
+    assert names == {external_metric_name(m) for m in ("latencyP50Ms", "latencyP95Ms", "latencyP99Ms",
+                                                       "requestsPerSecond", "inFlightRequests")}
+    for rule in rules:
+        series = _get(f"{prometheus}/api/v1/series?" + urllib.parse.urlencode({"match[]": rule["seriesQuery"]}))["data"]
+        assert series, rule["seriesQuery"]
+        # what the adapter sends for the HPA's selector in its namespace
+        matchers = f'namespace="{NAMESPACE}",serving_modeldeploy_io_model_deployment="{MD}"'
+        q = rule["metricsQuery"].replace("<<.Series>>", series[0]["__name__"]).replace("<<.LabelMatchers>>", matchers)
+        if rule["name"]["as"] == "modeldeploy_in_flight_requests":
+            (sample,) = _get(f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": q}))["data"]["result"]
+            assert float(sample["value"][1]) >= 0  # idle now: 0 in flight is a value
+        else:
+            (sample,) = _assert_data(prometheus, q)
+        assert set(sample["metric"]) == {"namespace", "serving_modeldeploy_io_model_deployment"}
+        assert math.isfinite(float(sample["value"][1]))

@@ -124,6 +124,15 @@ def scenario(fake: Any, watched: list[str]) -> None:
             ),
             "WarmupRequestsNotFound",
         )
+    # autoscaling.mode hpa: an HPA created, then changed with the spec.
+    for ns in (a, b):
+        fake.add_object(md("scaler", ns, autoscaling={"mode": "hpa", "minReplicas": 1, "maxReplicas": 3, "target": 100}))
+        wait_for(lambda ns=ns: fake.get("autoscaling", "horizontalpodautoscalers", ns, "scaler") is not None, "an HPA")
+        obj = fake.get(GROUP, "modeldeployments", ns, "scaler")
+        obj["spec"]["autoscaling"]["maxReplicas"] = 5
+        fake.update(md_r, ns, "scaler", obj)
+        wait_for(lambda ns=ns: (fake.get("autoscaling", "horizontalpodautoscalers", ns, "scaler") or {})
+                 .get("spec", {}).get("maxReplicas") == 5, "the HPA updated")
     # Deletion: children go with their owner.
     fake.delete(md_r, a, "classifier")
     wait_for(lambda: fake.get(GROUP, "modeldeployments", a, "classifier") is None, "deletion")

@@ -139,11 +139,17 @@ def test_update_of_each_field_group(fake: FakeKubeAPI, operator: OperatorProcess
     gen = patch_spec(fake, "ml", "m", {"replicas": 3})
     wait_for(lambda: ready(fake, "ml", "m", gen), what="scaled")
     assert deployment(fake, "ml", "m")["spec"]["replicas"] == 3 and pod_hash(deployment(fake, "ml", "m")) == last
-    # autoscaling (reserved): until the autoscaler exists, the Deployment runs minReplicas pods
+    # autoscaling without a Prometheus to ask: missing data never scales, the 3 pods stay (within
+    # the bounds), and status says why; bounds apply without data
     gen = patch_spec(fake, "ml", "m", {"autoscaling": {"minReplicas": 2, "maxReplicas": 4, "target": 100}})
-    obj = wait_for(lambda: ready(fake, "ml", "m", gen), what="autoscaling bounds")
-    assert deployment(fake, "ml", "m")["spec"]["replicas"] == 2
-    assert obj["spec"]["replicas"] == 3 and obj["status"]["desiredReplicas"] == 2  # the REPLICAS column tells the truth
+    obj = wait_for(lambda: ready(fake, "ml", "m", gen) and (ready(fake, "ml", "m", gen)["status"].get("autoscaler") or {})
+                   .get("reason") == "MetricUnavailable" and ready(fake, "ml", "m", gen), what="autoscaler holding")
+    assert deployment(fake, "ml", "m")["spec"]["replicas"] == 3 and obj["status"]["desiredReplicas"] == 3
+    assert "no Prometheus URL" in obj["status"]["autoscaler"]["message"]
+    assert condition(obj, "ScalingActive")["status"] == "False"
+    gen = patch_spec(fake, "ml", "m", {"autoscaling": {"minReplicas": 4}})
+    wait_for(lambda: ready(fake, "ml", "m", gen) and deployment(fake, "ml", "m")["spec"]["replicas"] == 4,
+             what="raised to minReplicas")
     gen = patch_spec(fake, "ml", "m", {"autoscaling": None})
     wait_for(lambda: ready(fake, "ml", "m", gen), what="autoscaling off")
     assert deployment(fake, "ml", "m")["spec"]["replicas"] == 3
@@ -278,10 +284,10 @@ def test_kubectl_apply_examples_and_get_md(fake: FakeKubeAPI, operator: Operator
     wait_for(lambda: all(ready(fake, "default", n) for n in names), timeout=30, what="examples Ready")
     out = kubectl(kubeconfig, "get", "md").stdout
     lines = out.splitlines()
-    assert lines[0].split() == ["NAME", "READY", "MODEL", "VERSIONS", "STABLE", "CANARY", "TRAFFIC", "REPLICAS",
-                                "AVAILABLE", "AGE"]
+    assert lines[0].split() == ["NAME", "READY", "MODEL", "VERSIONS", "STABLE", "CANARY", "TRAFFIC", "AUTOSCALER",
+                                "REPLICAS", "AVAILABLE", "AGE"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
-    assert rows["ranker"][1:9] == ["True", "ranker", "3,4", "3", "4", "<none>", "2", "2"]
+    assert rows["ranker"][1:10] == ["True", "ranker", "3,4", "3", "4", "<none>", "<none>", "2", "2"]
     assert rows["half-plus-two"][1:4] == ["True", "half_plus_two", "latest:1"]
     assert rows["classifier"][1:4] == ["True", "classifier", "latest:1"]
     wide = kubectl(kubeconfig, "get", "md", "ranker", "-o", "wide").stdout
@@ -317,7 +323,8 @@ def test_audit_log_records_what_the_operator_calls(fake: FakeKubeAPI, operator: 
     # nothing outside what the chart's RBAC is meant to grant
     allowed_resources = {(GROUP, PLURAL), ("", "configmaps"), ("", "services"), ("apps", "deployments"),
                          ("policy", "poddisruptionbudgets"), ("", "persistentvolumeclaims"), ("", "events"),
-                         ("", "secrets"), ("discovery.k8s.io", "endpointslices"), ("networking.k8s.io", "networkpolicies")}
+                         ("", "secrets"), ("discovery.k8s.io", "endpointslices"), ("networking.k8s.io", "networkpolicies"),
+                         ("autoscaling", "horizontalpodautoscalers")}
     assert {(g, r) for _, g, r, _ in rules} <= allowed_resources
     fake.write_audit(tmp_path / "audit.json")
     assert (tmp_path / "audit.json").read_text().startswith("[")

@@ -217,8 +217,9 @@ CASES = {
 def test_every_rendered_manifest_passes_kubernetes_validate_strict(case: str, version: str) -> None:
     defaults = render.Defaults(operator_namespace="ops", operator_pod_labels=(("app.kubernetes.io/name", "modeldeploy"),))
     objs = render.render_all(spec(**CASES[case]), OWNER, defaults)
+    hpa = ["HorizontalPodAutoscaler"] if case == "autoscaling" else []  # its case is mode: hpa
     assert [o["kind"] for o in objs] == ["ConfigMap", "Deployment", "Service", "Service", "PodDisruptionBudget",
-                                         "NetworkPolicy"]
+                                         *hpa, "NetworkPolicy"]
     objs.append(render.render_token_secret(OWNER, "t0ken"))
     for obj in objs:
         kubernetes_validate.validate(obj, version, strict=True)

@@ -27,6 +27,10 @@ Kubernetes RBAC cannot narrow a list/watch by label, so the watch's label select
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [list, watch, create, patch]
+# autoscaling.mode hpa: the HorizontalPodAutoscaler on the External metric (its status shows in ours).
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [list, watch, create, patch]
 # Which pods are ready and where their admin port is: the EndpointSlices of each ModelDeployment's
 # headless admin Service (they carry its labels), watched to push routing tables to each pod.
 - apiGroups: [discovery.k8s.io]
