@@ -499,7 +499,7 @@ class AutoscalerStatus(_Model):
     message: str | None = None
     summary: str | None = Field(None, description="metric value/target (printer column)")
     last_evaluation: float | None = None
-    last_scale_time: float | str | None = Field(None, json_schema_extra=INT_OR_STRING)
+    last_scale_time: str | None = Field(None, description="when replicas last changed (RFC 3339)")
     recommendations: list[ScaleRecord] | None = Field(None, description="the stabilization windows' history")
     scale_events: list[ScaleRecord] | None = Field(None, description="the rate limits' history")
 

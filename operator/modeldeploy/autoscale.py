@@ -232,6 +232,12 @@ def due(status: dict[str, Any] | None, now: float, interval: float) -> bool:
         return True
 
 
+def _rfc3339(t: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def status_of(d: Decision, o: Observation, metric: str, previous: dict[str, Any] | None) -> dict[str, Any]:
     """status.autoscaler after a decision (history kept for the windows, as plain data)."""
     prev = previous or {}
@@ -241,7 +247,7 @@ def status_of(d: Decision, o: Observation, metric: str, previous: dict[str, Any]
         "value": None if not usable(o.value) else round(float(o.value), 6),  # type: ignore[arg-type]
         "currentReplicas": o.current, "readyReplicas": o.ready, "desiredReplicas": d.desired,
         "reason": d.reason, "message": d.message, "lastEvaluation": o.now,
-        "lastScaleTime": o.now if scaled else prev.get("lastScaleTime"),
+        "lastScaleTime": _rfc3339(o.now) if scaled else prev.get("lastScaleTime"),
         "recommendations": [{"at": r.at, "replicas": r.replicas} for r in d.recommendations],
         "scaleEvents": [{"at": e.at, "change": e.change} for e in d.events],
     }
