@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         g, h, mp = free_port(), free_port(), free_port()
         token = secrets.token_urlsafe(16)
         argv_peer = [str(PYTRITON_PY), str(BENCH / "pytriton_peer.py"), "--models", str(models), "--grpc-port", str(g),
-                     "--http-port", str(h), "--metrics-port", str(mp), "--token", token, "--threads", str(TF_THREADS)]
+                     "--http-port", str(h), "--metrics-port", str(mp), f"--token={token}", "--threads", str(TF_THREADS)]
         log("pytriton: starting")
         with running("pytriton", argv_peer, [g, h], server_env(TF_THREADS), timeout=240):
             wait_ready_urls([f"http://{LOCALHOST}:{h}/v2/models/{m}/ready" for m in MODEL_NAMES])
