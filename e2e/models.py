@@ -32,11 +32,43 @@ def build(out: Path) -> Path:
         logs = [warmup.predict_log({"x": rng.standard_normal(n).astype(np.float32)}, signature_name="serving_default")
                 for n in BATCH_SIZES]
         warmup.write_records(warmup.warmup_file(vdir), logs)
+    build_rollout_versions(out / "rollout")
     broken = out / "two_versions" / "3"  # a version that fails to load (the canary scenarios)
     broken.mkdir(parents=True, exist_ok=True)
     (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
     (out / ".complete").write_text("")
     return out
+
+
+def build_rollout_versions(base: Path) -> None:
+    """`rollout/1` (0.5x + 2) and `/2` (x + 3) are healthy; `/3` answers x + 3 but refuses inputs
+    of 100 or more (INVALID_ARGUMENT), a share of real traffic; `/4` answers x + 3 slowly (a
+    loop of matrix products per call, tens of milliseconds)."""
+    import tensorflow as tf
+    from modelserver import demo
+
+    demo.build_half_plus_two(base / "1", a=0.5, b=2.0)
+    demo.build_half_plus_two(base / "2", a=1.0, b=3.0)
+
+    class Picky(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def predict(self, x):  # type: ignore[no-untyped-def]
+            with tf.control_dependencies([tf.debugging.assert_less(x, 100.0, message="x too large for version 3")]):
+                return {"y": x + 3.0}
+
+    class Slow(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = tf.Variable(tf.random.stateless_normal([256, 256], seed=[3, 4]) / 16.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def predict(self, x):  # type: ignore[no-untyped-def]
+            _, m = tf.while_loop(lambda i, m: i < 60, lambda i, m: (i + 1, tf.tanh(tf.matmul(m, self.m))),
+                                 (tf.constant(0), self.m))
+            return {"y": x + 3.0 + 0.0 * tf.reduce_sum(m)}
+
+    for version, module in ((3, Picky()), (4, Slow())):
+        tf.saved_model.save(module, str(base / str(version)), signatures={"serving_default": module.predict})
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.alias_generators import to_camel
 
 GROUP = "serving.modeldeploy.io"
+ROLLOUT_COMMAND_ANNOTATION = f"{GROUP}/rollout-command"  # modeldeploy promote/abort during a rollout: <verb>@<generation>
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "ModelDeployment"
@@ -122,20 +123,33 @@ class Traffic(_Model):
     canary: int = Field(0, ge=0, le=100, description="% of requests without version or label sent to 'canary'")
 
 
+class Prometheus(_Model):
+    url: str = Field(pattern=r"^https?://", description="Prometheus base URL")
+
+
 class Analysis(_Model):
-    max_error_rate: float = Field(0.01, ge=0, le=1)
-    max_latency_ratio: float = Field(1.2, ge=1)
-    min_requests: int = Field(100, ge=0)
+    """The checks of each step, from Prometheus, on the new version's own series (server errors and
+    deadline misses count as errors; client mistakes do not)."""
+
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="the new version's error ratio over the window")
+    max_latency_ratio: float = Field(1.2, ge=1, description="its p99 against the old version's p99 in the same window")
+    max_latency_ms: float | None = Field(None, gt=0, description="and an absolute p99 bound (ms)")
+    min_requests: int = Field(100, ge=0, description="requests the new version must have answered in the window")
+    failure_threshold: int = Field(2, ge=1, le=100, description="failed checks in a rollout before it is rolled back")
+    interval_seconds: int | None = Field(None, ge=1, le=3600, description="between checks (default: stepSeconds, at most 60)")
 
 
 class Rollout(_Model):
-    """Progressive canary (a later issue implements the stepping; the shape is fixed now)."""
+    """Progressive rollout: a change of versionLabels.stable steps the new version's share of the
+    unlabelled traffic up through `steps`, checking each step in Prometheus, and promotes it or rolls
+    it back by itself (status.rollout)."""
 
     steps: list[int] = Field(
         min_length=1, max_length=20, description="canary % per step, increasing", json_schema_extra={"items": {"type": "integer", "minimum": 1, "maximum": 100}}
     )
     step_seconds: int = Field(300, ge=1, le=86400)
     analysis: Analysis = Field(default_factory=lambda: Analysis.model_validate({}), json_schema_extra={"default": {}})
+    prometheus: Prometheus | None = Field(None, description="default: the operator's --prometheus-url")
 
     @field_validator("steps")
     @classmethod
@@ -326,10 +340,6 @@ class ScalingBehavior(_Model):
     scale_down: ScalingRules | None = Field(None, description="default: 300 s stabilization, -100% per 15 s")
 
 
-class Prometheus(_Model):
-    url: str = Field(pattern=r"^https?://", description="Prometheus base URL")
-
-
 class Autoscaling(_Model):
     """Replicas that follow a metric from Prometheus: by the operator itself (`mode: operator`, the
     HPA algorithm as Kubernetes implements it), or by an autoscaling/v2 HPA on an External metric
@@ -462,6 +472,25 @@ class VersionStatus(_Model):
     warmup: WarmupStatus | None = Field(None, description="the warmup replayed before the version turned available")
 
 
+class RolloutStatus(_Model):
+    """A progressive rollout's progress (kept here, never in the spec, so it survives a restart)."""
+
+    phase: Literal["Progressing", "Promoting", "Succeeded", "Failed"]
+    from_version: int
+    to_version: int
+    generation: int = Field(description="the spec generation the rollout belongs to")
+    step: int = Field(-1, description="index into rollout.steps (-1: loading the new version)")
+    weight: int = Field(0, description="the new version's share of unlabelled requests (%)")
+    step_started: float = 0.0
+    last_check: float = 0.0
+    failed_checks: int = 0
+    message: str = ""
+    analysis: dict[str, Any] | None = Field(None, json_schema_extra={"type": "object", **PRESERVE})
+    baseline_p99_ms: float | None = Field(None, description="the old version's p99 (ms) at the last check that "
+                                          "measured it: the latency ratio's base once the old version answers nothing")
+    command: str | None = Field(None, description="the last promote/abort command acted on (verb@generation)")
+
+
 class RoutingStatus(_Model):
     """The routing table in force (labels and weights), how it is delivered, and where it is live."""
 
@@ -522,6 +551,7 @@ class ModelDeploymentStatus(_Model):
     labels_summary: str | None = Field(None, description="label=version, comma-separated (printer column)")
     traffic: Traffic | None = None
     routing: RoutingStatus | None = None
+    rollout: RolloutStatus | None = None
     autoscaler: AutoscalerStatus | None = None
     traffic_summary: str | None = Field(None, description="the split in force (printer column)")
     config_hash: str | None = None

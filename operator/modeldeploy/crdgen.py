@@ -93,6 +93,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Stable", "type": "integer", "jsonPath": ".status.versionLabels.stable"},
     {"name": "Canary", "type": "integer", "jsonPath": ".status.versionLabels.canary"},
     {"name": "Traffic", "type": "string", "jsonPath": ".status.trafficSummary"},
+    {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.phase"},
+    {"name": "Weight", "type": "integer", "jsonPath": ".status.rollout.weight"},
     {"name": "Autoscaler", "type": "string", "jsonPath": ".status.autoscaler.summary"},
     {"name": "Replicas", "type": "integer", "jsonPath": ".status.desiredReplicas"},
     {"name": "Available", "type": "integer", "jsonPath": ".status.readyReplicas"},

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from modeldeploy import api, render, scaling, serverconfig, traffic
+from modeldeploy import api, render, rollouts, scaling, serverconfig, traffic
 from modeldeploy.modelstatus import VersionReport
 from modeldeploy.podadmin import Endpoint, PushResult
 from modeldeploy.status import Problem, compute_status
@@ -57,6 +57,8 @@ class Observed:
     token: str | None = None
     fresh_token: str = ""
     measured: scaling.Measured | None = None  # the autoscaler's metric, when an evaluation was due
+    rollout_measured: rollouts.Measured | None = None  # a rollout's check, when one was due
+    now: float = 0.0  # Unix seconds of this reconcile (rollout steps)
 
     @property
     def deleting(self) -> bool:
@@ -85,6 +87,7 @@ class Plan:
     push_to: tuple[Endpoint, ...] = ()
     token: str | None = None
     scaling: scaling.Scaling | None = None
+    rollout: rollouts.Step | None = None
 
     @property
     def writes(self) -> tuple[ChildAction, ...]:
@@ -215,7 +218,8 @@ def plan(observed: Observed, defaults: render.Defaults) -> Plan:
     spec, owner = observed.spec, owner_of(observed.body)
     generation = int(observed.body["metadata"].get("generation") or 1)
     in_force = traffic.Table.from_status((observed.body.get("status") or {}).get("routing"))
-    decision = traffic.decide(spec, generation, in_force, observed.pods)
+    stepped = rollouts.step(spec, observed.body, observed.pods, observed.rollout_measured, observed.now)
+    decision = traffic.decide(spec, generation, in_force, observed.pods, stepped.override)
     previous = observed.body.get("status") or {}
     scaled = scaling.decide(spec, observed.children.get(("Deployment", owner.name)),
                             observed.children.get(("HorizontalPodAutoscaler", owner.name)), previous.get("autoscaler"),
@@ -228,7 +232,7 @@ def plan(observed: Observed, defaults: render.Defaults) -> Plan:
     targets = tuple(ep for ep in observed.endpoints if ep.pod in decision.push_to)
     return Plan(finalizer=finalizer, children=actions, config_hash=render.config_hash_of(children),
                 traffic=decision, routing=serving.routing, push_to=targets if observed.token else (),
-                token=observed.token, scaling=scaled)
+                token=observed.token, scaling=scaled, rollout=stepped)
 
 
 def secret_action(owner: render.Owner, observed: Observed) -> ChildAction:
@@ -298,13 +302,28 @@ def report(observed: Observed, plan_: Plan, outcome: Outcome, now: str) -> Repor
         served=(traffic.version_reports(observed.pods, plan_.traffic.table) if observed.pods
                 and plan_.traffic else observed.served) if problem is None else None,
         routing=routing, autoscaler=plan_.scaling.status if plan_.scaling and problem is None else previous.get("autoscaler"),
+        progressive=rollouts.status_of(plan_.rollout.state, observed.body) if plan_.rollout and problem is None
+        else previous.get("rollout"),
     )
     event = summary_event(problem, previous, generation, plan_.config_hash)
     events = ((event,) if event else ()) + failed_version_event(status, previous)
     if plan_.scaling is not None and problem is None:
         events += tuple(Event(t, r, m) for t, r, m in plan_.scaling.events)
-    patch = {**{k: None for k in previous if k not in status}, **status} if _differs(status, previous) else None
+    if plan_.rollout is not None and problem is None:
+        events += tuple(Event(t, r, m) for t, r, m in plan_.rollout.events)
+    patch = merge_patch(previous, status) if _differs(status, previous) else None
     return Report(patch, events, problem)
+
+
+def merge_patch(old: Obj, new: Obj) -> Obj:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new`: a key gone from a map is sent
+    as null at every depth (a merge patch of a map keeps the keys it does not name, so a label that
+    left status.routing.labels would otherwise stay); lists are replaced whole."""
+    out: Obj = {k: None for k in old if k not in new}
+    for k, v in new.items():
+        before = old.get(k)
+        out[k] = merge_patch(before, v) if isinstance(v, dict) and isinstance(before, dict) else v
+    return out
 
 
 def failed_version_event(status: Obj, previous: Obj) -> tuple[Event, ...]:

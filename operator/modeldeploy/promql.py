@@ -11,7 +11,6 @@ calls. Queries are pure functions of (namespace, name, window); `instant` is the
 from __future__ import annotations
 
 import json
-import math
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -45,11 +44,15 @@ def requests_per_second(namespace: str, name: str, window: str, **extra: str) ->
     return f"sum(rate(modelserver_requests_total{selector(namespace, name, api=INFERENCE_APIS, **extra)}[{window}]))"
 
 
-def error_ratio(namespace: str, name: str, window: str, **extra: str) -> str:
-    """Errors over requests; errors are server-side failures and deadline misses, not client mistakes."""
+SERVER_ERRORS = "INTERNAL|UNAVAILABLE|DEADLINE_EXCEEDED|UNKNOWN|RESOURCE_EXHAUSTED|DATA_LOSS"
+
+
+def error_ratio(namespace: str, name: str, window: str, codes: str = SERVER_ERRORS, **extra: str) -> str:
+    """Errors over requests; by default errors are server-side failures and deadline misses, not
+    client mistakes (`codes`: a regular expression of gRPC code names, or "!OK": every code but OK)."""
     sel = selector(namespace, name, api=INFERENCE_APIS, **extra)
-    errs = selector(namespace, name, api=INFERENCE_APIS, code="INTERNAL|UNAVAILABLE|DEADLINE_EXCEEDED|UNKNOWN"
-                    "|RESOURCE_EXHAUSTED|DATA_LOSS", **extra)
+    errs = (selector(namespace, name, api=INFERENCE_APIS, code=codes, **extra) if codes != "!OK" else
+            selector(namespace, name, api=INFERENCE_APIS, **extra)[:-1] + ',code!="OK"}')
     return (f"(sum(rate(modelserver_requests_total{errs}[{window}])) or vector(0)) / "
             f"sum(rate(modelserver_requests_total{sel}[{window}]))")
 
@@ -111,7 +114,3 @@ def instant(base_url: str, query: str, timeout: float = 5.0) -> Answer:
             return Answer(None, f"Prometheus answered HTTP {exc.code}")
     except (OSError, ValueError) as exc:
         return Answer(None, f"Prometheus unreachable at {base_url}: {exc}")
-
-
-def is_nan(value: float | None) -> bool:
-    return value is not None and math.isnan(value)

@@ -25,7 +25,18 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
-from modeldeploy import api, autoscale, metrics, plan, podadmin, render, scaling, serverconfig
+from modeldeploy import (
+    api,
+    autoscale,
+    metrics,
+    plan,
+    podadmin,
+    render,
+    rollout,
+    rollouts,
+    scaling,
+    serverconfig,
+)
 from modeldeploy.kube import KubeError
 from modeldeploy.plan import Event, Observed, Outcome, Plan, parse_spec
 from modeldeploy.workqueue import Retry
@@ -69,6 +80,9 @@ def reconcile(ctx: OperatorContext, namespace: str, name: str) -> float | None:
     a = (plan.parse_spec(body) if problem is None else None)
     if isinstance(a, api.ModelDeploymentSpec) and a.autoscaling and a.autoscaling.mode == api.AutoscalingMode.operator:
         after = min(after, float(a.autoscaling.interval_seconds))  # the autoscaler's next evaluation
+    latest = ctx.cache.get(api.KIND, namespace, name) or body
+    if ((latest.get("status") or {}).get("rollout") or {}).get("phase") in ("Progressing", "Promoting"):
+        after = min(after, ctx.traffic_recheck_seconds)  # a rollout steps and checks on time
     return after
 
 
@@ -131,7 +145,16 @@ def observe(ctx: OperatorContext, body: Obj) -> Observed:
             dep = children.get(("Deployment", name))
             ready = int(((dep or {}).get("status") or {}).get("readyReplicas") or 0)
             measured = scaling.measure(a, ctx.prometheus_url, namespace, name, ready, now_s)
-    return Observed(body, spec, problem, children, served, endpoints, pods, token, secrets.token_urlsafe(32), measured)
+    now_s = time.time()
+    checked = None
+    state = rollout.State.from_status((body.get("status") or {}).get("rollout"))
+    if spec is not None and problem is None and spec.rollout is not None and state is not None:
+        rplan = rollouts.plan_of(spec.rollout)
+        if rollout.check_due(rplan, state, now_s):
+            checked = rollouts.measure(spec.rollout, ctx.prometheus_url, namespace, name, state.from_version,
+                                       state.to_version, rplan.window)
+    return Observed(body, spec, problem, children, served, endpoints, pods, token, secrets.token_urlsafe(32), measured,
+                    checked, now_s)
 
 
 def claim_exists(ctx: OperatorContext, namespace: str, claim: str) -> bool:

@@ -47,6 +47,11 @@ class Plan:
     min_requests: int
     failure_threshold: int = 2
     max_latency_ms: float | None = None
+    window_seconds: int = 0  # each check's window (0: interval_seconds)
+
+    @property
+    def window(self) -> int:
+        return max(self.window_seconds, self.interval_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,7 @@ class Check:
     passed: bool
     failures: tuple[str, ...]  # what failed, with the numbers
     figures: dict[str, dict[str, float | None]]  # metric -> {"value", "bound"}
+    baseline_p99_ms: float | None = None  # the old version's p99 the ratio was judged against
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +84,15 @@ class State:
     failed_checks: int = 0
     message: str = ""
     analysis: dict[str, Any] = field(default_factory=dict)
+    baseline_p99_ms: float | None = None  # the old version's p99 at the last check that measured it
 
     def as_status(self) -> dict[str, Any]:
         d = asdict(self)
         return {"phase": d["phase"], "fromVersion": d["from_version"], "toVersion": d["to_version"],
                 "generation": d["generation"], "step": d["step"], "weight": d["weight"],
                 "stepStarted": d["step_started"], "lastCheck": d["last_check"],
-                "failedChecks": d["failed_checks"], "message": d["message"], "analysis": d["analysis"]}
+                "failedChecks": d["failed_checks"], "message": d["message"], "analysis": d["analysis"],
+                **({"baselineP99Ms": d["baseline_p99_ms"]} if d["baseline_p99_ms"] is not None else {})}
 
     @staticmethod
     def from_status(s: dict[str, Any] | None) -> State | None:
@@ -94,7 +102,8 @@ class State:
             return State(str(s["phase"]), int(s["fromVersion"]), int(s["toVersion"]), int(s.get("generation", 0)),
                          int(s.get("step", -1)), int(s.get("weight", 0)), float(s.get("stepStarted", 0)),
                          float(s.get("lastCheck", 0)), int(s.get("failedChecks", 0)), str(s.get("message", "")),
-                         dict(s.get("analysis") or {}))
+                         dict(s.get("analysis") or {}),
+                         None if s.get("baselineP99Ms") is None else float(s["baselineP99Ms"]))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -111,8 +120,10 @@ def _bad(v: float | None) -> bool:
     return v is None or math.isnan(v) or math.isinf(v)
 
 
-def evaluate(plan: Plan, new: VersionMetrics, old: VersionMetrics) -> Check:
-    """One analysis: every bound, with the numbers (a missing number fails its bound)."""
+def evaluate(plan: Plan, new: VersionMetrics, old: VersionMetrics, baseline_p99_ms: float | None = None) -> Check:
+    """One analysis: every bound, with the numbers (a missing number fails its bound). The latency
+    ratio is against the old version's p99 in the same window; when the old version answered
+    nothing in it (a 100% step), against `baseline_p99_ms`, its p99 at the last check that had it."""
     failures: list[str] = []
     figures: dict[str, dict[str, float | None]] = {}
 
@@ -127,7 +138,7 @@ def evaluate(plan: Plan, new: VersionMetrics, old: VersionMetrics) -> Check:
     err = new.error_rate
     bound("errorRate", err, plan.max_error_rate, not _bad(err) and err <= plan.max_error_rate,  # type: ignore[operator]
           f"error rate {_fmt(err)} > maxErrorRate {plan.max_error_rate:g}" if not _bad(err) else "no error rate measured")
-    p99, base = new.p99_ms, old.p99_ms
+    p99, base = new.p99_ms, old.p99_ms if not _bad(old.p99_ms) else baseline_p99_ms
     limit = None if _bad(base) else plan.max_latency_ratio * base  # type: ignore[operator]
     ok = not _bad(p99) and limit is not None and p99 <= limit  # type: ignore[operator]
     why = ("no p99 measured for the new version" if _bad(p99) else "no p99 measured for the old version"
@@ -137,7 +148,7 @@ def evaluate(plan: Plan, new: VersionMetrics, old: VersionMetrics) -> Check:
         ok_abs = not _bad(p99) and p99 <= plan.max_latency_ms  # type: ignore[operator]
         bound("latencyP99MsAbsolute", p99, plan.max_latency_ms, ok_abs,
               f"p99 {_fmt(p99)} ms > maxLatencyMs {plan.max_latency_ms:g}" if not _bad(p99) else "no p99 measured")
-    return Check(not failures, tuple(failures), figures)
+    return Check(not failures, tuple(failures), figures, None if _bad(base) else base)
 
 
 def _fmt(v: float | None) -> str:
@@ -167,9 +178,12 @@ def start(from_version: int, to_version: int, generation: int, now: float) -> Ou
 
 
 def advance(plan: Plan, s: State, now: float, *, candidate_ready: bool, candidate_failed: str = "",
-            promoted_everywhere: bool = False, check: Check | None = None, command: str = "") -> Outcome:
+            promoted_everywhere: bool = False, check: Check | None = None, command: str = "",
+            step_live: bool = True) -> Outcome:
     """One step of the state machine. `check` is the analysis of this interval when one is due
-    (`check_due`); `command` is "promote" or "abort" from the user (modeldeploy promote/abort)."""
+    (`check_due`); `command` is "promote" or "abort" from the user (modeldeploy promote/abort).
+    `step_live`: the current step's split is in force on every ready pod; until it is, the step's
+    clock does not run and no check is judged (it would measure the previous split's traffic)."""
     if s.phase in (SUCCEEDED, FAILED):
         return _out(s)
     if command == "abort" and s.phase == PROGRESSING:
@@ -189,10 +203,15 @@ def advance(plan: Plan, s: State, now: float, *, candidate_ready: bool, candidat
         first = replace(s, step=0, weight=plan.steps[0], step_started=now, last_check=now,
                         message=f"step 1/{len(plan.steps)}: {plan.steps[0]}% to version {s.to_version}")
         return _out(first, ("Normal", "RolloutStep", first.message))
+    if not step_live:
+        return _out(replace(s, step_started=now, last_check=now,
+                            message=f"step {s.step + 1}/{len(plan.steps)}: {s.weight}% to version {s.to_version}, "
+                            "waiting for the split to be live on every pod"))
     if check is None:
         return _out(s)
     s = replace(s, last_check=now, analysis={"passed": check.passed, "failures": list(check.failures),
-                                             "metrics": check.figures})
+                                             "metrics": check.figures},
+                baseline_p99_ms=check.baseline_p99_ms if check.baseline_p99_ms is not None else s.baseline_p99_ms)
     if not check.passed:
         failed = s.failed_checks + 1
         s = replace(s, failed_checks=failed, message=f"check failed ({failed}/{plan.failure_threshold}): "
@@ -213,7 +232,11 @@ def advance(plan: Plan, s: State, now: float, *, candidate_ready: bool, candidat
 
 
 def check_due(plan: Plan, s: State, now: float) -> bool:
-    return s.phase == PROGRESSING and s.step >= 0 and now - s.last_check >= plan.interval_seconds
+    """Every interval, and the first time once a whole window has passed since the step's split went
+    live: an earlier window would mix in the previous step's traffic, and the new version's series,
+    which start with its first request, would have too few samples to give a rate."""
+    return (s.phase == PROGRESSING and s.step >= 0 and now - s.last_check >= plan.interval_seconds
+            and now - s.step_started >= plan.window)
 
 
 def _promote(s: State, now: float, why: str) -> Outcome:

@@ -125,6 +125,20 @@ def _primary_conditions(problem: Problem | None, rollout: Rollout | None, genera
     ]
 
 
+def rollout_conditions(conds: list[Obj], rollout: Obj, generation: int) -> list[Obj]:
+    """A rollout in progress is Progressing; a rolled-back one is Degraded (reason RolledBack, or
+    Aborted, LoadFailed) until the spec changes."""
+    phase, message = rollout.get("phase"), str(rollout.get("message") or "")
+    if phase in ("Progressing", "Promoting"):
+        return [_condition(c["type"], True, "RolloutProgressing", message, generation)
+                if c["type"] in ("Progressing", "Reconciling") else c for c in conds]
+    if phase == "Failed":
+        reason = "Aborted" if "aborted" in message else "LoadFailed" if "did not load" in message else "RolledBack"
+        return [_condition(c["type"], True, reason, message, generation) if c["type"] in ("Degraded", "Stalled") else c
+                for c in conds]
+    return conds
+
+
 def scaling_condition(autoscaler: Obj, generation: int) -> Obj:
     """`ScalingActive`, as the HPA's: False while the metric is missing (replicas are held)."""
     reason = str(autoscaler.get("reason") or ("HPA" if autoscaler.get("mode") == "hpa" else "Waiting"))
@@ -202,6 +216,7 @@ def compute_status(
     served: dict[int, VersionReport] | None = None,
     routing: Obj | None = None,
     autoscaler: Obj | None = None,
+    progressive: Obj | None = None,
 ) -> Obj:
     """The full status object (plain dict in the CRD's camelCase). `routing` is the routing table
     in force and its delivery (plan.routing_status)."""
@@ -214,6 +229,8 @@ def compute_status(
     conds = conditions_for(problem, rollout, generation, pending, failed)
     if autoscaler is not None and problem is None:
         conds.append(scaling_condition(autoscaler, generation))
+    if progressive is not None and problem is None:
+        conds = rollout_conditions(conds, progressive, generation)
     conditions = keep_transition_times(conds, (previous or {}).get("conditions"), now)
     status: Obj = {"observedGeneration": generation, "conditions": conditions}
     if rollout is not None:
@@ -237,6 +254,8 @@ def compute_status(
         status.update({k: previous[k] for k in SERVING_KEYS if k in previous})
     if autoscaler is not None:
         status["autoscaler"] = autoscaler
+    if progressive is not None:
+        status["rollout"] = progressive
     if config_hash:
         status["configHash"] = config_hash
     return {k: v for k, v in status.items() if v is not None}

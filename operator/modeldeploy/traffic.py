@@ -99,24 +99,29 @@ class Decision:
 
 def spec_table(spec: api.ModelDeploymentSpec, generation: int) -> Table:
     """The table the spec asks for: its labels, and with traffic.canary the split of the requests
-    that name no label (stable gets the rest). No canary share: no split (TF Serving's latest)."""
+    that name no label (stable gets the rest); with `traffic` or `rollout` but no canary share, all
+    of them to stable; with neither, no split (TF Serving's latest version)."""
     labels = dict(spec.version_labels or {})
     weights: dict[str, int] = {}
     canary = spec.traffic.canary if spec.traffic else 0
     if STABLE in labels and CANARY in labels and canary > 0:
         weights = {STABLE: 100 - canary, CANARY: canary}
-    elif STABLE in labels and spec.traffic is not None:
-        weights = {STABLE: 100}
+    elif STABLE in labels and (spec.traffic is not None or spec.rollout is not None):
+        weights = {STABLE: 100}  # a split (or a rollout) is asked for: unlabelled requests follow stable
     return Table(generation, labels, weights)
 
 
 def decide(spec: api.ModelDeploymentSpec, generation: int, in_force: Table | None,
-           pods: Sequence[PodReport] | None) -> Decision:
+           pods: Sequence[PodReport] | None, override: tuple[Mapping[str, int], Mapping[str, int]] | None = None) -> Decision:
     """The table to put in force, the versions to load, and where to push (`pods`: the ready
-    pods' reports; None when the pods cannot be asked, so delivery is by ConfigMap)."""
-    wanted = spec_table(spec, generation)
+    pods' reports; None when the pods cannot be asked, so delivery is by ConfigMap). `override`
+    (labels, weights) replaces the spec's table while a progressive rollout runs (rollout.py)."""
+    wanted = spec_table(spec, generation) if override is None else Table(generation, dict(override[0]), dict(override[1]))
     if in_force is not None and wanted.same_routes(in_force):
         wanted = Table(in_force.generation, wanted.labels, wanted.weights)  # nothing moved: keep its generation
+    elif in_force is not None and wanted.generation <= in_force.generation:
+        # a new table without a new spec generation (a rollout step): generations only go up
+        wanted = Table(in_force.generation + 1, wanted.labels, wanted.weights)
     spec_versions = set(spec.model.versions or ())
     if pods is None:  # each server keeps a labelled version loaded until its label moves
         return Decision(wanted, _versions(spec, spec_versions | wanted.versions()), delivery="ConfigMap")

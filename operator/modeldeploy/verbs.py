@@ -23,7 +23,7 @@ from typing import Any
 
 from modeldeploy import api
 
-COMMAND_ANNOTATION = f"{api.GROUP}/rollout-command"
+COMMAND_ANNOTATION = api.ROLLOUT_COMMAND_ANNOTATION
 Obj = dict[str, Any]
 
 

@@ -284,10 +284,11 @@ def test_kubectl_apply_examples_and_get_md(fake: FakeKubeAPI, operator: Operator
     wait_for(lambda: all(ready(fake, "default", n) for n in names), timeout=30, what="examples Ready")
     out = kubectl(kubeconfig, "get", "md").stdout
     lines = out.splitlines()
-    assert lines[0].split() == ["NAME", "READY", "MODEL", "VERSIONS", "STABLE", "CANARY", "TRAFFIC", "AUTOSCALER",
-                                "REPLICAS", "AVAILABLE", "AGE"]
+    assert lines[0].split() == ["NAME", "READY", "MODEL", "VERSIONS", "STABLE", "CANARY", "TRAFFIC", "ROLLOUT",
+                                "WEIGHT", "AUTOSCALER", "REPLICAS", "AVAILABLE", "AGE"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
-    assert rows["ranker"][1:10] == ["True", "ranker", "3,4", "3", "4", "<none>", "<none>", "2", "2"]
+    # (an integer column with no value, WEIGHT here, prints empty)
+    assert rows["ranker"][1:11] == ["True", "ranker", "3,4", "3", "4", "<none>", "<none>", "<none>", "2", "2"]
     assert rows["half-plus-two"][1:4] == ["True", "half_plus_two", "latest:1"]
     assert rows["classifier"][1:4] == ["True", "classifier", "latest:1"]
     wide = kubectl(kubeconfig, "get", "md", "ranker", "-o", "wide").stdout

@@ -189,3 +189,28 @@ def test_warmup_requests_from_a_configmap_are_checked_before_anything_is_applied
     assert plan.warmup_requests_ref(parsed) == ref
     if problem is not None:
         assert plan.plan(Observed(b, parsed, plan.assess(b, parsed, True, problem)), DEFAULTS).children == ()
+
+
+def test_status_patches_remove_keys_that_left_nested_maps() -> None:
+    """A merge patch keeps the keys of a map it does not name: a label or weight that left the
+    table must be sent as null, at every depth."""
+    old = {"routing": {"labels": {"stable": 1, "candidate": 2}, "weights": {"stable": 0, "candidate": 100}},
+           "versionLabels": {"stable": 1, "canary": 2}, "gone": 1, "versions": [{"version": 1}]}
+    new = {"routing": {"labels": {"stable": 2}, "weights": {"stable": 100}}, "versionLabels": {"stable": 2},
+           "versions": [{"version": 2}]}
+    patch = plan.merge_patch(old, new)
+    assert patch == {"gone": None, "routing": {"labels": {"stable": 2, "candidate": None},
+                                               "weights": {"stable": 100, "candidate": None}},
+                     "versionLabels": {"stable": 2, "canary": None}, "versions": [{"version": 2}]}
+    def apply(target: dict, p: dict) -> dict:
+        out = dict(target)
+        for k, v in p.items():
+            if v is None:
+                out.pop(k, None)
+            elif isinstance(v, dict) and isinstance(out.get(k), dict):
+                out[k] = apply(out[k], v)
+            else:
+                out[k] = v
+        return out
+
+    assert apply(old, patch) == new

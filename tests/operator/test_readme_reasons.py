@@ -8,9 +8,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from modeldeploy import reconcile
+from modeldeploy import reconcile, rollout
 from modeldeploy.context import OperatorContext
-from modeldeploy.status import Problem, Rollout, conditions_for
+from modeldeploy.status import Problem, Rollout, conditions_for, rollout_conditions
 from operator_support import ROOT, RecordingKube
 
 ROLLOUTS = [
@@ -59,13 +59,47 @@ def emitted() -> tuple[set[str], set[str]]:
     reasons = {c["reason"] for problem in [None, *(Problem(p, "m") for p in problems)] for r in ROLLOUTS
                for c in conditions_for(problem, r, 1)}
     reasons |= {c["reason"] for c in conditions_for(None, ROLLOUTS[1], 1, ["stable→2"])}  # a label move not applied yet
-    return reasons | problems, events | problems
+    r_reasons, r_events = progressive_rollouts()
+    return reasons | problems | r_reasons, events | problems | r_events
+
+
+def progressive_rollouts() -> tuple[set[str], set[str]]:
+    """Condition and Event reasons of progressive rollouts: the state machine driven through a
+    promotion, a rollback on failed checks, an abort, a promote command and a version that fails to load."""
+    plan = rollout.Plan((50, 100), 0, 1, 0.01, 1.2, 10)
+    good, bad = rollout.VersionMetrics(100, 0.0, 1.0), rollout.VersionMetrics(100, 0.5, 1.0)
+    events: set[str] = set()
+    finals: list[rollout.State] = []
+
+    def run(check: rollout.VersionMetrics | None, **kw: Any) -> None:
+        out = rollout.start(1, 2, 1, 0)
+        s = out.state
+        events.update(e[1] for e in out.events)
+        for t in range(1, 8):
+            c = rollout.evaluate(plan, check, good) if check and rollout.check_due(plan, s, t) else None
+            out = rollout.advance(plan, s, t, candidate_ready=True, check=c, promoted_everywhere=True,
+                                  **(kw if t == 2 else {}))
+            s = out.state
+            events.update(e[1] for e in out.events)
+            finals.append(s)
+
+    run(good)
+    run(bad)
+    run(None, command="abort")
+    run(None, command="promote")
+    run(None, candidate_failed="p0: no such file")
+    events.add("RolloutCommand")  # rollouts.step's note of a promote/abort command acted on
+    base = conditions_for(None, ROLLOUTS[1], 1)
+    reasons = {c["reason"] for s in finals for c in rollout_conditions(base, s.as_status(), 1)}
+    return reasons, events
 
 
 def test_the_cases_find_every_kind_of_reason() -> None:
     reasons, events = emitted()
     assert {"InvalidSpec", "StorageNotFound", "ApplyFailed", "ProgressDeadlineExceeded", "Available", "LabelsPending"} <= reasons
     assert {"Created", "Reconciled", "DriftCorrected", "StorageNotFound"} <= events
+    assert {"RolloutProgressing", "RolledBack", "Aborted", "LoadFailed"} <= reasons
+    assert {"RolloutStarted", "RolloutStep", "RolloutCheckFailed", "RolloutPromoting", "RolloutSucceeded"} <= events
 
 
 def test_readme_names_every_reason_the_operator_emits() -> None:

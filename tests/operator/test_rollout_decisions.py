@@ -108,3 +108,101 @@ def test_a_restart_mid_step_resumes_from_status() -> None:
     nxt = advance(PLAN, again, 61, candidate_ready=True, check=evaluate(PLAN, GOOD, OLD)).state
     assert nxt.weight == 25
     assert State.from_status({}) is None and State.from_status({"phase": "x"}) is None
+
+
+def test_a_step_waits_for_its_split_to_be_live_everywhere() -> None:
+    s = advance(PLAN, start(3, 4, 9, 0).state, 0, candidate_ready=True).state
+    held = advance(PLAN, s, 30, candidate_ready=True, check=evaluate(PLAN, VersionMetrics(None, None, None), OLD),
+                   step_live=False).state
+    assert held.failed_checks == 0 and held.step_started == 30 and "live on every pod" in held.message
+    assert not check_due(PLAN, held, 45) and check_due(PLAN, held, 50)  # the clock started when it went live
+    assert advance(PLAN, held, 89, candidate_ready=True, check=evaluate(PLAN, GOOD, OLD)).state.weight == 5
+    assert advance(PLAN, held, 91, candidate_ready=True, check=evaluate(PLAN, GOOD, OLD)).state.weight == 25
+
+
+def test_split_live_reads_status_routing() -> None:
+    from modeldeploy.rollouts import split_live
+
+    s = advance(PLAN, start(3, 4, 9, 0).state, 0, candidate_ready=True).state  # 5% to version 4
+    table = {"labels": {"stable": 3, CANDIDATE_LABEL: 4, "other": 1}, "weights": {"stable": 95, CANDIDATE_LABEL: 5}}
+    assert split_live({"routing": {**table, "delivery": "Push", "livePods": 2, "readyPods": 2}}, s)
+    assert not split_live({"routing": {**table, "delivery": "Push", "livePods": 1, "readyPods": 2}}, s)
+    assert not split_live({"routing": {**table, "delivery": "Push", "livePods": 2, "readyPods": 2,
+                                       "waiting": ["table 3 not live on p1 yet"]}}, s)
+    assert not split_live({"routing": {**table, "weights": {"stable": 100}, "delivery": "Push", "livePods": 2,
+                                       "readyPods": 2}}, s)
+    assert split_live({"routing": {**table, "delivery": "ConfigMap"}}, s)
+    assert not split_live({}, s)
+
+
+def test_the_first_check_of_a_step_waits_for_a_whole_window() -> None:
+    plan = Plan((5, 25, 100), step_seconds=5, interval_seconds=3, max_error_rate=0.01, max_latency_ratio=1.2,
+                min_requests=100, window_seconds=10)
+    s = advance(plan, start(3, 4, 9, 0).state, 0, candidate_ready=True).state
+    assert [t for t in range(0, 14) if check_due(plan, s, t)] == [10, 11, 12, 13]
+    s = advance(plan, s, 10, candidate_ready=True, check=evaluate(plan, GOOD, OLD)).state
+    assert s.weight == 25 and s.step_started == 10
+    assert not check_due(plan, s, 19) and check_due(plan, s, 20)
+
+
+def test_a_step_without_old_traffic_is_judged_against_the_last_baseline() -> None:
+    s = advance(PLAN, start(3, 4, 9, 0).state, 0, candidate_ready=True).state
+    s = advance(PLAN, s, 20, candidate_ready=True, check=evaluate(PLAN, GOOD, OLD, s.baseline_p99_ms)).state
+    assert s.baseline_p99_ms == 10.0 and State.from_status(s.as_status()) == s
+    silent = VersionMetrics(requests=0, error_rate=None, p99_ms=math.nan)  # the old version at 100%
+    c = evaluate(PLAN, VersionMetrics(500, 0.0, 11.0), silent, s.baseline_p99_ms)
+    assert c.passed and c.figures["latencyP99Ms"]["bound"] == pytest.approx(12.0)
+    c = evaluate(PLAN, VersionMetrics(500, 0.0, 13.0), silent, s.baseline_p99_ms)
+    assert not c.passed and "p99 13 ms > 1.2 x old p99 10 ms" in c.failures[0]
+    assert not evaluate(PLAN, GOOD, silent).passed  # never measured: fails, as no data does
+
+
+def _md(generation: int, stable: int, status: dict | None = None) -> dict:
+    return {"apiVersion": "serving.modeldeploy.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "m", "namespace": "ml", "generation": generation},
+            "spec": {"model": {"storage": {"pvc": {"claimName": "models"}}, "versions": [3, 4]},
+                     "versionLabels": {"stable": stable}, "rollout": {"steps": [50, 100], "stepSeconds": 60}},
+            "status": status or {}}
+
+
+def test_the_reconcile_glue_starts_resumes_and_retries() -> None:
+    from modeldeploy import plan as plan_mod
+    from modeldeploy import rollouts
+    from modeldeploy.traffic import PodReport
+
+    routing = {"labels": {"stable": 3}, "weights": {"stable": 100}, "delivery": "Push", "livePods": 1, "readyPods": 1}
+    pods = [PodReport("p0", versions={3: "AVAILABLE", 4: "AVAILABLE"})]
+
+    def step(b: dict, now: float) -> rollouts.Step:
+        return rollouts.step(plan_mod.parse_spec(b), b, pods, None, now)
+
+    assert step(_md(1, 3, {"routing": routing}), 0).state is None  # 3 is in force: nothing to roll out
+    first = step(_md(2, 4, {"routing": routing}), 0)  # stable 3 -> 4: loaded beside, then step 1
+    assert first.state.phase == PROGRESSING and first.state.weight == 50 and first.override[1] == {
+        "stable": 50, CANDIDATE_LABEL: 50}
+    assert [e[1] for e in first.events] == ["RolloutStarted", "RolloutStep"]
+    failed = State(FAILED, 3, 4, 2, step=0, message="version 4 rolled back after 2 failed checks")
+    b = _md(2, 4, {"routing": routing, "rollout": failed.as_status()})
+    held = step(b, 100)
+    assert held.state.phase == FAILED and held.override == ({"stable": 3}, {"stable": 100}) and not held.events
+    retry = step(_md(3, 4, {"routing": routing, "rollout": failed.as_status()}), 100)  # a new spec change
+    assert retry.state.phase == PROGRESSING and retry.state.generation == 3 and retry.events[0][1] == "RolloutStarted"
+
+
+def test_promote_and_abort_commands_are_acted_on_once() -> None:
+    from modeldeploy import api, rollouts
+    from modeldeploy import plan as plan_mod
+    from modeldeploy.traffic import PodReport
+
+    pods = [PodReport("p0", versions={3: "AVAILABLE", 4: "AVAILABLE"})]
+    running = State(PROGRESSING, 3, 4, 2, step=0, weight=50, step_started=0, last_check=0)
+    routing = {"labels": {"stable": 3, CANDIDATE_LABEL: 4}, "weights": {"stable": 50, CANDIDATE_LABEL: 50},
+               "delivery": "Push", "livePods": 1, "readyPods": 1}
+    for verb, phase in (("promote", PROMOTING), ("abort", FAILED)):
+        b = _md(2, 4, {"routing": routing, "rollout": running.as_status()})
+        b["metadata"]["annotations"] = {api.ROLLOUT_COMMAND_ANNOTATION: f"{verb}@2"}
+        out = rollouts.step(plan_mod.parse_spec(b), b, pods, None, 5)
+        assert out.state.phase == phase and "RolloutCommand" in [e[1] for e in out.events], out
+        assert rollouts.status_of(out.state, b)["command"] == f"{verb}@2"
+        b["status"]["rollout"] = {**running.as_status(), "command": f"{verb}@2"}  # already acted on
+        assert rollouts.step(plan_mod.parse_spec(b), b, pods, None, 5).state.phase == PROGRESSING
