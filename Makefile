@@ -67,6 +67,9 @@ lint: setup
 	$(VENV)/bin/mypy operator/modeldeploy server_image/modelserver
 	@# dead code in the shipped packages (settings in pyproject.toml, [tool.vulture])
 	$(VENV)/bin/vulture | { ! grep -E '^(operator|server_image)/'; }
+	@# pytest's default import mode refuses two test modules with one basename in a run
+	@dups=$$(find tests bench e2e -name 'test_*.py' -not -path '*/work/*' -printf '%f\n' | sort | uniq -d); \
+	  if [ -n "$$dups" ]; then echo "test module basenames used twice: $$dups"; exit 1; fi
 
 # Generates crds/ from the pydantic models and copies them into the chart (tests check both copies).
 crds: setup

@@ -219,7 +219,7 @@ def plan(observed: Observed, defaults: render.Defaults) -> Plan:
     generation = int(observed.body["metadata"].get("generation") or 1)
     in_force = traffic.Table.from_status((observed.body.get("status") or {}).get("routing"))
     stepped = rollouts.step(spec, observed.body, observed.pods, observed.rollout_measured, observed.now)
-    decision = traffic.decide(spec, generation, in_force, observed.pods, stepped.override)
+    decision = traffic.decide(spec, generation, in_force, observed.pods, stepped.override, stepped.unload)
     previous = observed.body.get("status") or {}
     scaled = scaling.decide(spec, observed.children.get(("Deployment", owner.name)),
                             observed.children.get(("HorizontalPodAutoscaler", owner.name)), previous.get("autoscaler"),

@@ -61,6 +61,7 @@ class Step:
     state: rollout.State | None  # None: no rollout (status.rollout cleared)
     override: tuple[Mapping[str, int], Mapping[str, int]] | None  # labels, weights to route by
     events: tuple[tuple[str, str, str], ...] = ()
+    unload: frozenset[int] = frozenset()  # a rolled-back version: unloaded though the spec lists it
 
 
 def command_of(body: Obj) -> str:
@@ -132,7 +133,8 @@ def step(spec: api.ModelDeploymentSpec, body: Obj, pods: Sequence[traffic.PodRep
     new_state = out.state
     keep = {k: v for k, v in (spec.version_labels or {}).items() if k not in ("stable", rollout.CANDIDATE_LABEL)}
     override = None if new_state.phase == rollout.SUCCEEDED else ({**keep, **out.labels}, out.weights)
-    return Step(new_state, override, events + out.events)
+    unload = frozenset({new_state.to_version}) if new_state.phase == rollout.FAILED else frozenset()
+    return Step(new_state, override, events + out.events, unload)
 
 
 def status_of(state: rollout.State | None, body: Obj) -> Obj | None:

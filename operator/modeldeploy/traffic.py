@@ -112,17 +112,19 @@ def spec_table(spec: api.ModelDeploymentSpec, generation: int) -> Table:
 
 
 def decide(spec: api.ModelDeploymentSpec, generation: int, in_force: Table | None,
-           pods: Sequence[PodReport] | None, override: tuple[Mapping[str, int], Mapping[str, int]] | None = None) -> Decision:
+           pods: Sequence[PodReport] | None, override: tuple[Mapping[str, int], Mapping[str, int]] | None = None,
+           unload: frozenset[int] = frozenset()) -> Decision:
     """The table to put in force, the versions to load, and where to push (`pods`: the ready
     pods' reports; None when the pods cannot be asked, so delivery is by ConfigMap). `override`
-    (labels, weights) replaces the spec's table while a progressive rollout runs (rollout.py)."""
+    (labels, weights) replaces the spec's table while a progressive rollout runs (rollout.py);
+    `unload`: spec versions to drop anyway (a rolled-back one) unless a label still points at them."""
     wanted = spec_table(spec, generation) if override is None else Table(generation, dict(override[0]), dict(override[1]))
     if in_force is not None and wanted.same_routes(in_force):
         wanted = Table(in_force.generation, wanted.labels, wanted.weights)  # nothing moved: keep its generation
     elif in_force is not None and wanted.generation <= in_force.generation:
         # a new table without a new spec generation (a rollout step): generations only go up
         wanted = Table(in_force.generation + 1, wanted.labels, wanted.weights)
-    spec_versions = set(spec.model.versions or ())
+    spec_versions = set(spec.model.versions or ()) - unload
     if pods is None:  # each server keeps a labelled version loaded until its label moves
         return Decision(wanted, _versions(spec, spec_versions | wanted.versions()), delivery="ConfigMap")
     reachable = [p for p in pods if not p.unreachable]

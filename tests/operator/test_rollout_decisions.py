@@ -185,6 +185,13 @@ def test_the_reconcile_glue_starts_resumes_and_retries() -> None:
     b = _md(2, 4, {"routing": routing, "rollout": failed.as_status()})
     held = step(b, 100)
     assert held.state.phase == FAILED and held.override == ({"stable": 3}, {"stable": 100}) and not held.events
+    assert held.unload == {4} and first.unload == frozenset()
+    from modeldeploy import traffic
+    spec = plan_mod.parse_spec(b)
+    in_force = traffic.Table.from_status(routing)
+    assert traffic.decide(spec, 2, in_force, pods, held.override, held.unload).load_versions == (3,)  # the new one goes
+    labelled = ({"stable": 3, "canary": 4}, {"stable": 100})  # unless a label still points at it
+    assert traffic.decide(spec, 2, in_force, pods, labelled, held.unload).load_versions == (3, 4)
     retry = step(_md(3, 4, {"routing": routing, "rollout": failed.as_status()}), 100)  # a new spec change
     assert retry.state.phase == PROGRESSING and retry.state.generation == 3 and retry.events[0][1] == "RolloutStarted"
 

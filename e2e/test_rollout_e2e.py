@@ -80,6 +80,10 @@ def rollout_status(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
     return ((cluster.md(ns, name) or {}).get("status") or {}).get("rollout") or {}
 
 
+def version_state(md: dict[str, Any], version: int) -> str | None:
+    return next((v.get("state") for v in (md.get("status") or {}).get("versions") or [] if v.get("version") == version), None)
+
+
 def roll(cluster: Cluster, ns: str, name: str, to: int, traffic: Traffic, end: str) -> dict[str, Any]:
     """Move stable to `to` and follow the rollout until its phase is `end`; the weights it went through."""
     gen = cluster.patch_spec(ns, name, {"versionLabels": {"stable": to}})
@@ -124,6 +128,9 @@ def test_a_healthy_version_is_promoted_and_bad_ones_are_rolled_back(cluster: Clu
             assert condition(md, "Degraded")["reason"] == "RolledBack" and why in condition(md, "Degraded")["message"]
             assert md["status"]["routing"]["labels"]["stable"] == 2  # all traffic back on the old version
             assert ("Warning", "RolledBack") in cluster.events(namespace, "prog")
+            # the rolled-back version is unloaded, though model.versions lists it
+            wait_for(lambda bad=bad: version_state(cluster.md(namespace, "prog"), bad) != "Available", 60,
+                     f"version {bad} unloaded")
             t0 = time.monotonic()
             wait_for(lambda t0=t0: len(traffic.since(t0)[0]) >= 50, 60, "traffic after the rollback")
             versions, failures = traffic.since(t0)
