@@ -104,7 +104,7 @@ def test_projected_config_points_at_the_node_mount() -> None:
     mounts = podspec.mounts_of(container, podspec.volumes_of(pod, "/pods/x", "/pvc", [("/models", "/repo/demo_models")]))
     files = podspec.projected_files(configmap["data"], {}, (), mounts)
     assert b'base_path: "/repo/demo_models/hp2"' in files["models.config"]
-    assert set(files) == {"models.config", "batching.config", "monitoring.config"}
+    assert set(files) == {"models.config", "routing.json", "batching.config", "monitoring.config"}
 
 
 def test_a_missing_command_or_executable_is_a_clear_error() -> None:
