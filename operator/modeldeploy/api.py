@@ -128,8 +128,8 @@ class Prometheus(_Model):
 
 
 class Analysis(_Model):
-    """The checks of each step, from Prometheus, on the new version's own series (server errors and
-    deadline misses count as errors; client mistakes do not)."""
+    """The checks of each step, from Prometheus, on the new version's own series (every answer but
+    OK counts as an error: a version that refuses what the old one answers fails its users too)."""
 
     max_error_rate: float = Field(0.01, ge=0, le=1, description="the new version's error ratio over the window")
     max_latency_ratio: float = Field(1.2, ge=1, description="its p99 against the old version's p99 in the same window")
@@ -488,6 +488,7 @@ class RolloutStatus(_Model):
     analysis: dict[str, Any] | None = Field(None, json_schema_extra={"type": "object", **PRESERVE})
     baseline_p99_ms: float | None = Field(None, description="the old version's p99 (ms) at the last check that "
                                           "measured it: the latency ratio's base once the old version answers nothing")
+    reason: str | None = Field(None, description="why a Failed rollout went back: RolledBack, Aborted, LoadFailed")
     command: str | None = Field(None, description="the last promote/abort command acted on (verb@generation)")
 
 

@@ -85,6 +85,7 @@ class State:
     message: str = ""
     analysis: dict[str, Any] = field(default_factory=dict)
     baseline_p99_ms: float | None = None  # the old version's p99 at the last check that measured it
+    reason: str = ""  # why it failed: RolledBack, Aborted, LoadFailed
 
     def as_status(self) -> dict[str, Any]:
         d = asdict(self)
@@ -92,7 +93,8 @@ class State:
                 "generation": d["generation"], "step": d["step"], "weight": d["weight"],
                 "stepStarted": d["step_started"], "lastCheck": d["last_check"],
                 "failedChecks": d["failed_checks"], "message": d["message"], "analysis": d["analysis"],
-                **({"baselineP99Ms": d["baseline_p99_ms"]} if d["baseline_p99_ms"] is not None else {})}
+                **({"baselineP99Ms": d["baseline_p99_ms"]} if d["baseline_p99_ms"] is not None else {}),
+                **({"reason": d["reason"]} if d["reason"] else {})}
 
     @staticmethod
     def from_status(s: dict[str, Any] | None) -> State | None:
@@ -103,7 +105,8 @@ class State:
                          int(s.get("step", -1)), int(s.get("weight", 0)), float(s.get("stepStarted", 0)),
                          float(s.get("lastCheck", 0)), int(s.get("failedChecks", 0)), str(s.get("message", "")),
                          dict(s.get("analysis") or {}),
-                         None if s.get("baselineP99Ms") is None else float(s["baselineP99Ms"]))
+                         None if s.get("baselineP99Ms") is None else float(s["baselineP99Ms"]),
+                         str(s.get("reason") or ""))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -245,5 +248,5 @@ def _promote(s: State, now: float, why: str) -> Outcome:
 
 
 def _rollback(s: State, now: float, reason: str, message: str) -> Outcome:
-    s = replace(s, phase=FAILED, weight=0, message=message)
+    s = replace(s, phase=FAILED, weight=0, message=message, reason=reason)
     return _out(s, ("Warning", reason, message))

@@ -133,7 +133,7 @@ def rollout_conditions(conds: list[Obj], rollout: Obj, generation: int) -> list[
         return [_condition(c["type"], True, "RolloutProgressing", message, generation)
                 if c["type"] in ("Progressing", "Reconciling") else c for c in conds]
     if phase == "Failed":
-        reason = "Aborted" if "aborted" in message else "LoadFailed" if "did not load" in message else "RolledBack"
+        reason = str(rollout.get("reason") or "RolledBack")
         return [_condition(c["type"], True, reason, message, generation) if c["type"] in ("Degraded", "Stalled") else c
                 for c in conds]
     return conds
