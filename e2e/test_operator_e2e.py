@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -42,7 +43,9 @@ def test_create_update_delete(cluster: Cluster, namespace: str, operator: Operat
     h0 = dep["spec"]["template"]["metadata"]["annotations"][HASH]
     gen = cluster.patch_spec(namespace, "hp2", {"versionLabels": {"stable": 123, "current": 123}})
     wait_for(lambda: reconciled(cluster, namespace, "hp2", gen), READY_TIMEOUT, "labels")
-    assert 'key: "current"' in cluster.get("v1", "ConfigMap", namespace, "hp2-config")["data"]["models.config"]
+    # labels live in routing.json beside TF Serving's unchanged models.config (and are pushed to the pods)
+    routing = json.loads(cluster.get("v1", "ConfigMap", namespace, "hp2-config")["data"]["routing.json"])
+    assert routing["models"]["half_plus_two"]["labels"] == {"current": 123, "stable": 123}
     assert cluster.get("apps/v1", "Deployment", namespace, "hp2")["spec"]["template"]["metadata"]["annotations"][HASH] == h0
     for patch in ({"batching": {"maxBatchSize": 8}}, {"resources": {"memory": "600Mi"}}, {"replicas": 2}):
         gen = cluster.patch_spec(namespace, "hp2", patch)
