@@ -68,6 +68,17 @@ def command_of(body: Obj) -> str:
     return str(((body.get("metadata") or {}).get("annotations") or {}).get(COMMAND_ANNOTATION) or "")
 
 
+def command_for(body: Obj, previous: Obj, generation: int) -> str:
+    """The promote/abort verb to act on now: the annotation's `<verb>@<generation>`, when it was
+    given for this rollout's spec generation and not acted on yet (a command left from an earlier
+    rollout never acts on a later one)."""
+    command = command_of(body)
+    verb, _, gen = command.partition("@")
+    if not command or command == ((previous.get("rollout") or {}).get("command")) or gen != str(generation):
+        return ""
+    return verb
+
+
 def in_force_stable(previous: Obj) -> int | None:
     labels = ((previous.get("routing") or {}).get("labels")) or {}
     return int(labels["stable"]) if "stable" in labels else None
@@ -119,8 +130,7 @@ def step(spec: api.ModelDeploymentSpec, body: Obj, pods: Sequence[traffic.PodRep
         state, events = out.state, out.events
     else:
         return Step(None, None)  # nothing to roll out (first deployment, or the stable version is in force)
-    command = command_of(body)
-    verb = command.partition("@")[0] if command and command != previous.get("rollout", {}).get("command") else ""
+    verb = command_for(body, previous, state.generation)
     ready, failed = candidate(pods, state.to_version)
     check = None
     if measured is not None and rollout.check_due(plan, state, now):

@@ -213,3 +213,13 @@ def test_promote_and_abort_commands_are_acted_on_once() -> None:
         assert rollouts.status_of(out.state, b)["command"] == f"{verb}@2"
         b["status"]["rollout"] = {**running.as_status(), "command": f"{verb}@2"}  # already acted on
         assert rollouts.step(plan_mod.parse_spec(b), b, pods, None, 5).state.phase == PROGRESSING
+
+
+def test_a_command_left_from_an_earlier_rollout_does_not_act_on_a_later_one() -> None:
+    from modeldeploy import api, rollouts
+
+    b = {"metadata": {"annotations": {api.ROLLOUT_COMMAND_ANNOTATION: "promote@2"}}}
+    assert rollouts.command_for(b, {}, 2) == "promote"
+    assert rollouts.command_for(b, {"rollout": {"command": "promote@2"}}, 2) == ""  # acted on already
+    assert rollouts.command_for(b, {}, 5) == ""  # status cleared since, a new rollout of generation 5
+    assert rollouts.command_for({"metadata": {}}, {}, 2) == ""
