@@ -81,8 +81,14 @@ def reconcile(ctx: OperatorContext, namespace: str, name: str) -> float | None:
     if isinstance(a, api.ModelDeploymentSpec) and a.autoscaling and a.autoscaling.mode == api.AutoscalingMode.operator:
         after = min(after, float(a.autoscaling.interval_seconds))  # the autoscaler's next evaluation
     latest = ctx.cache.get(api.KIND, namespace, name) or body
-    if ((latest.get("status") or {}).get("rollout") or {}).get("phase") in ("Progressing", "Promoting"):
-        after = min(after, ctx.traffic_recheck_seconds)  # a rollout steps and checks on time
+    state = rollout.State.from_status((latest.get("status") or {}).get("rollout"))
+    if isinstance(a, api.ModelDeploymentSpec) and a.rollout is not None and state is not None:
+        # a rollout checks on time; while it loads the new version or promotes, it looks again soon
+        due = rollout.seconds_to_next_check(rollouts.plan_of(a.rollout), state, time.time())
+        if due is not None:
+            after = min(after, max(due, ctx.traffic_recheck_seconds))
+        elif state.phase in (rollout.PROGRESSING, rollout.PROMOTING):
+            after = min(after, ctx.traffic_recheck_seconds)
     return after
 
 

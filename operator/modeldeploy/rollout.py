@@ -242,6 +242,13 @@ def check_due(plan: Plan, s: State, now: float) -> bool:
             and now - s.step_started >= plan.window)
 
 
+def seconds_to_next_check(plan: Plan, s: State, now: float) -> float | None:
+    """When the next check falls due (0: now); None when no check is pending (not stepping)."""
+    if s.phase != PROGRESSING or s.step < 0:
+        return None
+    return max(0.0, s.last_check + plan.interval_seconds - now, s.step_started + plan.window - now)
+
+
 def _promote(s: State, now: float, why: str) -> Outcome:
     s = replace(s, phase=PROMOTING, weight=100, message=f"promoting version {s.to_version}: {why}")
     return _out(s, ("Normal", "RolloutPromoting", s.message))

@@ -223,3 +223,16 @@ def test_a_command_left_from_an_earlier_rollout_does_not_act_on_a_later_one() ->
     assert rollouts.command_for(b, {"rollout": {"command": "promote@2"}}, 2) == ""  # acted on already
     assert rollouts.command_for(b, {}, 5) == ""  # status cleared since, a new rollout of generation 5
     assert rollouts.command_for({"metadata": {}}, {}, 2) == ""
+
+
+def test_the_next_check_is_due_after_the_interval_and_a_whole_window() -> None:
+    from modeldeploy.rollout import seconds_to_next_check
+
+    plan = Plan((5, 100), step_seconds=60, interval_seconds=20, max_error_rate=0.01, max_latency_ratio=1.2,
+                min_requests=100, window_seconds=30)
+    loading = start(3, 4, 9, 0).state
+    assert seconds_to_next_check(plan, loading, 0) is None  # no check while the new version loads
+    s = advance(plan, loading, 100, candidate_ready=True).state
+    assert seconds_to_next_check(plan, s, 100) == 30 and seconds_to_next_check(plan, s, 140) == 0
+    s = advance(plan, s, 130, candidate_ready=True, check=evaluate(plan, GOOD, OLD)).state
+    assert seconds_to_next_check(plan, s, 130) == 20
