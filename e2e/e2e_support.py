@@ -117,6 +117,21 @@ class Cluster:
         out = self.kube.request("POST", f"/api/v1/namespaces/{ns}/services/{service}:http/proxy/{path}", body=body, timeout=timeout)
         return list(out["predictions"])
 
+    def prometheus(self) -> str:
+        """The Prometheus that scrapes this cluster's model-server pods: the local cluster's own (it
+        always starts one, so a missing one is a failure), or E2E_PROMETHEUS_URL on a real cluster
+        (without it, the scenarios that need Prometheus are skipped, saying so)."""
+        import pytest
+
+        if self.local is not None:
+            url = self.local.get("prometheus")
+            assert url, f"the local cluster recorded no Prometheus: {self.local}"
+            return str(url)
+        url = os.environ.get("E2E_PROMETHEUS_URL", "")
+        if not url:
+            pytest.skip("needs a Prometheus scraping the cluster's pods: set E2E_PROMETHEUS_URL")
+        return url
+
     def service_url(self, ns: str, service: str, port: str = "http") -> str:
         svc = self.get("v1", "Service", ns, service) or {}
         ports = json.loads(((svc.get("metadata") or {}).get("annotations") or {}).get(SERVICE_PORTS_ANNOTATION) or "{}")
@@ -278,27 +293,54 @@ def half_plus_two(name: str, ns: str, **spec: Any) -> dict:
     return {"apiVersion": MD_API, "kind": "ModelDeployment", "metadata": {"name": name, "namespace": ns}, "spec": body}
 
 
-class Load:
-    """Continuous REST predictions through a Service from a few threads; counts what failed."""
+class ClientThreads:
+    """Client threads sending requests back to back until the `with` block ends. A subclass gives
+    `request(i, conn)` (one request from thread `i`; it raises on anything wrong) and may give
+    `connect(i)` (what thread `i` keeps between requests: a session, a channel; closed at the end).
+    `ok` counts the requests that succeeded; every failure is kept with the time it was sent."""
 
-    def __init__(self, cluster: Cluster, ns: str, service: str, model: str, threads: int = 3):
-        self.cluster, self.ns, self.service, self.model = cluster, ns, service, model
-        self.ok, self.failures = 0, []  # type: ignore[var-annotated]
+    def __init__(self, threads: int, join_timeout: float = 60):
+        self.ok = 0
+        self._failed: list[tuple[float, str]] = []  # (monotonic time the request was sent, what failed)
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
         self._lock = threading.Lock()
+        self._join_timeout = join_timeout
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                assert self.cluster.predict(self.ns, self.service, self.model, [1.0, 2.0]) == [2.5, 3.0]
-                with self._lock:
-                    self.ok += 1
-            except Exception as exc:  # noqa: BLE001 - every failure is what the scenario counts
-                with self._lock:
-                    self.failures.append(f"{time.strftime('%H:%M:%S')} {type(exc).__name__}: {exc}")
+    def connect(self, i: int) -> Any:
+        return None
 
-    def __enter__(self) -> Load:
+    def request(self, i: int, conn: Any) -> None:
+        raise NotImplementedError
+
+    def _run(self, i: int) -> None:
+        conn = self.connect(i)
+        try:
+            while not self._stop.is_set():
+                sent = time.monotonic()
+                try:
+                    self.request(i, conn)
+                except Exception as exc:  # noqa: BLE001 - every failure is what the scenario counts
+                    with self._lock:
+                        self._failed.append((sent, f"{time.strftime('%H:%M:%S')} {type(exc).__name__}: {exc}"))
+                else:
+                    with self._lock:
+                        self.ok += 1
+        finally:
+            if conn is not None and hasattr(conn, "close"):
+                conn.close()
+
+    @property
+    def failures(self) -> list[str]:
+        with self._lock:
+            return [f for _t, f in self._failed]
+
+    def failures_since(self, t0: float) -> list[str]:
+        """The failures of requests sent at or after `t0` (time.monotonic())."""
+        with self._lock:
+            return [f for t, f in self._failed if t >= t0]
+
+    def __enter__(self) -> Any:
         for t in self._threads:
             t.start()
         return self
@@ -306,4 +348,15 @@ class Load:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         for t in self._threads:
-            t.join(30)
+            t.join(self._join_timeout)
+
+
+class Load(ClientThreads):
+    """Continuous REST predictions through a Service from a few threads; counts what failed."""
+
+    def __init__(self, cluster: Cluster, ns: str, service: str, model: str, threads: int = 3):
+        super().__init__(threads, join_timeout=30)
+        self.cluster, self.ns, self.service, self.model = cluster, ns, service, model
+
+    def request(self, i: int, conn: Any) -> None:
+        assert self.cluster.predict(self.ns, self.service, self.model, [1.0, 2.0]) == [2.5, 3.0]

@@ -13,47 +13,35 @@ a call the server runs inline on its event loop is never seen in flight by a scr
 
 from __future__ import annotations
 
-import threading
 import time
+from typing import Any
 
 import pytest
 import requests
-from e2e_support import READY_TIMEOUT, Cluster, OperatorProcess, condition, half_plus_two, wait_for
+from e2e_support import (
+    READY_TIMEOUT,
+    ClientThreads,
+    Cluster,
+    OperatorProcess,
+    condition,
+    half_plus_two,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
 
-class Clients:
+class Clients(ClientThreads):
     """`n` clients, each sending predictions through the Service back to back (a connection each)."""
 
     def __init__(self, cluster: Cluster, ns: str, service: str, n: int):
+        super().__init__(n)
         self.url = f"{cluster.service_url(ns, service)}/v1/models/half_plus_two:predict"
-        self.ok, self.failures = 0, []  # type: ignore[var-annotated]
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                r = requests.post(self.url, json={"instances": [1.0, 2.0]}, timeout=30)
-                r.raise_for_status()
-                assert r.json() == {"predictions": [2.5, 3.0]}
-                with self._lock:
-                    self.ok += 1
-            except Exception as exc:  # noqa: BLE001 - every failure counts
-                with self._lock:
-                    self.failures.append(f"{time.strftime('%H:%M:%S')} {type(exc).__name__}: {exc}")
-
-    def __enter__(self) -> Clients:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(60)
+    def request(self, i: int, conn: Any) -> None:
+        r = requests.post(self.url, json={"instances": [1.0, 2.0]}, timeout=30)
+        r.raise_for_status()
+        assert r.json() == {"predictions": [2.5, 3.0]}
 
 
 def ready_pods(cluster: Cluster, ns: str, name: str) -> int:
@@ -63,9 +51,7 @@ def ready_pods(cluster: Cluster, ns: str, name: str) -> int:
 
 def test_replicas_follow_the_load_and_scale_down_fails_nothing(cluster: Cluster, namespace: str,
                                                                operator: OperatorProcess) -> None:
-    prometheus = (cluster.local or {}).get("prometheus")
-    if not prometheus:
-        pytest.skip("needs the local cluster's Prometheus (or give one to spec.autoscaling.prometheus)")
+    prometheus = cluster.prometheus()
     cluster.create(half_plus_two("auto", namespace, autoscaling={
         "mode": "operator", "minReplicas": 1, "maxReplicas": 3, "metric": "inFlightRequests", "target": 1.5,
         "intervalSeconds": 2, "windowSeconds": 10, "prometheus": {"url": prometheus},

@@ -12,13 +12,12 @@ table send it to different labels: the pod answers by the new table exactly when
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import Any
 
 import pytest
 import requests
-from e2e_support import MD_API, READY_TIMEOUT, Cluster, OperatorProcess, condition, wait_for
+from e2e_support import MD_API, READY_TIMEOUT, ClientThreads, Cluster, OperatorProcess, condition, wait_for
 from modelserver.routing import bucket
 
 pytestmark = pytest.mark.e2e
@@ -56,64 +55,55 @@ def settled(cluster: Cluster, ns: str, name: str, pods: int) -> dict | None:
     return obj
 
 
-class MixedLoad:
-    """Unlabelled predictions through the Service: 2 REST threads (a connection per request) and 2
-    gRPC threads (one channel each); every answer's version and every failure recorded."""
+class GrpcClient:
+    """One gRPC channel to a Service, sending the same Predict of [1, 2] with TF Serving's stubs."""
 
-    def __init__(self, cluster: Cluster, ns: str, service: str):
-        self.cluster, self.ns, self.service = cluster, ns, service
-        self.versions: dict[int, int] = {}
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=f, daemon=True) for f in (self._rest, self._rest, self._grpc, self._grpc)]
-
-    def _record(self, version: int, answer: list[float]) -> None:
-        with self._lock:
-            if ANSWERS.get(version) != [round(a, 4) for a in answer]:
-                self.failures.append(f"version {version} answered {answer}")
-            self.versions[version] = self.versions.get(version, 0) + 1
-
-    def _rest(self) -> None:
-        url = f"{self.cluster.service_url(self.ns, self.service)}/v1/models/{MODEL}:predict"
-        while not self._stop.is_set():
-            try:
-                r = requests.post(url, json={"instances": [1.0, 2.0]}, timeout=10)
-                r.raise_for_status()
-                self._record(int(r.headers["X-Model-Version"]), r.json()["predictions"])
-            except Exception as exc:  # noqa: BLE001 - every failure is what the scenario counts
-                with self._lock:
-                    self.failures.append(f"{time.strftime('%H:%M:%S')} REST {type(exc).__name__}: {exc}")
-
-    def _grpc(self) -> None:
+    def __init__(self, target: str):
         import grpc
         import numpy as np
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-        target = self.cluster.service_url(self.ns, self.service, "grpc").removeprefix("http://")
-        with grpc.insecure_channel(target) as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            req = predict_pb2.PredictRequest()
-            req.model_spec.name = MODEL
-            req.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([1.0, 2.0], np.float32)))
-            while not self._stop.is_set():
-                try:
-                    out = stub.Predict(req, 10.0)
-                    self._record(out.model_spec.version.value, list(out.outputs["y"].float_val))
-                except Exception as exc:  # noqa: BLE001
-                    with self._lock:
-                        self.failures.append(f"{time.strftime('%H:%M:%S')} gRPC {type(exc).__name__}: {exc}")
+        self._channel = grpc.insecure_channel(target)
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._req = predict_pb2.PredictRequest()
+        self._req.model_spec.name = MODEL
+        self._req.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([1.0, 2.0], np.float32)))
 
-    def __enter__(self) -> MixedLoad:
-        for t in self._threads:
-            t.start()
-        return self
+    def predict(self) -> Any:
+        return self._stub.Predict(self._req, 10.0)
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
+    def close(self) -> None:
+        self._channel.close()
+
+
+class MixedLoad(ClientThreads):
+    """Unlabelled predictions through the Service: 2 REST threads (a connection per request) and 2
+    gRPC threads (one channel each); every answer's version and every failure recorded."""
+
+    def __init__(self, cluster: Cluster, ns: str, service: str):
+        super().__init__(4, join_timeout=30)
+        self.cluster, self.ns, self.service = cluster, ns, service
+        self.versions: dict[int, int] = {}
+        self._url = f"{cluster.service_url(ns, service)}/v1/models/{MODEL}:predict"
+
+    def _record(self, version: int, answer: list[float]) -> None:
+        with self._lock:
+            self.versions[version] = self.versions.get(version, 0) + 1
+        if ANSWERS.get(version) != [round(a, 4) for a in answer]:
+            raise AssertionError(f"version {version} answered {answer}")
+
+    def connect(self, i: int) -> Any:
+        return None if i < 2 else GrpcClient(self.cluster.service_url(self.ns, self.service, "grpc").removeprefix("http://"))
+
+    def request(self, i: int, conn: Any) -> None:
+        if conn is None:  # REST
+            r = requests.post(self._url, json={"instances": [1.0, 2.0]}, timeout=10)
+            r.raise_for_status()
+            self._record(int(r.headers["X-Model-Version"]), r.json()["predictions"])
+        else:
+            out = conn.predict()
+            self._record(out.model_spec.version.value, list(out.outputs["y"].float_val))
 
     @property
     def answered(self) -> int:

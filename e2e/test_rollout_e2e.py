@@ -9,13 +9,12 @@ scraping real model-server pods, short steps (seconds):
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import Any
 
 import pytest
 import requests
-from e2e_support import MD_API, READY_TIMEOUT, Cluster, OperatorProcess, condition, wait_for
+from e2e_support import MD_API, READY_TIMEOUT, ClientThreads, Cluster, OperatorProcess, condition, wait_for
 
 pytestmark = pytest.mark.e2e
 MODEL = "rollout"
@@ -31,49 +30,33 @@ def rollout_md(name: str, ns: str, prometheus: str) -> dict:
                                  "failureThreshold": 2}}}}
 
 
-class Traffic:
+class Traffic(ClientThreads):
     """Two clients sending unlabelled predictions, one in five with x = 150 (which version 3 refuses);
     every answer's version, and every failure, with the time the request was sent."""
 
     def __init__(self, cluster: Cluster, ns: str, service: str):
+        super().__init__(2)
         self.url = f"{cluster.service_url(ns, service)}/v1/models/{MODEL}:predict"
         self.answers: list[tuple[float, int]] = []
-        self.failures: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(2)]
+        self._sent = [0, 0]  # requests per thread
 
-    def _run(self, seed: int) -> None:
-        n = seed
-        with requests.Session() as s:
-            while not self._stop.is_set():
-                n += 1
-                x = 150.0 if n % 5 == 0 else 2.0
-                sent = time.monotonic()  # requests are judged by when they were sent
-                try:
-                    r = s.post(self.url, json={"instances": [x]}, timeout=30)
-                    with self._lock:
-                        if r.status_code == 200:
-                            self.answers.append((sent, int(r.headers["X-Model-Version"])))
-                        else:
-                            self.failures.append((sent, f"{r.status_code} v{r.headers.get('X-Model-Version')}"))
-                except requests.RequestException as exc:
-                    with self._lock:
-                        self.failures.append((sent, repr(exc)))
+    def connect(self, i: int) -> Any:
+        return requests.Session()
 
-    def __enter__(self) -> Traffic:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(60)
+    def request(self, i: int, conn: Any) -> None:
+        self._sent[i] += 1
+        x = 150.0 if (self._sent[i] + i) % 5 == 0 else 2.0
+        sent = time.monotonic()  # requests are judged by when they were sent
+        r = conn.post(self.url, json={"instances": [x]}, timeout=30)
+        if r.status_code != 200:
+            raise RuntimeError(f"{r.status_code} v{r.headers.get('X-Model-Version')}")
+        with self._lock:
+            self.answers.append((sent, int(r.headers["X-Model-Version"])))
 
     def since(self, t0: float) -> tuple[list[int], list[str]]:
         with self._lock:
-            return [v for t, v in self.answers if t >= t0], [f for t, f in self.failures if t >= t0]
+            versions = [v for t, v in self.answers if t >= t0]
+        return versions, self.failures_since(t0)
 
 
 def rollout_status(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
@@ -104,9 +87,7 @@ def roll(cluster: Cluster, ns: str, name: str, to: int, traffic: Traffic, end: s
 
 def test_a_healthy_version_is_promoted_and_bad_ones_are_rolled_back(cluster: Cluster, namespace: str,
                                                                     operator: OperatorProcess) -> None:
-    prometheus = (cluster.local or {}).get("prometheus")
-    if not prometheus:
-        pytest.skip("needs the local cluster's Prometheus")
+    prometheus = cluster.prometheus()
     cluster.create(rollout_md("prog", namespace, prometheus))
     wait_for(lambda: condition(cluster.md(namespace, "prog"), "Ready").get("status") == "True", READY_TIMEOUT, "Ready")
     with Traffic(cluster, namespace, "prog") as traffic:
@@ -139,9 +120,7 @@ def test_a_healthy_version_is_promoted_and_bad_ones_are_rolled_back(cluster: Clu
 
 
 def test_the_rollout_state_survives_an_operator_restart(cluster: Cluster, namespace: str, operator: OperatorProcess) -> None:
-    prometheus = (cluster.local or {}).get("prometheus")
-    if not prometheus:
-        pytest.skip("needs the local cluster's Prometheus")
+    prometheus = cluster.prometheus()
     doc = rollout_md("restart", namespace, prometheus)
     doc["spec"]["rollout"]["stepSeconds"] = 6
     cluster.create(doc)
