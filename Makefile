@@ -13,10 +13,10 @@ APT_PACKAGES := prometheus wrk libb64-0d
 
 setup: $(STAMP) system-deps
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml dev/pyproject.toml
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[server,operator,dev]'
+	$(PIP) install -q -e '.[server,operator,dev]' -e ./dev
 	touch $(STAMP)
 
 # Installs the Debian packages above when they are missing (needs root or sudo; skipped otherwise).
@@ -33,8 +33,8 @@ system-deps:
 DEMO_CONFIG := demo_models/models.config
 DEMO_WARMUP := $(foreach v,1 2,demo_models/two_versions/$(v)/assets.extra/tf_serving_warmup_requests)
 
-$(DEMO_CONFIG): $(STAMP) server_image/modelserver/demo.py
-	$(PY) -m modelserver.demo --out demo_models
+$(DEMO_CONFIG): $(STAMP) dev/demomodels/__init__.py
+	$(PY) -m demomodels --out demo_models
 
 demo_models/two_versions/%/assets.extra/tf_serving_warmup_requests: $(DEMO_CONFIG)
 	$(VENV)/bin/modeldeploy warmup demo_models/two_versions/$* --batch_sizes 1,2,4,8,16,32,64,128
@@ -45,7 +45,7 @@ demo-models: setup $(DEMO_CONFIG) $(DEMO_WARMUP)
 # agent running pods as model-server processes, Services on 127.0.0.1, Prometheus; then the canary
 # example (examples/local-canary.yaml). Ctrl-C stops everything. See README, "Local cluster".
 run: demo-models
-	PYTHONPATH=e2e $(PY) -m localcluster --state-dir .localcluster --mount /models=$(CURDIR)/demo_models --example examples/local-canary.yaml
+	$(PY) -m localcluster --state-dir .localcluster --mount /models=$(CURDIR)/demo_models --example examples/local-canary.yaml
 
 # The model server alone on the demo models (gRPC :8500, REST :8501).
 serve: demo-models
@@ -73,7 +73,7 @@ lint: setup
 
 # Generates crds/ from the pydantic models and copies them into the chart (tests check both copies).
 crds: setup
-	$(PY) -m modeldeploy.crdgen --out crds
+	$(PY) -m modeldeploy.api.crdgen --out crds
 	mkdir -p helm/modeldeploy/crds && cp crds/*.yaml helm/modeldeploy/crds/
 
 chart: crds

@@ -5,13 +5,13 @@ request perf_analyzer sends: tensor_content, serving_default), each in a tight l
 several repeats (so that a busy machine disturbs it little):
 
 - parse: PredictRequest.FromString (grpc's deserializer)
-- convert: request tensors -> numpy (modelserver.proto_api.predict_inputs)
-- validate: modelserver.servable.validate_inputs
+- convert: request tensors -> numpy (modelserver.protocol.proto_api.predict_inputs)
+- validate: modelserver.core.servable.validate_inputs
 - model: Signature.run (the signature's prepared session callable, after its first calls chose
   the calling thread or the inter-op pool), batch 1
 - respond: PredictResponse with model_spec and outputs (filled in place, as proto_api.predict)
 - serialize: PredictResponse.SerializeToString
-- predict(): modelserver.proto_api.predict end to end on an inline data plane (convert +
+- predict(): modelserver.protocol.proto_api.predict end to end on an inline data plane (convert +
   validate + model + respond), under asyncio
 - signature call: `tf.saved_model.load(dir).signatures["serving_default"](x=...)`, TF2's own
   keyword call (how the server called TF2 models before it loaded them into sessions)
@@ -55,7 +55,7 @@ def best_us(fn: Callable[[], Any], n: int, repeats: int = 5) -> float:
 
 def request_bytes(model: str) -> bytes:
     import numpy as np
-    from modelserver.tensors import to_tensor_proto
+    from modelserver.core.tensors import to_tensor_proto
     from tensorflow_serving.apis import predict_pb2
 
     x = np.full((1, 784), 0.5, np.float32) if model == "mlp" else np.array([1.0], np.float32)
@@ -67,12 +67,12 @@ def request_bytes(model: str) -> bytes:
 
 def measure(model_dir: Path, model: str, n: int) -> dict[str, float]:
     import tensorflow as tf
-    from modelserver import proto_api
-    from modelserver.context import RequestContext
-    from modelserver.dataplane import DataPlane
-    from modelserver.runner import InlineRunner
-    from modelserver.servable import load_servable, validate_inputs
-    from modelserver.tensors import fill_tensor_proto
+    from modelserver.core.dataplane import DataPlane
+    from modelserver.core.request_context import RequestContext
+    from modelserver.core.runner import InlineRunner
+    from modelserver.core.servable import load_servable, validate_inputs
+    from modelserver.core.tensors import fill_tensor_proto
+    from modelserver.protocol import proto_api
     from tensorflow_serving.apis import predict_pb2
 
     servable = load_servable(model, 1, model_dir)
@@ -137,12 +137,13 @@ def handler_costs(model: str, servable: Any, raw: bytes, n: int) -> tuple[float,
     """(µs per request of the gRPC handler alone, µs of loop CPU per request with 32 handlers
     batched), both with the model answering a constant (see the module docstring)."""
     import numpy as np
-    from modelserver import grpc_service, metrics
-    from modelserver.batching import batcher_for, load_batching_parameters
-    from modelserver.config import load_monitoring_config
-    from modelserver.flags import parse_args
-    from modelserver.runner import InlineRunner
-    from modelserver.server_state import ServerState
+    from modelserver.batching.scheduler import batcher_for, load_batching_parameters
+    from modelserver.config.flags import parse_args
+    from modelserver.config.model_config import load_monitoring_config
+    from modelserver.core.runner import InlineRunner
+    from modelserver.core.state import ServerState
+    from modelserver.observability import metrics
+    from modelserver.protocol import grpc_service
     from tensorflow_serving.apis import predict_pb2
 
     class OneModel:  # the manager's hot-path queries, for one servable
@@ -209,7 +210,7 @@ def handler_costs(model: str, servable: Any, raw: bytes, n: int) -> tuple[float,
 
 
 def proto_inputs(sig: Any, req: Any) -> Any:
-    from modelserver import proto_api
+    from modelserver.protocol import proto_api
 
     return proto_api.predict_inputs(sig, req)
 

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.loader == "session":
         from pathlib import Path
 
-        from modelserver.servable import SessionBundle, read_meta_graph
+        from modelserver.core.servable import SessionBundle, read_meta_graph
 
         sdef = read_meta_graph(Path(args.model_dir)).signature_def["serving_default"]
         call = SessionBundle(Path(args.model_dir), ("serve",)).callable_for(sdef)

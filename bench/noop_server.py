@@ -32,7 +32,7 @@ from tensorflow_serving.apis import (  # noqa: E402
 )
 
 # name -> (input name, input shape, output name, output shape); -1 is the batch dimension.
-# The same signatures as modelserver.demo's half_plus_two and mlp (serving_default).
+# The same signatures as demomodels's half_plus_two and mlp (serving_default).
 MODELS: dict[str, tuple[str, list[int], str, list[int]]] = {
     "half_plus_two": ("x", [-1], "y", [-1]),
     "mlp": ("x", [-1, 784], "probabilities", [-1, 10]),

@@ -1,6 +1,6 @@
 """`make bench`: one benchmark run, side by side on this machine, written to bench/RESULTS.md.
 
-1. tools (bench/setup.sh) and the two SavedModels (modelserver.demo: half_plus_two, MLP
+1. tools (bench/setup.sh) and the two SavedModels (demomodels: half_plus_two, MLP
    784→2048→2048→10) under bench/work/;
 2. the in-process limit (bench/inprocess.py) at batch 1, 32, 128;
 3. the no-op gRPC server (bench/noop_server.py): the limit of the setup;
@@ -58,11 +58,11 @@ TF_THREADS = 2
 
 
 def ensure_models(force: bool = False) -> Path:
-    """half_plus_two/1 and mlp/1 built by modelserver.demo (the same builders the tests use)."""
+    """half_plus_two/1 and mlp/1 built by demomodels (the same builders the tests use)."""
     done = MODELS / ".built"
     if done.exists() and not force:
         return MODELS
-    log("building the SavedModels (modelserver.demo)")
+    log("building the SavedModels (demomodels)")
     code = ("import sys; from modelserver import demo; "
             "demo.build_half_plus_two(sys.argv[1] + '/half_plus_two/1'); demo.build_mlp(sys.argv[1] + '/mlp/1')")
     subprocess.run([str(MAIN_PY), "-c", code, str(MODELS)], check=True, env=server_env(), capture_output=True)

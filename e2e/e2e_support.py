@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 from kubernetes import client, config
-from modeldeploy.kube import Kube, KubeError, path_for
+from modeldeploy.clients.kube import Kube, KubeError, path_for
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the generic test helpers (tests/support.py)

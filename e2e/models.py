@@ -1,5 +1,5 @@
 """The SavedModels the end-to-end scenarios serve: `python e2e/models.py OUT` writes what
-`make demo-models` writes for them (the demo builders of modelserver.demo), much faster:
+`make demo-models` writes for them (the demo builders of demomodels), much faster:
 
 - `OUT/half_plus_two/1` and `OUT/half_plus_two/123`: y = 0.5x + 2, no warmup file (123 as in TF
   Serving's own test data, which some scenarios pin with `versions: [123]`);
@@ -21,8 +21,9 @@ BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 
 def build(out: Path) -> Path:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import demomodels as demo
     import numpy as np
-    from modelserver import demo, warmup
+    from modelserver.warmup import replay as warmup
 
     demo.build_half_plus_two(out / "half_plus_two" / "1")
     demo.build_half_plus_two(out / "half_plus_two" / "123")
@@ -44,8 +45,8 @@ def build_rollout_versions(base: Path) -> None:
     """`rollout/1` (0.5x + 2) and `/2` (x + 3) are healthy; `/3` answers x + 3 but refuses inputs
     of 100 or more (INVALID_ARGUMENT), a share of real traffic; `/4` answers x + 3 slowly (a
     loop of matrix products per call, tens of milliseconds)."""
+    import demomodels as demo
     import tensorflow as tf
-    from modelserver import demo
 
     demo.build_half_plus_two(base / "1", a=0.5, b=2.0)
     demo.build_half_plus_two(base / "2", a=1.0, b=3.0)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 from e2e_support import MD_API, READY_TIMEOUT, ClientThreads, Cluster, OperatorProcess, condition, wait_for
-from modelserver.routing import bucket
+from modelserver.core.routing import bucket
 
 pytestmark = pytest.mark.e2e
 MODEL = "two_versions"  # version 1: 0.5x + 2, version 2: x + 3

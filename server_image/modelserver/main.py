@@ -20,20 +20,20 @@ from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import __version__
-from .batching import BatchingConfigError, BatchingOptions, load_batching_parameters
-from .config import (
+from modelserver import __version__
+from modelserver.batching.scheduler import BatchingConfigError, BatchingOptions, load_batching_parameters
+from modelserver.config.flags import Flags, ignored_combinations, parse_or_exit, unimplemented_given
+from modelserver.config.model_config import (
     ConfigError,
     ModelConfig,
     load_model_config_file,
     load_monitoring_config,
     single_model_config,
 )
-from .errors import ServingError
-from .flags import Flags, ignored_combinations, parse_or_exit, unimplemented_given
-from .pollers import apply_initial_routing, start_pollers
-from .tls import TlsConfig, load_ssl_config, server_credentials
-from .warmup_sources import load_plan
+from modelserver.core.errors import ServingError
+from modelserver.core.pollers import apply_initial_routing, start_pollers
+from modelserver.protocol.tls import TlsConfig, load_ssl_config, server_credentials
+from modelserver.warmup.sources import load_plan
 
 log = logging.getLogger("modelserver")
 
@@ -104,14 +104,15 @@ async def serve(flags: Flags, configs: list[ModelConfig], monitoring_config: obj
                 warmup_plan: object | None = None) -> int:
     import grpc
 
-    from . import metrics, tracing, warmup
-    from .batching import batcher_for
-    from .grpc_service import add_services, server_options
-    from .manager import Manager
-    from .rest import make_app
-    from .runner import DirectRunner
-    from .servable import SessionOptions
-    from .server_state import ServerState
+    from modelserver.batching.scheduler import batcher_for
+    from modelserver.core.manager import Manager
+    from modelserver.core.runner import DirectRunner
+    from modelserver.core.servable import SessionOptions
+    from modelserver.core.state import ServerState
+    from modelserver.observability import metrics, tracing
+    from modelserver.protocol.grpc_service import add_services, server_options
+    from modelserver.protocol.rest import make_app
+    from modelserver.warmup import replay as warmup
 
     loop = asyncio.get_running_loop()
     model_pool = ThreadPoolExecutor(flags.model_threads or os.cpu_count() or 2, thread_name_prefix="model")
@@ -162,7 +163,7 @@ async def serve(flags: Flags, configs: list[ModelConfig], monitoring_config: obj
         grpc_server = grpc.aio.server(options=options)
         add_services(grpc_server, state)
         if flags.enable_profiler:  # TensorBoard's profile capture, on the gRPC port as in TF Serving
-            from .profiler_service import add_service as add_profiler_service
+            from modelserver.observability.profiler import add_service as add_profiler_service
 
             add_profiler_service(grpc_server)
         grpc_host = f"[{host}]" if ":" in host else host
@@ -279,8 +280,8 @@ async def serve(flags: Flags, configs: list[ModelConfig], monitoring_config: obj
 def check_admin_and_routing_flags(flags: Flags) -> None:
     """A routing file that cannot be read or parsed, or an admin port without a usable token,
     is a start-up error (ConfigError), like any other config file."""
-    from .admin import TokenFile
-    from .routing import load_table
+    from modelserver.core.routing import load_table
+    from modelserver.protocol.admin import TokenFile
 
     if flags.routing_config_file:
         try:
@@ -302,7 +303,7 @@ async def start_admin(flags: Flags, manager: object) -> object | None:
         return None
     from aiohttp import web
 
-    from .admin import TokenFile, make_admin_app
+    from modelserver.protocol.admin import TokenFile, make_admin_app
 
     runner = web.AppRunner(make_admin_app(manager, TokenFile(flags.admin_token_file)),  # type: ignore[arg-type]
                            access_log=None)

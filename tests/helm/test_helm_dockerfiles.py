@@ -80,7 +80,7 @@ def test_operator_image_has_no_tensorflow_and_runs_the_operator() -> None:
     assert base.startswith("python:3.11") and "tensorflow" not in base
     (run,) = [a for a in args_of(OPERATOR, "RUN") if "pip install" in a]
     assert '"/src[operator]"' in run and "[server]" not in run
-    # the operator checks spec.server.extraArgs with modelserver.flags (pure Python, no TensorFlow)
+    # the operator checks spec.server.extraArgs with modelserver.config.flags (pure Python, no TensorFlow)
     assert any("server_image/modelserver" in a for a in args_of(OPERATOR, "COPY"))
     assert args_of(OPERATOR, "USER") == ["1000:1000"]
     assert json.loads(args_of(OPERATOR, "ENTRYPOINT")[0]) == ["modeldeploy", "operator"]

@@ -1,6 +1,6 @@
 """The monitoring assets query what model-server really exports, checked with a real Prometheus.
 
-model-server's own metrics module (`modelserver.metrics.ServerMetrics`) records synthetic traffic
+model-server's own metrics module (`modelserver.observability.metrics.ServerMetrics`) records synthetic traffic
 for two versions of a model (labels stable/canary, some errors, batches, a queue) and is served over
 loopback; Debian's `prometheus` scrapes it every second with the labels the chart's PodMonitor adds
 (namespace, pod, serving_modeldeploy_io_model_deployment) and evaluates the chart's recording rules.
@@ -37,7 +37,7 @@ METRICS_PATH = "/monitoring/prometheus/metrics"
 
 def _traffic(metrics: Any, round_no: int) -> None:
     """One deterministic round of requests: v3 (stable) and v4 (canary), gRPC and REST, a few errors."""
-    from modelserver.context import RequestContext
+    from modelserver.core.request_context import RequestContext
 
     plan = [
         # (version, label, protocol, status, seconds, queue seconds, repeat)
@@ -64,7 +64,7 @@ def _traffic(metrics: Any, round_no: int) -> None:
 @pytest.fixture(scope="module")
 def model_server_metrics() -> Iterator[str]:
     """A loopback endpoint serving model-server's real exposition; each scrape adds a round of traffic."""
-    from modelserver.metrics import CONTENT_TYPE, ServerMetrics
+    from modelserver.observability.metrics import CONTENT_TYPE, ServerMetrics
 
     metrics = ServerMetrics()
     metrics.add_queue_depth_source(lambda: {MD: 3})
@@ -315,7 +315,7 @@ def test_prometheus_adapter_rules_serve_every_autoscaling_metric(prometheus: str
 def test_prometheus_adapter_external_rules_serve_one_series_per_model_deployment(prometheus: str) -> None:
     """The External metrics the operator's HPAs use (autoscaling.mode hpa): each query groups by
     ModelDeployment itself and returns one finite series for the HPA's selector."""
-    from modeldeploy.scaling import external_metric_name
+    from modeldeploy.controller.scaling import external_metric_name
 
     cm = next(c for c in by_kind(objects(FULL_VALUES), "ConfigMap") if c["metadata"]["name"].endswith("-prometheus-adapter"))
     rules = yaml.safe_load(cm["data"]["config.yaml"])["externalRules"]

@@ -23,6 +23,6 @@ def test_the_wheel_contains_no_fakes_or_local_cluster(tmp_path: Path) -> None:
                    check=True, capture_output=True, timeout=300)
     (wheel,) = (tmp_path / "dist").glob("modeldeploy-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert any(n.startswith("modeldeploy/reconcile.py") for n in names)  # the wheel is the real one...
+    assert any(n.startswith("modeldeploy/controller/reconcile.py") for n in names)  # the wheel is the real one...
     offending = [n for n in names if "fake" in n.lower() or "testing" in n.split("/") or n.startswith("localcluster")]
     assert offending == []  # ...and ships no fake

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from localcluster import podspec, podstatus, probes
 from localcluster.podspec import Mount, PlanError
-from modeldeploy import api, render
+from modeldeploy.api import v1alpha1 as api
+from modeldeploy.decisions import render
 
 MOUNTS = [Mount("/config", "/state/pod/volumes/config", True), Mount("/models/m", "/data/m", True), Mount("/tmp", "/state/pod/volumes/tmp")]
 

@@ -65,11 +65,11 @@ def md(name: str, namespace: str, **spec: Any) -> dict:
 
 
 class RecordingKube:
-    """A stand-in for modeldeploy.kube.Kube in unit tests of the reconcile (no API server): it keeps
+    """A stand-in for modeldeploy.clients.kube.Kube in unit tests of the reconcile (no API server): it keeps
     the objects written, answers like the API server (resourceVersions, 404s) and records calls."""
 
     def __init__(self, claims: tuple[str, ...] = ("models",), reject: tuple[str, ...] = ()):
-        from modeldeploy.kube import KubeError
+        from modeldeploy.clients.kube import KubeError
 
         self.KubeError = KubeError
         self.claims, self.reject = set(claims), set(reject)  # PVCs that exist; kinds whose apply is refused (422)

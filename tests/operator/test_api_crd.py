@@ -11,7 +11,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from localcluster.fakeapi import ApiError, validate_custom
-from modeldeploy import api, crdgen
+from modeldeploy.api import crdgen
+from modeldeploy.api import v1alpha1 as api
 from operator_support import CRD_FILE, EXAMPLES, ROOT
 from pydantic import ValidationError
 
@@ -146,7 +147,7 @@ def test_readme_reference_lists_every_spec_field() -> None:
 
 @pytest.mark.parametrize("name", ["1model", "My-Model", "a.b", "x" * 64, "ends-"])
 def test_names_that_cannot_name_a_service_are_rejected(name: str) -> None:
-    from modeldeploy.reconcile import parse_spec
+    from modeldeploy.controller.reconcile import parse_spec
 
     obj = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": name}, "spec": {"model": PVC}}
     with pytest.raises(ApiError, match="DNS-1035"):

@@ -1,4 +1,4 @@
-"""The HPA algorithm (modeldeploy.autoscale) table-driven: tolerance, both stabilization windows,
+"""The HPA algorithm (modeldeploy.decisions.autoscale) table-driven: tolerance, both stabilization windows,
 rate limits, bounds, unready pods, missing/NaN/stale data, and a flapping load."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from modeldeploy.autoscale import (
+from modeldeploy.decisions.autoscale import (
     Behavior,
     Observation,
     Policy,

@@ -3,7 +3,7 @@ news, deletions, counts."""
 
 from __future__ import annotations
 
-from modeldeploy.cache import Cache
+from modeldeploy.controller.cache import Cache
 
 
 def obj(rv: str, kind: str = "Deployment", name: str = "m", **extra: object) -> dict:

@@ -36,8 +36,8 @@ def test_the_operator_never_imports_tensorflow() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, modeldeploy.handlers, modeldeploy.operator_main, modeldeploy.crdgen, modeldeploy.reconcile; "
-            "ok = {'modelserver', 'modelserver.flags', 'modelserver.contract'}; "  # pure Python: the flag parser (extraArgs), the ports and paths
+    code = ("import sys, modeldeploy.controller.handlers, modeldeploy.controller.run, modeldeploy.api.crdgen, modeldeploy.controller.reconcile; "
+            "ok = {'modelserver', 'modelserver.config', 'modelserver.config.flags', 'modelserver.contract'}; "  # pure Python: the flag parser (extraArgs), the ports and paths
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_serving', 'modelserver') and m not in ok); "
             "print(bad); sys.exit(1 if bad else 0)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -73,7 +73,7 @@ def _md_body(labels: dict[str, int] | None = None, traffic: int | None = None, p
      "roll back now"),
 ])
 def test_verbs_plan_the_patch_a_user_would_type(verb: str, body: dict, patch: dict, words: str) -> None:
-    from modeldeploy import verbs
+    from modeldeploy.cli import verbs
 
     got, what = verbs.plan_patch(verb, body)
     assert got == patch and words in what
@@ -84,7 +84,7 @@ def test_verbs_plan_the_patch_a_user_would_type(verb: str, body: dict, patch: di
     ("abort", _md_body({"stable": 3, "canary": 4}), "no rollout is in progress"),
 ])
 def test_verbs_refuse_what_they_cannot_do(verb: str, body: dict, words: str) -> None:
-    from modeldeploy import verbs
+    from modeldeploy.cli import verbs
 
     with pytest.raises(verbs.VerbError, match=words):
         verbs.plan_patch(verb, body)

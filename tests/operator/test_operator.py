@@ -15,7 +15,7 @@ from pathlib import Path
 import kubernetes_validate
 import yaml
 from localcluster.fakeapi import FakeKubeAPI
-from modeldeploy import render
+from modeldeploy.decisions import render
 from operator_support import (
     EXAMPLES,
     GROUP,

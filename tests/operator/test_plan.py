@@ -7,9 +7,9 @@ import copy
 from typing import Any
 
 import pytest
-from modeldeploy import plan, render
-from modeldeploy.plan import Event, Observed, Outcome
-from modeldeploy.status import Problem
+from modeldeploy.decisions import plan, render
+from modeldeploy.decisions.plan import Event, Observed, Outcome
+from modeldeploy.decisions.status import Problem
 
 DEFAULTS = render.Defaults()
 UID = "4b1a9e0e-1c55-4a8e-9d77-0c3a7d2b9f10"
@@ -179,7 +179,7 @@ def test_status_counts_the_deployment_as_the_apply_left_it() -> None:
 ])
 def test_warmup_requests_from_a_configmap_are_checked_before_anything_is_applied(
         configmap: dict | None, reason: str | None, words: str) -> None:
-    from modeldeploy import api
+    from modeldeploy.api import v1alpha1 as api
 
     ref = api.ConfigMapKey(name="w", key="k")
     problem = plan.warmup_requests_problem(ref, "ml", configmap)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from modeldeploy import reconcile, rollout
-from modeldeploy.context import OperatorContext
-from modeldeploy.status import Problem, Rollout, conditions_for, rollout_conditions
+from modeldeploy.controller import reconcile
+from modeldeploy.controller.context import OperatorContext
+from modeldeploy.decisions import rollout
+from modeldeploy.decisions.status import Problem, Rollout, conditions_for, rollout_conditions
 from operator_support import ROOT, RecordingKube
 
 ROLLOUTS = [

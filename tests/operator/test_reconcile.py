@@ -7,9 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from modeldeploy import plan, reconcile
-from modeldeploy.context import OperatorContext
-from modeldeploy.workqueue import Retry
+from modeldeploy.controller import reconcile
+from modeldeploy.controller.context import OperatorContext
+from modeldeploy.controller.workqueue import Retry
+from modeldeploy.decisions import plan
 from operator_support import RecordingKube
 
 UID = "9d0c7b2a-3e4f-4a5b-8c6d-7e8f9a0b1c2d"

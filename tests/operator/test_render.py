@@ -8,7 +8,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
-from modeldeploy import api, render, serverconfig
+from modeldeploy.api import v1alpha1 as api
+from modeldeploy.decisions import render, serverconfig
 from tensorflow_serving.config import model_server_config_pb2
 
 OWNER = render.Owner(name="clf", namespace="ml", uid="0b7c5a52-5f2e-4bb4-a2a5-3b7d1c0f0c11")
@@ -92,7 +93,7 @@ def test_models_config_specific_versions_and_labels() -> None:
 def test_routing_json_carries_labels_and_the_split_in_the_servers_format() -> None:
     import json
 
-    from modelserver.routing import parse_table
+    from modelserver.core.routing import parse_table
 
     s = spec(model={"name": "ranker", "storage": {"hostPath": {"path": "/m"}}, "versions": [3, 4]},
              versionLabels={"stable": 3, "canary": 4}, traffic={"canary": 10})
@@ -129,7 +130,7 @@ def test_batching_config_parses_as_batching_parameters() -> None:
 ])
 def test_every_batching_spec_the_operator_accepts_the_server_accepts(batching: dict[str, object]) -> None:
     """The operator's rules and the server's must agree, or an accepted spec crash-loops its pods."""
-    from modelserver.batching import parse_batching_parameters
+    from modelserver.batching.scheduler import parse_batching_parameters
 
     b = api.Batching(**batching)  # type: ignore[arg-type]
     options = parse_batching_parameters(serverconfig.batching_config(b))
@@ -156,7 +157,7 @@ def test_server_args_follow_the_spec() -> None:
 @pytest.mark.parametrize("extra", [[], ["--rest_api_timeout_in_ms=5000", "--tensorflow_intra_op_parallelism=2"],
                                    ["--enable_grpc_healthcheck_service"], ["--trace_sample_rate=10"]])
 def test_rendered_args_parse_with_the_servers_own_parser(extra: list[str]) -> None:
-    from modelserver.flags import parse_args
+    from modelserver.config.flags import parse_args
 
     s = spec(batching={}, server={"extraArgs": extra})
     assert serverconfig.args_problem(s) is None
@@ -168,7 +169,7 @@ def test_rendered_args_parse_with_the_servers_own_parser(extra: list[str]) -> No
 @pytest.mark.parametrize("grace", [1, 7, 30, 60, 3600])
 def test_the_drain_ends_before_the_grace_period_does(grace: int) -> None:
     """preStop pause + model-server's drain fit in terminationGracePeriodSeconds: no request is cut by SIGKILL."""
-    from modelserver.flags import parse_args
+    from modelserver.config.flags import parse_args
 
     s = spec(server={"terminationGracePeriodSeconds": grace})
     pod = kinds(render.render_all(s, OWNER))["Deployment"]["spec"]["template"]["spec"]
@@ -189,8 +190,8 @@ def test_the_drain_ends_before_the_grace_period_does(grace: int) -> None:
     (["--rest_api_timeout_in_ms"], "Missing value for flag --rest_api_timeout_in_ms"),
 ])
 def test_extra_args_the_server_would_refuse_are_an_invalid_spec(extra: list[str], says: str) -> None:
-    from modeldeploy.reconcile import parse_spec
-    from modeldeploy.status import Problem
+    from modeldeploy.controller.reconcile import parse_spec
+    from modeldeploy.decisions.status import Problem
 
     body = {"metadata": {"name": "clf"}, "spec": {"model": {"storage": {"hostPath": {"path": "/m"}}}, "server": {"extraArgs": extra}}}
     problem = parse_spec(body)
@@ -350,7 +351,7 @@ def test_autoscaling_pins_replicas_to_min_until_the_autoscaler_exists() -> None:
 def test_each_warmup_source_renders_what_the_server_reads(warmup: dict, flag: bool, doc: dict | None) -> None:
     import json
 
-    from modelserver.warmup_sources import parse_plan
+    from modelserver.warmup.sources import parse_plan
 
     objs = kinds(render.render_all(spec(warmup=warmup), OWNER))
     c = objs["Deployment"]["spec"]["template"]["spec"]["containers"][0]

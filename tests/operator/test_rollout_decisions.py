@@ -1,4 +1,4 @@
-"""The rollout state machine (modeldeploy.rollout) table-driven: advancing, the last step, no data,
+"""The rollout state machine (modeldeploy.decisions.rollout) table-driven: advancing, the last step, no data,
 NaN, too few requests, the latency ratio and absolute bound, the threshold, failures accumulating
 across steps, promote/abort commands, a version that fails to load, and a restart mid-step."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from modeldeploy.rollout import (
+from modeldeploy.decisions.rollout import (
     CANDIDATE_LABEL,
     FAILED,
     PROGRESSING,
@@ -121,7 +121,7 @@ def test_a_step_waits_for_its_split_to_be_live_everywhere() -> None:
 
 
 def test_split_live_reads_status_routing() -> None:
-    from modeldeploy.rollouts import split_live
+    from modeldeploy.controller.rollouts import split_live
 
     s = advance(PLAN, start(3, 4, 9, 0).state, 0, candidate_ready=True).state  # 5% to version 4
     table = {"labels": {"stable": 3, CANDIDATE_LABEL: 4, "other": 1}, "weights": {"stable": 95, CANDIDATE_LABEL: 5}}
@@ -166,9 +166,9 @@ def _md(generation: int, stable: int, status: dict | None = None) -> dict:
 
 
 def test_the_reconcile_glue_starts_resumes_and_retries() -> None:
-    from modeldeploy import plan as plan_mod
-    from modeldeploy import rollouts
-    from modeldeploy.traffic import PodReport
+    from modeldeploy.controller import rollouts
+    from modeldeploy.decisions import plan as plan_mod
+    from modeldeploy.decisions.traffic import PodReport
 
     routing = {"labels": {"stable": 3}, "weights": {"stable": 100}, "delivery": "Push", "livePods": 1, "readyPods": 1}
     pods = [PodReport("p0", versions={3: "AVAILABLE", 4: "AVAILABLE"})]
@@ -186,7 +186,7 @@ def test_the_reconcile_glue_starts_resumes_and_retries() -> None:
     held = step(b, 100)
     assert held.state.phase == FAILED and held.override == ({"stable": 3}, {"stable": 100}) and not held.events
     assert held.unload == {4} and first.unload == frozenset()
-    from modeldeploy import traffic
+    from modeldeploy.decisions import traffic
     spec = plan_mod.parse_spec(b)
     in_force = traffic.Table.from_status(routing)
     assert traffic.decide(spec, 2, in_force, pods, held.override, held.unload).load_versions == (3,)  # the new one goes
@@ -197,9 +197,10 @@ def test_the_reconcile_glue_starts_resumes_and_retries() -> None:
 
 
 def test_promote_and_abort_commands_are_acted_on_once() -> None:
-    from modeldeploy import api, rollouts
-    from modeldeploy import plan as plan_mod
-    from modeldeploy.traffic import PodReport
+    from modeldeploy.api import v1alpha1 as api
+    from modeldeploy.controller import rollouts
+    from modeldeploy.decisions import plan as plan_mod
+    from modeldeploy.decisions.traffic import PodReport
 
     pods = [PodReport("p0", versions={3: "AVAILABLE", 4: "AVAILABLE"})]
     running = State(PROGRESSING, 3, 4, 2, step=0, weight=50, step_started=0, last_check=0)
@@ -216,7 +217,8 @@ def test_promote_and_abort_commands_are_acted_on_once() -> None:
 
 
 def test_a_command_left_from_an_earlier_rollout_does_not_act_on_a_later_one() -> None:
-    from modeldeploy import api, rollouts
+    from modeldeploy.api import v1alpha1 as api
+    from modeldeploy.controller import rollouts
 
     b = {"metadata": {"annotations": {api.ROLLOUT_COMMAND_ANNOTATION: "promote@2"}}}
     assert rollouts.command_for(b, {}, 2) == "promote"
@@ -226,7 +228,7 @@ def test_a_command_left_from_an_earlier_rollout_does_not_act_on_a_later_one() ->
 
 
 def test_the_next_check_is_due_after_the_interval_and_a_whole_window() -> None:
-    from modeldeploy.rollout import seconds_to_next_check
+    from modeldeploy.decisions.rollout import seconds_to_next_check
 
     plan = Plan((5, 100), step_seconds=60, interval_seconds=20, max_error_rate=0.01, max_latency_ratio=1.2,
                 min_requests=100, window_seconds=30)

@@ -1,4 +1,4 @@
-"""Autoscaling between the algorithm and the reconcile (modeldeploy.scaling), and the HPA it renders:
+"""Autoscaling between the algorithm and the reconcile (modeldeploy.controller.scaling), and the HPA it renders:
 operator mode decides from a measurement and keeps its history in status, holds without data, and
 undoes a hand edit between evaluations; HPA mode leaves replicas to a valid autoscaling/v2 HPA."""
 
@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import kubernetes_validate
 import pytest
-from modeldeploy import api, render, scaling
+from modeldeploy.api import v1alpha1 as api
+from modeldeploy.controller import scaling
+from modeldeploy.decisions import render
 
 OWNER = render.Owner(name="clf", namespace="ml", uid="u")
 

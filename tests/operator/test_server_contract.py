@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 import requests
 from localcluster.fakeapi import FakeKubeAPI
-from modeldeploy import api, modelstatus, render, serverconfig
+from modeldeploy.api import v1alpha1 as api
+from modeldeploy.clients import modelstatus
+from modeldeploy.decisions import render, serverconfig
 from operator_support import GROUP, PLURAL, ROOT, OperatorProcess, make_namespace, md
 from support import condition, free_port, wait_for
 
@@ -40,7 +42,7 @@ def spec(labels: dict[str, int]) -> api.ModelDeploymentSpec:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
-    code = ("import sys; from pathlib import Path; from modelserver.demo import build_half_plus_two as b; "
+    code = ("import sys; from pathlib import Path; from demomodels import build_half_plus_two as b; "
             "r = Path(sys.argv[1]); b(r / 'tv' / '1', a=0.5, b=2.0); b(r / 'tv' / '2', a=1.0, b=3.0)")
     subprocess.run([sys.executable, "-c", code, str(root)], check=True, capture_output=True, cwd=ROOT,
                    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=240)
@@ -165,7 +167,8 @@ def test_operator_reports_the_servers_version_states(server: dict[str, Any], mod
 # last in this module: its pushes raise the routing generation above the files the other tests write
 def test_the_operators_pod_admin_calls_against_a_real_server(server: dict[str, Any]) -> None:
     """podadmin (what the operator asks each ready pod, and its push) against the rendered server."""
-    from modeldeploy import podadmin, traffic
+    from modeldeploy.clients import podadmin
+    from modeldeploy.decisions import traffic
 
     ep = podadmin.Endpoint("pod-0", server["admin"])
     (report,) = podadmin.fetch([ep], "t0ken", "tv")

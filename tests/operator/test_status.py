@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from modeldeploy import api
-from modeldeploy.status import Problem, compute_status, conditions_for, keep_transition_times, rollout_of
+from modeldeploy.api import v1alpha1 as api
+from modeldeploy.decisions.status import (
+    Problem,
+    compute_status,
+    conditions_for,
+    keep_transition_times,
+    rollout_of,
+)
 
 SPEC = api.ModelDeploymentSpec.model_validate(
     {"model": {"storage": {"pvc": {"claimName": "m"}}, "versions": [1, 2]}, "versionLabels": {"stable": 1}}
@@ -65,7 +71,7 @@ def test_compute_status_fields() -> None:
 
 
 def test_server_reports_refine_version_states() -> None:
-    from modeldeploy import modelstatus
+    from modeldeploy.clients import modelstatus
 
     served = modelstatus.parse({"model_version_status": [
         {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
@@ -87,7 +93,7 @@ def test_server_reports_refine_version_states() -> None:
 def test_unreachable_server_gives_none() -> None:
     import socket
 
-    from modeldeploy import modelstatus
+    from modeldeploy.clients import modelstatus
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -119,7 +125,7 @@ def test_a_problem_keeps_describing_what_the_running_pods_serve() -> None:
 
 
 def test_transient_error_backoff_doubles_up_to_a_minute() -> None:
-    from modeldeploy.workqueue import backoff  # the work queue backs off failed runs
+    from modeldeploy.controller.workqueue import backoff  # the work queue backs off failed runs
 
     assert [backoff(1, r) for r in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
     assert backoff(0.5, 0) == 0.5 and backoff(0.5, 100) == 60
@@ -154,8 +160,8 @@ def test_kstatus_tools_read_the_truth() -> None:
 
 
 def test_label_moves_the_servers_have_not_applied_keep_progressing() -> None:
-    from modeldeploy import modelstatus
-    from modeldeploy.status import pending_labels
+    from modeldeploy.clients import modelstatus
+    from modeldeploy.decisions.status import pending_labels
 
     spec = api.ModelDeploymentSpec.model_validate(
         {"model": {"storage": {"pvc": {"claimName": "m"}}, "versions": [1, 2]}, "versionLabels": {"stable": 2, "canary": 2}})

@@ -1,12 +1,12 @@
-"""Where labels and weights may point (modeldeploy.traffic), table-driven: new versions load first,
+"""Where labels and weights may point (modeldeploy.decisions.traffic), table-driven: new versions load first,
 labels and weights move only once every ready pod serves their versions, pushes go to pods that
 lag, old versions unload once the table is live everywhere, a failed canary never gets traffic,
 and without pod access the ConfigMap carries the table."""
 
 from __future__ import annotations
 
-from modeldeploy import api
-from modeldeploy.traffic import PodReport, Table, decide, spec_table, summary
+from modeldeploy.api import v1alpha1 as api
+from modeldeploy.decisions.traffic import PodReport, Table, decide, spec_table, summary
 
 
 def spec(labels: dict[str, int], versions: list[int], canary: int | None = None) -> api.ModelDeploymentSpec:

@@ -8,7 +8,7 @@ import asyncio
 import time
 
 import pytest
-from modeldeploy.workqueue import Retry, WorkQueue, backoff
+from modeldeploy.controller.workqueue import Retry, WorkQueue, backoff
 
 
 async def until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]

@@ -18,7 +18,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every demo model (no MLP), built once: half_plus_two (TF2), half_plus_two_tf1, two_versions,
     bytes_model, and models.config serving them all."""
     out = tmp_path_factory.mktemp("models")
-    subprocess.run([sys.executable, "-m", "modelserver.demo", "--out", str(out), "--no-mlp"], check=True,
+    subprocess.run([sys.executable, "-m", "demomodels", "--out", str(out), "--no-mlp"], check=True,
                    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, cwd=REPO)
     return out
 
@@ -27,7 +27,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_models(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`models_dir`'s models plus the MLP, with a models.config serving them all (two_versions:
     policy all, labels stable→1, canary→2)."""
-    from modelserver import demo
+    import demomodels as demo
 
     root = tmp_path_factory.mktemp("d_models")
     demo.build_mlp(root / demo.MLP / "1")

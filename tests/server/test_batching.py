@@ -11,7 +11,7 @@ import time
 import grpc
 import numpy as np
 import pytest
-from modelserver.batching import (
+from modelserver.batching.scheduler import (
     Batcher,
     BatchingConfigError,
     BatchingOptions,
@@ -25,8 +25,8 @@ from modelserver.batching import (
     shape_key,
     split_outputs,
 )
-from modelserver.context import RequestContext
-from modelserver.errors import ServingError
+from modelserver.core.errors import ServingError
+from modelserver.core.request_context import RequestContext
 
 TF_SERVING_EXAMPLE = """
 max_batch_size { value: 128 }
@@ -549,8 +549,8 @@ async def test_idle_server_holds_a_batch_while_the_loop_is_still_admitting_reque
 async def test_server_batcher_follows_inline_call_max_us():
     """`--inline_call_max_us` reaches the batcher that `model-server --enable_batching` builds
     (batcher_for): 0 keeps every call on a batch thread, the default lets cheap ones run inline."""
-    from modelserver.batching import batcher_for
-    from modelserver.flags import parse_args
+    from modelserver.batching.scheduler import batcher_for
+    from modelserver.config.flags import parse_args
 
     threads: list[str] = []
 

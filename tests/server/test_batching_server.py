@@ -64,7 +64,7 @@ async def _grpc_predict_all(target: str, reqs: list, timeout: float = 60.0) -> l
 
 def test_concurrent_requests_are_merged_and_answers_equal_unbatched_runs(batching_server, demo_models):
     import tensorflow as tf
-    from modelserver.servable import load_servable
+    from modelserver.core.servable import load_servable
 
     # half_plus_two: 64 concurrent single-row requests, exact answers
     xs = [np.array([float(i)], np.float32) for i in range(64)]

@@ -9,12 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from modelserver.config import ModelConfig
-from modelserver.context import RequestContext
-from modelserver.dataplane import DataPlane, ModelRef
-from modelserver.errors import ServingError
-from modelserver.manager import Manager
-from modelserver.runner import InlineRunner
+from modelserver.config.model_config import ModelConfig
+from modelserver.core.dataplane import DataPlane, ModelRef
+from modelserver.core.errors import ServingError
+from modelserver.core.manager import Manager
+from modelserver.core.request_context import RequestContext
+from modelserver.core.runner import InlineRunner
 from server_support import REPO
 from tensorflow_serving.apis import input_pb2
 

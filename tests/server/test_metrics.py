@@ -4,9 +4,9 @@ and labels, base-unit families). The real Prometheus scrape is in test_metrics_s
 from __future__ import annotations
 
 import pytest
-from modelserver.config import load_monitoring_config
-from modelserver.context import RequestContext
-from modelserver.metrics import DEFAULT_PATH, TF_LATENCY_BUCKETS_US, ServerMetrics, metrics_path
+from modelserver.config.model_config import load_monitoring_config
+from modelserver.core.request_context import RequestContext
+from modelserver.observability.metrics import DEFAULT_PATH, TF_LATENCY_BUCKETS_US, ServerMetrics, metrics_path
 from prometheus_client.parser import text_string_to_metric_families
 
 

@@ -1,4 +1,4 @@
-"""The operator's PromQL (modeldeploy.promql) against a real Debian Prometheus scraping a real
+"""The operator's PromQL (modeldeploy.decisions.queries) against a real Debian Prometheus scraping a real
 model-server with the pod labels the chart's PodMonitor keeps: latency quantiles (NaN without
 traffic, a value with it), requests per second, in-flight requests, the error ratio and scrape
 age; an unreachable Prometheus is an answer with its reason, never an exception."""
@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 import requests
-from modeldeploy import promql
+from modeldeploy.decisions import queries as promql
 from server_support import free_port, model_server, wait_for
 from support import stop_process
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from modelserver.config import ModelConfig, VersionPolicy
-from modelserver.errors import ServingError
-from modelserver.manager import Manager
-from modelserver.routing import bucket, choose, make_route, parse_table
+from modelserver.config.model_config import ModelConfig, VersionPolicy
+from modelserver.core.errors import ServingError
+from modelserver.core.manager import Manager
+from modelserver.core.routing import bucket, choose, make_route, parse_table
 
 CANARY_10 = make_route({"stable": 1, "canary": 2}, [("stable", 90), ("canary", 10)])
 

@@ -10,15 +10,20 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from modelserver import rest_json
-from modelserver.config import ConfigError, VersionPolicy, model_configs_from_proto, parse_model_config_text
-from modelserver.errors import ServingError
-from modelserver.flags import FlagError, ignored_combinations, parse_args, unimplemented_given, usage
-from modelserver.grpc_service import parse_channel_arguments, server_options
+from modelserver.config.flags import FlagError, ignored_combinations, parse_args, unimplemented_given, usage
+from modelserver.config.model_config import (
+    ConfigError,
+    VersionPolicy,
+    model_configs_from_proto,
+    parse_model_config_text,
+)
+from modelserver.core.errors import ServingError
+from modelserver.core.manager import aspired_versions, label_error, retry_due, versions_to_unload
+from modelserver.core.servable import Signature, TensorSpec, validate_inputs
+from modelserver.core.tensors import to_ndarray, to_tensor_proto
 from modelserver.main import gpu_memory_limit_mb, rest_api_port, tf_thread_counts
-from modelserver.manager import aspired_versions, label_error, retry_due, versions_to_unload
-from modelserver.servable import Signature, TensorSpec, validate_inputs
-from modelserver.tensors import to_ndarray, to_tensor_proto
+from modelserver.protocol import rest_json
+from modelserver.protocol.grpc_service import parse_channel_arguments, server_options
 
 # ---- flags -------------------------------------------------------------------------------------
 
@@ -226,8 +231,8 @@ async def test_direct_runner_runs_calls_cheaper_than_a_thread_hop_on_the_loop() 
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from modelserver.context import RequestContext
-    from modelserver.runner import DirectRunner
+    from modelserver.core.request_context import RequestContext
+    from modelserver.core.runner import DirectRunner
 
     main_thread = threading.current_thread().name
     where: list[str] = []
@@ -290,8 +295,8 @@ def test_not_ready_until_the_initial_config_is_applied(tmp_path: Path) -> None:
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from modelserver.config import ModelConfig
-    from modelserver.manager import Manager
+    from modelserver.config.model_config import ModelConfig
+    from modelserver.core.manager import Manager
 
     for v in (1, 2):
         (tmp_path / "m" / str(v)).mkdir(parents=True)

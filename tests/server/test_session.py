@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from modelserver.servable import FasterOf, SessionOptions, load_servable, session_config
+from modelserver.core.servable import FasterOf, SessionOptions, load_servable, session_config
 
 
 def test_faster_of_keeps_the_faster_callable_once_both_are_measured() -> None:

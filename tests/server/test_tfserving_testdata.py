@@ -256,7 +256,7 @@ def test_profiler_capture_on_the_grpc_port(server, tmp_path: Path) -> None:  # t
     _capture_while_loaded(server, server.target, logdir)
     captured = list(logdir.glob("plugins/profile/*/*.xplane.pb"))
     assert len(captured) == 1 and captured[0].stat().st_size > 0
-    from modelserver.profiler_service import ProfilerService, has_events
+    from modelserver.observability.profiler import ProfilerService, has_events
 
     counts = ProfilerService().msgs["EventCountSpace"]  # XSpace's planes, lines and events (strings may be bytes)
     assert has_events(counts.FromString(captured[0].read_bytes()))

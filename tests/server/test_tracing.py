@@ -8,9 +8,9 @@ import time
 
 import pytest
 from modeldeploy import cli
-from modeldeploy.trace_summary import phases, render, summarize
-from modelserver.context import RequestContext
-from modelserver.tracing import TraceWriter, trace_record
+from modeldeploy.cli.trace_summary import phases, render, summarize
+from modelserver.core.request_context import RequestContext
+from modelserver.observability.tracing import TraceWriter, trace_record
 
 
 def _ctx(model="hp", protocol="grpc", queued=True) -> RequestContext:
@@ -93,7 +93,7 @@ def test_trace_summary_command(tmp_path, capsys):
 def test_empty_trace_file(tmp_path):
     from argparse import Namespace
 
-    from modeldeploy.trace_summary import run
+    from modeldeploy.cli.trace_summary import run
 
     p = tmp_path / "empty"
     p.write_text("")

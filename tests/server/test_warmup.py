@@ -1,24 +1,25 @@
 """Warmup replay on a real SavedModel, in process: every log type, iterations, the 1000-record
 limit, a missing file, failing and unsupported records, a corrupt file, and the file writer
-(`python -m modelserver.warmup`). The server-level gate (not ready until warmed up; a fast first
+(`python -m modelserver.warmup.replay`). The server-level gate (not ready until warmed up; a fast first
 request) is in test_warmup_server.py."""
 
 from __future__ import annotations
 
 import json
 
+import demomodels as demo
 import grpc
 import numpy as np
 import pytest
-from modelserver import demo, warmup
-from modelserver.errors import ServingError
+from modelserver.core.errors import ServingError
+from modelserver.warmup import replay as warmup
 
 
 @pytest.fixture(scope="module")
 def half_plus_two(tmp_path_factory):
     root = tmp_path_factory.mktemp("warmup_models")
     path = demo.build_half_plus_two(root / "half_plus_two" / "1")
-    from modelserver.servable import load_servable
+    from modelserver.core.servable import load_servable
 
     return path, load_servable("half_plus_two", 1, path)
 
@@ -138,7 +139,7 @@ def test_writer_command_from_json_sample_and_from_the_signature(half_plus_two, t
     assert warmup.main([str(vdir), "--sample", str(sample)]) == 0
     logs = warmup.parse_logs(warmup.read_records(warmup.warmup_file(vdir)), vdir)
     assert len(logs) == 1
-    from modelserver.tensors import to_ndarray
+    from modelserver.core.tensors import to_ndarray
 
     np.testing.assert_array_equal(to_ndarray("x", logs[0].predict_log.request.inputs["x"]), [1.0, 2.0, 5.0])
     assert warmup.main([str(vdir), "--batch_sizes", "1,4"]) == 0

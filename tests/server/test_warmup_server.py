@@ -60,7 +60,8 @@ def build_lazy_model(export_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def lazy_models(tmp_path_factory) -> Path:
-    from modelserver import demo, warmup
+    import demomodels as demo
+    from modelserver.warmup import replay as warmup
 
     root = tmp_path_factory.mktemp("lazy_models")
     build_lazy_model(root / "warm" / "1")

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from modelserver.config import ConfigError
-from modelserver.servable import Signature, TensorSpec
-from modelserver.warmup_sources import WarmupPlan, generate, input_shape, parse_plan
+from modelserver.config.model_config import ConfigError
+from modelserver.core.servable import Signature, TensorSpec
+from modelserver.warmup.sources import WarmupPlan, generate, input_shape, parse_plan
 from server_support import free_port, model_server, wait_for
 
 
@@ -62,7 +62,7 @@ def test_modeldeploy_warmup_writes_generated_and_rest_requests(models_dir: Path,
 
     import tensorflow as tf
     from modeldeploy import cli
-    from modelserver.tensors import to_ndarray
+    from modelserver.core.tensors import to_ndarray
     from tensorflow_serving.apis import prediction_log_pb2
 
     def read(path: Path) -> list[Any]:

@@ -1,0 +1,340 @@
+"""Pure decisions of a reconcile: from what was observed to what to do and what to say.
+
+A reconcile reads as observe → plan → execute → report (reconcile.py does the I/O):
+
+- `assess(body, claim_found)`: the spec parsed, or the problem that stops it (InvalidSpec,
+  StorageNotFound) — `observe` calls it, as it needs the model's name and labels to ask the servers;
+- `plan(observed, defaults)`: for each child, create, update or keep (KServe's CheckResult), with
+  the Event each action earns (Created; DriftCorrected when a child we had applied was changed since),
+  and whether our finalizer must be added or, for a ModelDeployment being deleted, removed;
+- `report(observed, plan, outcome, now)`: the status patch to write (None when nothing changed) and
+  the summary Event (Reconciled for a new generation, or the problem's Warning once per problem).
+
+Everything here takes and returns plain data; tests/operator/test_plan.py drives it table by table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from modeldeploy.api import v1alpha1 as api
+from modeldeploy.clients.modelstatus import VersionReport
+from modeldeploy.clients.podadmin import Endpoint, PushResult
+from modeldeploy.controller import rollouts, scaling
+from modeldeploy.decisions import render, serverconfig, traffic
+from modeldeploy.decisions.status import Problem, compute_status
+
+Obj = dict[str, Any]
+ChildKey = tuple[str, str]  # (kind, name)
+FINALIZER = f"{api.GROUP}/finalizer"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+    only_if_changed: bool = False  # post only if the apply changed the object (resourceVersion moved)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What one reconcile saw: the ModelDeployment, its parsed spec or problem, its children as they
+    are (by kind and name; absent ones missing), and the servers' own version reports (None: not asked
+    or unreachable). Later: pod endpoints, per-pod reports."""
+
+    body: Obj
+    spec: api.ModelDeploymentSpec | None
+    problem: Problem | None
+    children: Mapping[ChildKey, Obj] = field(default_factory=dict)
+    served: dict[int, VersionReport] | None = None
+    # The ready pods' admin addresses and what each said (None: they cannot be asked, so routing
+    # tables go by ConfigMap), the admin token in force, and a fresh one for a Secret to create.
+    endpoints: tuple[Endpoint, ...] = ()
+    pods: tuple[traffic.PodReport, ...] | None = None
+    token: str | None = None
+    fresh_token: str = ""
+    measured: scaling.Measured | None = None  # the autoscaler's metric, when an evaluation was due
+    rollout_measured: rollouts.Measured | None = None  # a rollout's check, when one was due
+    now: float = 0.0  # Unix seconds of this reconcile (rollout steps)
+
+    @property
+    def deleting(self) -> bool:
+        return bool(self.body["metadata"].get("deletionTimestamp"))
+
+
+@dataclass(frozen=True)
+class ChildAction:
+    verb: Literal["create", "update", "keep"]
+    desired: Obj
+    live: Obj | None = None  # the child as observed
+    event: Event | None = None
+
+    @property
+    def key(self) -> ChildKey:
+        return (self.desired["kind"], self.desired["metadata"]["name"])
+
+
+@dataclass(frozen=True)
+class Plan:
+    finalizer: Literal["add", "remove"] | None = None
+    children: tuple[ChildAction, ...] = ()
+    config_hash: str | None = None
+    traffic: traffic.Decision | None = None  # the routing table to put in force, and where
+    routing: Obj | None = None  # its document (routing.json, and the pushes)
+    push_to: tuple[Endpoint, ...] = ()
+    token: str | None = None
+    scaling: scaling.Scaling | None = None
+    rollout: rollouts.Step | None = None
+
+    @property
+    def writes(self) -> tuple[ChildAction, ...]:
+        return tuple(c for c in self.children if c.verb != "keep")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What executing a plan did: the API server's answers to the applies, and the failure that
+    stopped it (ApplyFailed: a child the API server refused)."""
+
+    applied: Mapping[ChildKey, Obj] = field(default_factory=dict)
+    failure: Problem | None = None
+    pushed: tuple[PushResult, ...] = ()
+
+
+@dataclass(frozen=True)
+class Report:
+    status: Obj | None  # the merge patch for the status subresource, None when unchanged
+    events: tuple[Event, ...]
+    problem: Problem | None
+
+
+# -- assess: the spec, or why it cannot work --
+def format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        msg = err.get("msg", "").removeprefix("Value error, ")
+        parts.append(f"spec.{where}: {msg}" if where else msg)
+    return "; ".join(parts)
+
+
+def parse_spec(body: Obj) -> api.ModelDeploymentSpec | Problem:
+    bad_name = api.name_problem(body["metadata"]["name"])
+    if bad_name:
+        return Problem("InvalidSpec", bad_name)
+    try:
+        spec = api.ModelDeploymentSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        return Problem("InvalidSpec", format_validation_error(exc))
+    bad_args = serverconfig.args_problem(spec)
+    return Problem("InvalidSpec", bad_args) if bad_args else spec
+
+
+def claim_name(spec: api.ModelDeploymentSpec | Problem) -> str | None:
+    """The PersistentVolumeClaim the spec needs (to check that it exists), if any."""
+    if isinstance(spec, Problem) or spec.model.storage.pvc is None:
+        return None
+    return spec.model.storage.pvc.claim_name
+
+
+def warmup_requests_ref(spec: api.ModelDeploymentSpec | Problem) -> api.ConfigMapKey | None:
+    """The ConfigMap key holding warmup requests the spec uses, if any (to check it)."""
+    if isinstance(spec, Problem) or not spec.warmup.enabled or spec.warmup.effective_source != api.WarmupSource.config_map:
+        return None
+    return spec.warmup.requests
+
+
+def warmup_requests_problem(ref: api.ConfigMapKey, namespace: str, configmap: Obj | None) -> Problem | None:
+    """Pure: the user's warmup requests ConfigMap must exist, hold the key, and hold REST API bodies."""
+    import json
+
+    if configmap is None:
+        return Problem("WarmupRequestsNotFound", f'ConfigMap "{ref.name}" not found in namespace "{namespace}" '
+                       "(spec.warmup.requests.name); create it or fix the spec")
+    text = (configmap.get("data") or {}).get(ref.key)
+    if text is None:
+        return Problem("WarmupRequestsNotFound", f'ConfigMap "{ref.name}" has no key "{ref.key}" (spec.warmup.requests.key)')
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        return Problem("InvalidWarmupRequests", f'ConfigMap "{ref.name}" key "{ref.key}" is not JSON: {exc}')
+    bodies = doc if isinstance(doc, list) else [doc]
+    for i, b in enumerate(bodies):
+        if not isinstance(b, dict) or ("instances" in b) == ("inputs" in b):
+            return Problem("InvalidWarmupRequests", f'ConfigMap "{ref.name}" key "{ref.key}": request {i} must be an '
+                           'object with exactly one of "instances" or "inputs" (the REST API\'s format)')
+    if len(bodies) > 1000:
+        return Problem("InvalidWarmupRequests", f"at most 1000 warmup requests (TF Serving's limit), not {len(bodies)}")
+    return None
+
+
+def assess(body: Obj, parsed: api.ModelDeploymentSpec | Problem, claim_found: bool | None,
+           warmup_problem: Problem | None = None) -> Problem | None:
+    if isinstance(parsed, Problem):
+        return parsed
+    claim = claim_name(parsed)
+    if claim is not None and claim_found is False:
+        namespace = body["metadata"]["namespace"]
+        return Problem(
+            "StorageNotFound",
+            f'PersistentVolumeClaim "{claim}" not found in namespace "{namespace}"; create it or fix spec.model.storage.pvc.claimName',
+        )
+    return warmup_problem
+
+
+# -- plan: what to do --
+def owner_of(body: Obj) -> render.Owner:
+    meta = body["metadata"]
+    return render.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta.get("uid", ""))
+
+
+def rendered_hash(obj: Obj | None) -> str | None:
+    return (((obj or {}).get("metadata") or {}).get("annotations") or {}).get(render.RENDERED_HASH_ANNOTATION)
+
+
+def child_action(desired: Obj, live: Obj | None) -> ChildAction:
+    what = f"{desired['kind']} {desired['metadata']['name']}"
+    if live is None:
+        return ChildAction("create", desired, None, Event("Normal", "Created", f"created {what}"))
+    if render.in_sync(desired, live):
+        return ChildAction("keep", desired, live)  # same rendered hash, every rendered field in place
+    if rendered_hash(live) == rendered_hash(desired):
+        # We had applied exactly this rendering before: someone changed the child since.
+        drift = Event("Normal", "DriftCorrected", f"restored {what} to the rendered spec", only_if_changed=True)
+        return ChildAction("update", desired, live, drift)
+    return ChildAction("update", desired, live)
+
+
+def plan(observed: Observed, defaults: render.Defaults) -> Plan:
+    finalizers = observed.body["metadata"].get("finalizers") or []
+    if observed.deleting:
+        return Plan(finalizer="remove" if FINALIZER in finalizers else None)
+    finalizer: Literal["add"] | None = None if FINALIZER in finalizers else "add"
+    if observed.problem is not None or observed.spec is None:
+        return Plan(finalizer=finalizer)  # nothing is applied until the problem is fixed
+    spec, owner = observed.spec, owner_of(observed.body)
+    generation = int(observed.body["metadata"].get("generation") or 1)
+    in_force = traffic.Table.from_status((observed.body.get("status") or {}).get("routing"))
+    stepped = rollouts.step(spec, observed.body, observed.pods, observed.rollout_measured, observed.now)
+    decision = traffic.decide(spec, generation, in_force, observed.pods, stepped.override, stepped.unload)
+    previous = observed.body.get("status") or {}
+    scaled = scaling.decide(spec, observed.children.get(("Deployment", owner.name)),
+                            observed.children.get(("HorizontalPodAutoscaler", owner.name)), previous.get("autoscaler"),
+                            observed.measured)
+    serving = render.Serving(decision.load_versions, decision.table.document(api.model_name(spec, owner.name)),
+                             scaled.replicas)
+    children = render.render_all(spec, owner, defaults, serving)
+    actions = (secret_action(owner, observed),
+               *(child_action(c, observed.children.get((c["kind"], c["metadata"]["name"]))) for c in children))
+    targets = tuple(ep for ep in observed.endpoints if ep.pod in decision.push_to)
+    return Plan(finalizer=finalizer, children=actions, config_hash=render.config_hash_of(children),
+                traffic=decision, routing=serving.routing, push_to=targets if observed.token else (),
+                token=observed.token, scaling=scaled, rollout=stepped)
+
+
+def secret_action(owner: render.Owner, observed: Observed) -> ChildAction:
+    """The admin token Secret is created once, with a fresh random token, and then left alone (a
+    re-render would rotate the token under the running pods)."""
+    name = render.token_secret_name(owner.name)
+    live = observed.children.get(("Secret", name))
+    desired = render.render_token_secret(owner, observed.fresh_token)
+    if live is not None:
+        return ChildAction("keep", desired, live)
+    return ChildAction("create", desired, None, Event("Normal", "Created", f"created Secret {name}"))
+
+
+# -- report: what to say --
+def routing_status(decision: traffic.Decision, pushed: tuple[PushResult, ...]) -> Obj:
+    """status.routing: the table in force (or being put in force) and on how many pods it is live."""
+    gen = decision.table.generation
+    confirmed = [r for r in pushed if not r.error and r.generation >= gen]
+    errors = [f"push to {r.pod}: {r.error}" for r in pushed if r.error]
+    live = decision.live + len(confirmed)
+    out: Obj = {**decision.table.as_status(), "delivery": decision.delivery, "summary": traffic.summary(decision.table)}
+    if decision.delivery == "Push":
+        out.update(livePods=live, readyPods=decision.ready)
+        lagging = sorted(set(decision.push_to) - {r.pod for r in confirmed})
+        waiting = [*decision.waiting, *errors, *(f"table {gen} not live on {p} yet" for p in lagging if not any(
+            e.startswith(f"push to {p}:") for e in errors))]
+        if waiting:
+            out["waiting"] = waiting
+    if decision.failed:
+        out["failed"] = list(decision.failed)
+    return out
+
+
+def _differs(new: Obj, old: Obj) -> bool:
+    if set(new) != set(old):
+        return True
+    strip = lambda cs: [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in cs or []]  # noqa: E731
+    return any((strip(new[k]) != strip(old.get(k))) if k == "conditions" else new[k] != old.get(k) for k in new)
+
+
+def summary_event(problem: Problem | None, previous: Obj, generation: int, config_hash: str | None) -> Event | None:
+    """The problem's Warning once per problem and generation, or Reconciled once per generation."""
+    if problem is not None:
+        was = {c.get("type"): c for c in previous.get("conditions") or []}.get("Degraded") or {}
+        if was.get("reason") != problem.reason or was.get("message") != problem.message or previous.get("observedGeneration") != generation:
+            return Event("Warning", problem.reason, problem.message)
+        return None
+    if previous.get("observedGeneration") != generation:
+        return Event("Normal", "Reconciled", f"applied generation {generation} (config hash {config_hash})")
+    return None
+
+
+def report(observed: Observed, plan_: Plan, outcome: Outcome, now: str) -> Report:
+    if observed.deleting:
+        return Report(None, (), None)
+    meta = observed.body["metadata"]
+    generation = int(meta.get("generation") or 1)
+    previous = observed.body.get("status") or {}
+    problem = observed.problem or outcome.failure
+    # Status counts the Deployment as the apply left it, else as it is (pods of an earlier
+    # generation may still serve while a problem blocks the new one).
+    deployment = outcome.applied.get(("Deployment", meta["name"])) or observed.children.get(("Deployment", meta["name"]))
+    routing = routing_status(plan_.traffic, outcome.pushed) if problem is None and plan_.traffic else None
+    status = compute_status(
+        spec=observed.spec, name=meta["name"], generation=generation, deployment=deployment, problem=problem,
+        previous=previous, config_hash=plan_.config_hash if problem is None else previous.get("configHash"), now=now,
+        served=(traffic.version_reports(observed.pods, plan_.traffic.table) if observed.pods
+                and plan_.traffic else observed.served) if problem is None else None,
+        routing=routing, autoscaler=plan_.scaling.status if plan_.scaling and problem is None else previous.get("autoscaler"),
+        progressive=rollouts.status_of(plan_.rollout.state, observed.body) if plan_.rollout and problem is None
+        else previous.get("rollout"),
+    )
+    event = summary_event(problem, previous, generation, plan_.config_hash)
+    events = ((event,) if event else ()) + failed_version_event(status, previous)
+    if plan_.scaling is not None and problem is None:
+        events += tuple(Event(t, r, m) for t, r, m in plan_.scaling.events)
+    if plan_.rollout is not None and problem is None:
+        events += tuple(Event(t, r, m) for t, r, m in plan_.rollout.events)
+    patch = merge_patch(previous, status) if _differs(status, previous) else None
+    return Report(patch, events, problem)
+
+
+def merge_patch(old: Obj, new: Obj) -> Obj:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new`: a key gone from a map is sent
+    as null at every depth (a merge patch of a map keeps the keys it does not name, so a label that
+    left status.routing.labels would otherwise stay); lists are replaced whole."""
+    out: Obj = {k: None for k in old if k not in new}
+    for k, v in new.items():
+        before = old.get(k)
+        out[k] = merge_patch(before, v) if isinstance(v, dict) and isinstance(before, dict) else v
+    return out
+
+
+def failed_version_event(status: Obj, previous: Obj) -> tuple[Event, ...]:
+    """A Warning naming the version that failed to load (a warmup request that failed, say), once
+    per message: the Degraded condition says it too."""
+    def degraded(st: Obj) -> Obj:
+        return {c.get("type"): c for c in st.get("conditions") or []}.get("Degraded") or {}
+
+    now, was = degraded(status), degraded(previous)
+    if now.get("reason") == "VersionFailed" and (was.get("reason"), was.get("message")) != ("VersionFailed", now.get("message")):
+        return (Event("Warning", "VersionFailed", str(now.get("message", ""))),)
+    return ()

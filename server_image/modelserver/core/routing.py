@@ -1,0 +1,143 @@
+"""Traffic splitting by version label: the routing table, as pure data and pure functions.
+
+A routing document says, per model, where its labels point and how the requests that name
+neither a version nor a label are shared among labels:
+
+    {"generation": 7,
+     "models": {"classifier": {"labels": {"stable": 3, "canary": 4},
+                               "weights": {"stable": 90, "canary": 10}}}}
+
+It reaches the server in a file of our own beside TF Serving's model config
+(`--routing_config_file`, polled with the model config, so TF Serving's files stay TF Serving's)
+and through the admin port (admin.py), which the operator uses to make a change live on every pod
+at once. `generation` orders documents: one older than the document in force is refused, so a
+late file can never undo a newer push. A model listed here has its labels owned by the routing
+document (a model config reload leaves them alone); a model not listed keeps TF Serving's
+behaviour (labels from the model config, unlabelled requests to the latest version).
+
+Choosing a label: with a routing key (HTTP `X-Model-Route-Key`, gRPC metadata
+`x-model-route-key`) a hash of the key picks a bucket, so one key keeps one label while weights
+stay put and keys spread by the weights; buckets are laid out in the document's label order
+(stable first, canary last), so raising the canary's weight moves stable keys to the canary and
+never the canary's keys back. Without a key the choice is weighted random.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from modelserver.core.errors import invalid_argument
+
+MAX_WEIGHT = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRoute:
+    """One model's labels and split (weights in label order; `cumulative` for the choice)."""
+
+    labels: Mapping[str, int]
+    weights: tuple[tuple[str, int], ...] = ()
+    cumulative: tuple[int, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return self.cumulative[-1] if self.cumulative else 0
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"labels": dict(self.labels)}
+        if self.weights:
+            out["weights"] = dict(self.weights)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    generation: int
+    models: Mapping[str, ModelRoute]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"generation": self.generation, "models": {n: r.as_json() for n, r in sorted(self.models.items())}}
+
+
+EMPTY = RoutingTable(-1, {})
+
+
+def make_route(labels: Mapping[str, int], weights: Mapping[str, int] | list[tuple[str, int]]) -> ModelRoute:
+    pairs = tuple((k, int(v)) for k, v in (weights.items() if isinstance(weights, Mapping) else weights) if v > 0)
+    cumulative: list[int] = []
+    for _, w in pairs:
+        cumulative.append((cumulative[-1] if cumulative else 0) + w)
+    return ModelRoute(dict(labels), pairs, tuple(cumulative))
+
+
+def parse_table(doc: Any, source: str = "routing table") -> RoutingTable:
+    """A routing document (parsed JSON) as a RoutingTable; INVALID_ARGUMENT naming the problem."""
+    def bad(msg: str) -> Exception:
+        return invalid_argument(f"{source}: {msg}")
+
+    if not isinstance(doc, dict) or set(doc) - {"generation", "models"}:
+        raise bad('expected an object with "generation" and "models"')
+    gen = doc.get("generation", 0)
+    if not isinstance(gen, int) or isinstance(gen, bool) or gen < 0:
+        raise bad('"generation" must be a non-negative integer')
+    models = doc.get("models", {})
+    if not isinstance(models, dict):
+        raise bad('"models" must be an object')
+    out: dict[str, ModelRoute] = {}
+    for name, entry in models.items():
+        if not isinstance(entry, dict) or set(entry) - {"labels", "weights"}:
+            raise bad(f'model {name!r}: expected an object with "labels" and "weights"')
+        labels = entry.get("labels", {})
+        weights = entry.get("weights", {})
+        if not isinstance(labels, dict) or not all(
+                isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v > 0
+                for k, v in labels.items()):
+            raise bad(f"model {name!r}: labels must map label names to versions > 0")
+        if not isinstance(weights, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_WEIGHT for v in weights.values()):
+            raise bad(f"model {name!r}: weights must map labels to integers from 0 to {MAX_WEIGHT}")
+        unknown = sorted(set(weights) - set(labels))
+        if unknown:
+            raise bad(f"model {name!r}: weights name labels that the table does not define: {', '.join(unknown)}")
+        if weights and not any(weights.values()):
+            raise bad(f"model {name!r}: at least one weight must be positive")
+        out[name] = make_route(labels, list(weights.items()))
+    return RoutingTable(gen, out)
+
+
+def bucket(key: bytes, total: int) -> int:
+    """A key's bucket in [0, total): stable across processes and restarts (not Python's hash)."""
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % total
+
+
+def choose(route: ModelRoute, key: bytes | None, rng: random.Random | None = None) -> str | None:
+    """The label an unlabelled request goes to: by the key's bucket, or weighted random; None
+    when the route has no split."""
+    total = route.total
+    if not total:
+        return None
+    point = bucket(key, total) if key is not None else int((rng or _RNG).random() * total)
+    return route.weights[bisect.bisect_right(route.cumulative, point)][0]
+
+
+_RNG = random.Random()
+
+
+def load_table(path: str) -> RoutingTable:
+    """`--routing_config_file`: a routing document as JSON (ServingError INVALID_ARGUMENT when it
+    cannot be read or parsed; the caller reports it)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except OSError as exc:
+        raise invalid_argument(f"cannot read routing config file {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise invalid_argument(f"routing config file {path} is not JSON: {exc}") from None
+    return parse_table(doc, f"routing config file {path}")

@@ -1,0 +1,131 @@
+"""Per-request traces (`--trace_file PATH --trace_sample_rate N`) and the TensorBoard profiler
+server (`--profiler_port N`).
+
+Every Nth finished request is written as one JSON line: request id, model, version, label,
+signature, protocol, API, status, batch size, and the wall-clock times (Unix seconds) at which it
+was received, queued for batching, started and finished computing, and answered. `modeldeploy
+trace-summary FILE` averages the phases per model and protocol.
+
+Recording is cheap: unsampled requests cost one counter increment; sampled ones one small dict
+and a buffered write (flushed at least once a second and on close).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from modelserver.core.request_context import RequestContext
+
+
+def _wall_offset() -> float:
+    """Seconds to add to a perf_counter() reading to get Unix time."""
+    return time.time() - time.perf_counter()
+
+
+def trace_record(ctx: RequestContext, offset: float) -> dict[str, Any]:
+    """The JSON object written for one request (pure)."""
+
+    def wall(t: float | None) -> float | None:
+        return None if t is None else round(t + offset, 6)
+
+    return {
+        "request_id": ctx.request_id,
+        "model": ctx.model,
+        "version": ctx.version,
+        "label": ctx.label,
+        "signature": ctx.signature,
+        "protocol": ctx.protocol,
+        "api": ctx.api,
+        "status": ctx.status,
+        "batch_size": ctx.batch_size,
+        "receive": wall(ctx.t_receive),
+        "queue_start": wall(ctx.t_queue_start),
+        "compute_start": wall(ctx.t_compute_start),
+        "compute_end": wall(ctx.t_compute_end),
+        "send": wall(ctx.t_send if ctx.t_send is not None else time.perf_counter()),
+    }
+
+
+class TraceWriter:
+    """Request-completion hook writing every `sample_rate`-th request to `path` (appending)."""
+
+    def __init__(self, path: str | Path, sample_rate: int, flush_interval: float = 1.0) -> None:
+        if sample_rate < 1:
+            raise ValueError(f"--trace_sample_rate must be at least 1 when --trace_file is set; was {sample_rate}")
+        self.path = Path(path)
+        self.sample_rate = sample_rate
+        self._seen = 0
+        self._offset = _wall_offset()
+        try:
+            self._file: IO[str] | None = open(self.path, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+        except OSError as e:
+            raise ValueError(f"cannot open --trace_file {path}: {e.strerror}") from None
+        self._flush_interval = flush_interval
+        self._last_flush = time.monotonic()
+        self._lock = threading.Lock()
+
+    def finish(self, ctx: RequestContext) -> None:
+        self._seen += 1
+        if self._seen % self.sample_rate:
+            return
+        line = json.dumps(trace_record(ctx, self._offset), separators=(",", ":"))
+        with self._lock:
+            f = self._file
+            if f is None:
+                return
+            f.write(line)
+            f.write("\n")
+            now = time.monotonic()
+            if now - self._last_flush >= self._flush_interval:
+                f.flush()
+                self._last_flush = now
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
+                self._last_flush = time.monotonic()
+
+    def flush_periodically(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Flushes every `flush_interval` seconds on `loop` until closed, so that traces of a
+        server gone quiet reach the file too."""
+
+        def tick() -> None:
+            if self._file is None:
+                return
+            if time.monotonic() - self._last_flush >= self._flush_interval:
+                self.flush()
+            loop.call_later(self._flush_interval, tick)
+
+        loop.call_later(self._flush_interval, tick)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def start_profiler_server(port: int) -> None:
+    """Starts TensorFlow's profiler gRPC service (what TensorBoard's Profile tab and
+    `tf.profiler.experimental.client.trace` connect to) on `port`."""
+    import tensorflow as tf
+
+    tf.profiler.experimental.server.start(port)
+
+
+def install(state: Any) -> TraceWriter | None:
+    """Adds the trace writer to a ServerState's request hooks when `--trace_file` is set (raises
+    ValueError for unusable settings, which the server reports before starting)."""
+    flags = state.flags
+    if not flags.trace_file:
+        return None
+    writer = TraceWriter(flags.trace_file, flags.trace_sample_rate or 1)
+    state.request_hooks.append(writer.finish)
+    writer.flush_periodically(asyncio.get_running_loop())
+    return writer

@@ -1,0 +1,122 @@
+"""The admin port (`--admin_port`): the operator's push path for routing tables.
+
+Label moves and traffic weights must be live on every pod within seconds, which a ConfigMap
+refresh (up to a minute) cannot do, so the operator also pushes each routing table (routing.py)
+to every ready pod here and reads back what is in force:
+
+    GET /v1/admin/models       -> 200 every model's versions (state, error, warmup), labels
+    GET /v1/admin/routing      -> 200 {"generation": G, "models": {...}}   (the table in force)
+    PUT /v1/admin/routing      <- a routing document -> 200 the table now in force
+                                  400 invalid, or a label on a version that is not AVAILABLE
+                                  404 a model not served, 409 a generation older than in force
+
+It is not open to every client of the model ports: it listens on a port of its own, and every
+request must carry `Authorization: Bearer <token>` where the token is the content of
+`--admin_token_file` (the operator mounts it from a Secret, re-read when the file changes, so a
+rotated Secret takes effect without a restart); the operator also renders a NetworkPolicy that
+admits only its own pods to this port. Without `--admin_token_file` the admin port is refused.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from modelserver.contract import ADMIN_MODELS_PATH, ADMIN_ROUTING_PATH
+from modelserver.core.errors import ServingError, invalid_argument
+from modelserver.core.manager import Manager
+from modelserver.core.routing import parse_table
+
+log = logging.getLogger("modelserver.protocol.admin")
+
+
+def models_json(manager: Manager) -> dict[str, Any]:
+    """Every model's versions (state, error, warmup report), labels and route, in one answer:
+    what the operator reads from each pod to decide where labels and weights may move."""
+    from modelserver.core.manager import STATE_NAMES
+
+    models = {}
+    for name, rec in sorted(manager.models.items()):
+        models[name] = {
+            "versions": {str(v): {"state": STATE_NAMES.get(r.state, "UNKNOWN"),
+                                  "error": r.error.message if r.error else "",
+                                  "warmup": r.warmup.as_json() if hasattr(r.warmup, "as_json") else None}
+                         for v, r in sorted(rec.versions.items())},
+            "labels": dict(rec.labels),
+        }
+    return {"ready": manager.is_ready(), "routingGeneration": manager.routing.generation, "models": models}
+
+
+class TokenFile:
+    """The bearer token, read from a file and re-read when the file changes (Secret rotation)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self._stamp: tuple[int, int] | None = None
+        self._token = b""
+        self.read()
+
+    def read(self) -> bytes:
+        st = os.stat(self.path)  # OSError: reported at start-up; later, the old token stays
+        stamp = (st.st_mtime_ns, st.st_ino)
+        if stamp != self._stamp:
+            token = self.path.read_bytes().strip()
+            if not token:
+                raise ValueError(f"--admin_token_file {self.path} is empty")
+            self._token, self._stamp = token, stamp
+        return self._token
+
+    def matches(self, header: str | None) -> bool:
+        if not header or not header.startswith("Bearer "):
+            return False
+        try:
+            token = self.read()
+        except (OSError, ValueError):
+            token = self._token
+        return hmac.compare_digest(header[len("Bearer "):].strip().encode(), token)
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(obj).encode(), status=status, content_type="application/json")
+
+
+def make_admin_app(manager: Manager, token: TokenFile) -> web.Application:
+    @web.middleware
+    async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
+        if not token.matches(request.headers.get("Authorization")):
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Bearer realm="model-server admin"'},
+                                body=b'{"error": "unauthorized"}', content_type="application/json")
+        return await handler(request)
+
+    async def get_routing(request: web.Request) -> web.Response:
+        return _json(manager.routing.as_json())
+
+    async def get_models(request: web.Request) -> web.Response:
+        return _json(models_json(manager))
+
+    async def put_routing(request: web.Request) -> web.Response:
+        try:
+            try:
+                doc = json.loads(await request.read())
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise invalid_argument(f"routing document is not JSON: {exc}") from None
+            table = parse_table(doc, "routing document")
+            manager.apply_routing(table)
+        except ServingError as exc:
+            log.warning("routing push refused: %s", exc.message)
+            return _json({"error": exc.message}, exc.http_status)
+        log.info("routing generation %d in force (pushed): %s", table.generation,
+                 json.dumps(table.as_json()["models"], sort_keys=True))
+        return _json(manager.routing.as_json())
+
+    app = web.Application(middlewares=[auth], client_max_size=1 << 20)
+    app.router.add_get(ADMIN_ROUTING_PATH, get_routing)
+    app.router.add_get(ADMIN_MODELS_PATH, get_models)
+    app.router.add_put(ADMIN_ROUTING_PATH, put_routing)
+    return app
