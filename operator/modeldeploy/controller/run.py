@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
     from kubernetes.config import ConfigException
 
     from modeldeploy.clients.kube import Kube
-    from modeldeploy.controller.context import OperatorContext
     from modeldeploy.controller import handlers  # noqa: F401 - importing handlers registers them with kopf
+    from modeldeploy.controller.context import OperatorContext
     from modeldeploy.decisions import render
 
     kopf.configure(verbose=args.verbose)
