@@ -1,7 +1,8 @@
-"""README's status and troubleshooting tables name every condition reason and Event reason the
-operator can emit (found by running the reconcile, against a recording stand-in for the API, through
-every kind of case: a new model, drift, an invalid spec, missing storage, a refused child; and the
-condition reasons by running the pure status decisions over every kind of rollout)."""
+"""The docs' status table (docs/operator.md) and troubleshooting tables (docs/operations.md) name
+every condition reason and Event reason the operator can emit (found by running the reconcile,
+against a recording stand-in for the API, through every kind of case: a new model, drift, an invalid
+spec, missing storage, a refused child; and the condition reasons by running the pure status
+decisions over every kind of rollout)."""
 
 from __future__ import annotations
 
@@ -104,13 +105,12 @@ def test_the_cases_find_every_kind_of_reason() -> None:
 
 
 def test_readme_names_every_reason_the_operator_emits() -> None:
-    readme = (ROOT / "README.md").read_text()
-    operator = readme.split("<!-- section:operator -->", 1)[1].split("<!-- /section:operator -->", 1)[0]
-    helm = readme.split("<!-- section:helm -->", 1)[1].split("<!-- /section:helm -->", 1)[0]
-    troubleshooting = helm.split("### Troubleshooting", 1)[1].split("\n### ", 1)[0]
+    operator = (ROOT / "docs" / "operator.md").read_text()
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    troubleshooting = operations.split("\n## Troubleshooting", 1)[1].split("\n## ", 1)[0]
     reasons, events = emitted()
-    conditions_table = operator.split("### Status, conditions and events", 1)[1].split("\n### ", 1)[0]
-    assert not {r for r in reasons if f"`{r}`" not in conditions_table}, "README status section lacks condition reasons"
+    conditions_table = operator.split("\n## Status, conditions and events", 1)[1].split("\n## ", 1)[0]
+    assert not {r for r in reasons if f"`{r}`" not in conditions_table}, "docs/operator.md status section lacks condition reasons"
     user_facing = {r for r in reasons if r not in ("AsExpected", "RolloutComplete")} | events
     missing = sorted(r for r in user_facing if f"`{r}`" not in troubleshooting)
-    assert not missing, f"README troubleshooting lacks: {missing}"
+    assert not missing, f"docs/operations.md troubleshooting lacks: {missing}"
