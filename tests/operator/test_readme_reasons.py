@@ -10,7 +10,7 @@ import copy
 from typing import Any
 
 from modeldeploy.controller import reconcile
-from modeldeploy.controller.context import OperatorContext
+from modeldeploy.controller.context import OperatorContext, Settings
 from modeldeploy.decisions import rollout
 from modeldeploy.decisions.status import Problem, Rollout, conditions_for, rollout_conditions
 from operator_support import ROOT, RecordingKube
@@ -34,7 +34,8 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [  # (case, RecordingK
 def _run(kube_args: dict[str, Any], spec: dict[str, Any], drift: bool = False) -> tuple[set[str], set[str]]:
     """(problem reasons in status, Event reasons) of reconciling one ModelDeployment."""
     kube = RecordingKube(**kube_args)
-    ctx = OperatorContext(kube=kube, model_status_url="", workers=1)  # type: ignore[arg-type]
+    ctx = OperatorContext(kube=kube, reconcile=reconcile.reconcile,  # type: ignore[arg-type]
+                          settings=Settings(model_status_url="", workers=1))
     body = {"apiVersion": "serving.modeldeploy.io/v1alpha1", "kind": "ModelDeployment",
             "metadata": {"name": "m", "namespace": "ml", "uid": "u1", "generation": 1, "resourceVersion": "1"},
             "spec": {"model": {"storage": {"pvc": {"claimName": "models"}}}, **spec}}

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from modeldeploy.controller import reconcile
-from modeldeploy.controller.context import OperatorContext
+from modeldeploy.controller.context import OperatorContext, Settings
 from modeldeploy.controller.workqueue import Retry
 from modeldeploy.decisions import plan
 from operator_support import RecordingKube
@@ -32,7 +32,8 @@ def kube() -> RecordingKube:
 
 @pytest.fixture
 def ctx(kube: RecordingKube) -> OperatorContext:
-    return OperatorContext(kube=kube, model_status_url="", workers=1)  # type: ignore[arg-type]
+    return OperatorContext(kube=kube, reconcile=reconcile.reconcile,  # type: ignore[arg-type]
+                          settings=Settings(model_status_url="", workers=1))
 
 
 def test_first_run_creates_everything_then_a_second_run_writes_nothing(kube: RecordingKube, ctx: OperatorContext) -> None:

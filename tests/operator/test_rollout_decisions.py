@@ -121,7 +121,7 @@ def test_a_step_waits_for_its_split_to_be_live_everywhere() -> None:
 
 
 def test_split_live_reads_status_routing() -> None:
-    from modeldeploy.controller.rollouts import split_live
+    from modeldeploy.decisions.rollout import split_live
 
     s = advance(PLAN, start(3, 4, 9, 0).state, 0, candidate_ready=True).state  # 5% to version 4
     table = {"labels": {"stable": 3, CANDIDATE_LABEL: 4, "other": 1}, "weights": {"stable": 95, CANDIDATE_LABEL: 5}}
@@ -166,9 +166,9 @@ def _md(generation: int, stable: int, status: dict | None = None) -> dict:
 
 
 def test_the_reconcile_glue_starts_resumes_and_retries() -> None:
-    from modeldeploy.controller import rollouts
     from modeldeploy.decisions import plan as plan_mod
-    from modeldeploy.decisions.traffic import PodReport
+    from modeldeploy.decisions import rollout as rollouts
+    from modeldeploy.decisions.records import PodReport
 
     routing = {"labels": {"stable": 3}, "weights": {"stable": 100}, "delivery": "Push", "livePods": 1, "readyPods": 1}
     pods = [PodReport("p0", versions={3: "AVAILABLE", 4: "AVAILABLE"})]
@@ -198,9 +198,9 @@ def test_the_reconcile_glue_starts_resumes_and_retries() -> None:
 
 def test_promote_and_abort_commands_are_acted_on_once() -> None:
     from modeldeploy.api import v1alpha1 as api
-    from modeldeploy.controller import rollouts
     from modeldeploy.decisions import plan as plan_mod
-    from modeldeploy.decisions.traffic import PodReport
+    from modeldeploy.decisions import rollout as rollouts
+    from modeldeploy.decisions.records import PodReport
 
     pods = [PodReport("p0", versions={3: "AVAILABLE", 4: "AVAILABLE"})]
     running = State(PROGRESSING, 3, 4, 2, step=0, weight=50, step_started=0, last_check=0)
@@ -218,7 +218,7 @@ def test_promote_and_abort_commands_are_acted_on_once() -> None:
 
 def test_a_command_left_from_an_earlier_rollout_does_not_act_on_a_later_one() -> None:
     from modeldeploy.api import v1alpha1 as api
-    from modeldeploy.controller import rollouts
+    from modeldeploy.decisions import rollout as rollouts
 
     b = {"metadata": {"annotations": {api.ROLLOUT_COMMAND_ANNOTATION: "promote@2"}}}
     assert rollouts.command_for(b, {}, 2) == "promote"

@@ -22,8 +22,9 @@ import pytest
 import requests
 from localcluster.fakeapi import FakeKubeAPI
 from modeldeploy.api import v1alpha1 as api
-from modeldeploy.clients import modelstatus
+from modeldeploy.clients import servers
 from modeldeploy.decisions import render, serverconfig
+from modeldeploy.decisions.records import Endpoint, VersionReport
 from operator_support import GROUP, PLURAL, ROOT, OperatorProcess, make_namespace, md
 from support import condition, free_port, wait_for
 
@@ -105,12 +106,12 @@ def test_probes_and_scrape_annotations_answer(server: dict[str, Any]) -> None:
 
 
 def test_both_versions_and_labels_are_served(server: dict[str, Any]) -> None:
-    reports = modelstatus.fetch(server["url"], "tv")
-    assert reports == {1: modelstatus.VersionReport("Available"), 2: modelstatus.VersionReport("Available")}
+    reports = servers.fetch_status(server["url"], "tv")
+    assert reports == {1: VersionReport("Available"), 2: VersionReport("Available")}
     # where each label points, as the operator asks (an unknown label resolves nowhere)
-    reports = modelstatus.fetch(server["url"], "tv", ["stable", "canary", "nope"])
-    assert reports == {1: modelstatus.VersionReport("Available", labels=("stable",)),
-                       2: modelstatus.VersionReport("Available", labels=("canary",))}
+    reports = servers.fetch_status(server["url"], "tv", ["stable", "canary", "nope"])
+    assert reports == {1: VersionReport("Available", labels=("stable",)),
+                       2: VersionReport("Available", labels=("canary",))}
     pred = requests.post(server["url"] + "/v1/models/tv/labels/canary:predict", json={"instances": [1.0]}, timeout=10)
     assert pred.status_code == 200 and pred.json()["predictions"] == [pytest.approx(4.0)]  # version 2: x + 3
 
@@ -147,8 +148,8 @@ def test_operator_reports_the_servers_version_states(server: dict[str, Any], mod
 
         # a label the spec moved but the server does not route yet: Progressing (and kstatus' Reconciling) say so
         write_config(render.render_all(spec({"stable": 2, "canary": 2}), OWNER)[0], server["config_dir"], models)
-        wait_for(lambda: modelstatus.fetch(server["url"], "tv", ["stable"]) == {
-            1: modelstatus.VersionReport("Available"), 2: modelstatus.VersionReport("Available", labels=("stable",))}, what="server at stable=2")
+        wait_for(lambda: servers.fetch_status(server["url"], "tv", ["stable"]) == {
+            1: VersionReport("Available"), 2: VersionReport("Available", labels=("stable",))}, what="server at stable=2")
         obj = fake.get(GROUP, PLURAL, "ml", "tv")
         obj["spec"]["versionLabels"] = {"stable": 1, "canary": 2}
         fake.update(fake.resources[(GROUP, PLURAL)], "ml", "tv", obj)
@@ -166,22 +167,21 @@ def test_operator_reports_the_servers_version_states(server: dict[str, Any], mod
 
 # last in this module: its pushes raise the routing generation above the files the other tests write
 def test_the_operators_pod_admin_calls_against_a_real_server(server: dict[str, Any]) -> None:
-    """podadmin (what the operator asks each ready pod, and its push) against the rendered server."""
-    from modeldeploy.clients import podadmin
+    """clients.servers (what the operator asks each ready pod, and its push) against the rendered server."""
     from modeldeploy.decisions import traffic
 
-    ep = podadmin.Endpoint("pod-0", server["admin"])
-    (report,) = podadmin.fetch([ep], "t0ken", "tv")
+    ep = Endpoint("pod-0", server["admin"])
+    (report,) = servers.fetch_reports([ep], "t0ken", "tv")
     assert report.versions == {1: "AVAILABLE", 2: "AVAILABLE"} and not report.unreachable
-    (refused,) = podadmin.fetch([ep], "wrong", "tv")
+    (refused,) = servers.fetch_reports([ep], "wrong", "tv")
     assert "HTTP 401" in refused.unreachable
     table = traffic.Table(report.generation + 1, {"stable": 1, "canary": 2}, {"stable": 80, "canary": 20})
-    (pushed,) = podadmin.push([ep], "t0ken", table.document("tv"))
+    (pushed,) = servers.push([ep], "t0ken", table.document("tv"))
     assert not pushed.error and pushed.generation == table.generation
-    (after,) = podadmin.fetch([ep], "t0ken", "tv")
+    (after,) = servers.fetch_reports([ep], "t0ken", "tv")
     assert after.generation == table.generation and after.labels == {"stable": 1, "canary": 2}
     seen = {requests.post(server["url"] + "/v1/models/tv:predict", json={"instances": [1.0]}, timeout=10).headers["X-Model-Label"]
             for _ in range(60)}
     assert seen == {"stable", "canary"}
-    (stale,) = podadmin.push([ep], "t0ken", traffic.Table(0, {"stable": 2}).document("tv"))
+    (stale,) = servers.push([ep], "t0ken", traffic.Table(0, {"stable": 2}).document("tv"))
     assert "HTTP 409" in stale.error

@@ -71,34 +71,35 @@ def test_compute_status_fields() -> None:
 
 
 def test_server_reports_refine_version_states() -> None:
-    from modeldeploy.clients import modelstatus
+    from modeldeploy.clients import servers
+    from modeldeploy.decisions.records import VersionReport
 
-    served = modelstatus.parse({"model_version_status": [
+    served = servers.parse_status({"model_version_status": [
         {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
         {"version": "2", "state": "END", "status": {"error_code": "NOT_FOUND", "error_message": "no SavedModel"}},
         {"version": "x", "state": "AVAILABLE"},
     ]})
-    assert served == {1: modelstatus.VersionReport("Available"), 2: modelstatus.VersionReport("Failed", "no SavedModel")}
-    assert modelstatus.parse({"model_version_status": [{"version": "4", "state": "END", "status": {"error_code": "OK"}}]})[4].state == "Unloaded"
+    assert served == {1: VersionReport("Available"), 2: VersionReport("Failed", "no SavedModel")}
+    assert servers.parse_status({"model_version_status": [{"version": "4", "state": "END", "status": {"error_code": "OK"}}]})[4].state == "Unloaded"
     st = compute_status(spec=SPEC, name="clf", generation=1, deployment=deployment(1, 1, 1, 1), problem=None, previous=None,
                         config_hash=None, now="T", served=served)
     assert st["versions"] == [{"version": 1, "state": "Available", "labels": ["stable"]},
                               {"version": 2, "state": "Failed", "message": "no SavedModel"}]
     latest = api.ModelDeploymentSpec.model_validate({"model": {"storage": {"pvc": {"claimName": "m"}}}})
     st = compute_status(spec=latest, name="clf", generation=1, deployment=deployment(1, 1, 1, 1), problem=None, previous=None,
-                        config_hash=None, now="T", served={7: modelstatus.VersionReport("Available")})
+                        config_hash=None, now="T", served={7: VersionReport("Available")})
     assert st["versions"] == [{"version": 7, "state": "Available"}]
 
 
 def test_unreachable_server_gives_none() -> None:
     import socket
 
-    from modeldeploy.clients import modelstatus
+    from modeldeploy.clients import servers
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    assert modelstatus.fetch(f"http://127.0.0.1:{port}", "m", timeout=1) is None
+    assert servers.fetch_status(f"http://127.0.0.1:{port}", "m", timeout=1) is None
 
 
 def test_a_problem_still_counts_the_pods_of_an_earlier_generation() -> None:
@@ -160,16 +161,17 @@ def test_kstatus_tools_read_the_truth() -> None:
 
 
 def test_label_moves_the_servers_have_not_applied_keep_progressing() -> None:
-    from modeldeploy.clients import modelstatus
+    from modeldeploy.clients import servers
+    from modeldeploy.decisions.records import VersionReport
     from modeldeploy.decisions.status import pending_labels
 
     spec = api.ModelDeploymentSpec.model_validate(
         {"model": {"storage": {"pvc": {"claimName": "m"}}, "versions": [1, 2]}, "versionLabels": {"stable": 2, "canary": 2}})
-    reports = {1: modelstatus.VersionReport("Available"), 2: modelstatus.VersionReport("Available")}
-    behind = modelstatus.with_labels(reports, {"stable": 1, "canary": 2})
+    reports = {1: VersionReport("Available"), 2: VersionReport("Available")}
+    behind = servers.with_labels(reports, {"stable": 1, "canary": 2})
     assert behind[1].labels == ("stable",) and behind[2].labels == ("canary",)
     assert pending_labels(spec, behind) == ["stable→2"] and pending_labels(spec, None) == []
-    caught_up = modelstatus.with_labels(reports, {"stable": 2, "canary": 2, "gone": 9, "unset": None})
+    caught_up = servers.with_labels(reports, {"stable": 2, "canary": 2, "gone": 9, "unset": None})
     assert caught_up[2].labels == ("canary", "stable") and pending_labels(spec, caught_up) == []
     st = compute_status(spec=spec, name="clf", generation=2, deployment=deployment(2, 2, 2, 2), problem=None, previous=None,
                         config_hash=None, now="T", served=behind)

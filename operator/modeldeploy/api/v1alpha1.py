@@ -26,6 +26,7 @@ KIND = "ModelDeployment"
 PLURAL = "modeldeployments"
 SINGULAR = "modeldeployment"
 SHORT_NAMES = ["md"]
+FIELD_MANAGER = "modeldeploy"  # the server-side apply field manager of every object the operator writes
 
 QUANTITY_PATTERN = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 LABEL_PATTERN = r"^[a-zA-Z][a-zA-Z0-9_-]{0,62}$"

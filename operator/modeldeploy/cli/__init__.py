@@ -12,10 +12,8 @@ import sys
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "operator": ("modeldeploy.controller.run", "run the ModelDeployment operator"),
+    "operator": ("modeldeploy.cli.operator", "run the ModelDeployment operator"),
     "trace-summary": ("modeldeploy.cli.trace_summary", "summarize a model-server request trace file"),
-    # Needs the server extra (TensorFlow): it builds records against the model's signatures.
-    "warmup": ("modelserver.warmup.replay", "write a TF Serving warmup file (assets.extra/tf_serving_warmup_requests)"),
     "promote": ("modeldeploy.cli.verbs:Promote", "promote the canary to stable (during a rollout: skip its remaining steps)"),
     "rollback": ("modeldeploy.cli.verbs:Rollback", "drop the canary (during a rollout: roll it back now)"),
     "abort": ("modeldeploy.cli.verbs:Abort", "roll back a progressive rollout now"),

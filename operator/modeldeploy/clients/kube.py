@@ -19,7 +19,6 @@ from kubernetes import client, config
 
 from modeldeploy import __version__
 from modeldeploy.api import v1alpha1 as api
-from modeldeploy.decisions.render import FIELD_MANAGER
 
 USER_AGENT = f"modeldeploy-operator/{__version__}"
 Obj = dict[str, Any]
@@ -121,7 +120,7 @@ class Kube:
         meta = obj["metadata"]
         path = path_for(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
         return self.request(
-            "PATCH", path, query={"fieldManager": FIELD_MANAGER, "force": "true"}, body=obj,
+            "PATCH", path, query={"fieldManager": api.FIELD_MANAGER, "force": "true"}, body=obj,
             content_type="application/apply-patch+yaml",
         )
 

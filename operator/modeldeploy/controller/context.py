@@ -1,22 +1,28 @@
-"""The operator's context: built once by `modeldeploy operator` (operator_main.run), handed to kopf as
+"""The operator's context: built once by `modeldeploy operator` (controller.run), handed to kopf as
 `kopf.operator(memo=...)`, and read by every handler from its `memo` argument.
 
-It holds what the handlers and reconciles share: the Kubernetes client, the operator-wide defaults
-(flags), the cache of watched objects, the work queue and the threads that run reconciles. kopf
-gives each watched object a shallow copy of the memo, so these objects are shared by all; nothing
-rebinds them after `build`. Tests build their own context (no module-level state).
+- `Settings`: what the operator was told (flags and defaults); frozen, never changes while it runs.
+- `OperatorContext`: what the handlers and reconciles share while it runs: the Kubernetes client,
+  the cache of watched objects, the work queue and the threads that run reconciles, and the small
+  memories of the reconciles (claims found, ModelDeployments whose traffic is still moving).
+
+kopf gives each watched object a shallow copy of the memo, so these objects are shared by all;
+nothing rebinds them after construction. Tests build their own context (no module-level state).
+The reconcile function is handed in (controller.run passes reconcile.reconcile), so this module
+does not import the reconcile that reads it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from modeldeploy.clients import modelstatus
+from modeldeploy.clients import servers
 from modeldeploy.clients.kube import Kube
-from modeldeploy.controller import metrics, reconcile
+from modeldeploy.controller import metrics
 from modeldeploy.controller.cache import Cache
 from modeldeploy.controller.workqueue import WorkQueue
 from modeldeploy.decisions import render
@@ -24,14 +30,13 @@ from modeldeploy.decisions import render
 Key = tuple[str, str]  # (namespace, name) of a ModelDeployment
 
 
-@dataclass
-class OperatorContext:
-    kube: Kube
+@dataclass(frozen=True)
+class Settings:
     defaults: render.Defaults = field(default_factory=render.Defaults)
     # The periodic re-check of every ModelDeployment (storage that appeared, the servers' states).
     resync_seconds: float = 60.0
     # Where to ask the model servers for version states ({name}, {namespace}); "" turns it off.
-    model_status_url: str = modelstatus.DEFAULT_URL_TEMPLATE
+    model_status_url: str = servers.DEFAULT_URL_TEMPLATE
     # Reconciles that run at once (threads), and how long a child's event waits to join others.
     workers: int = 8
     child_event_delay: float = 0.1
@@ -45,26 +50,30 @@ class OperatorContext:
     pod_admin: bool = True
     # While labels or weights are still moving (a version loading, a pod lagging): look again this soon.
     traffic_recheck_seconds: float = 1.0
-    traffic_pending: dict[tuple[str, str], bool] = field(default_factory=dict)
+
+
+Reconcile = Callable[["OperatorContext", str, str], "float | None"]
+
+
+@dataclass
+class OperatorContext:
+    kube: Kube
+    reconcile: Reconcile  # one run for the work queue: the seconds until the next look (None: gone)
+    settings: Settings = field(default_factory=Settings)
     cache: Cache = field(default_factory=Cache)
-    claims_seen: dict[tuple[str, str], float] = field(default_factory=dict)  # (namespace, claim) -> known until
+    claims_seen: dict[Key, float] = field(default_factory=dict)  # (namespace, claim) -> known until
+    traffic_pending: dict[Key, bool] = field(default_factory=dict)
     queue: WorkQueue[Key] = field(init=False)
     executor: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.queue = WorkQueue(self._run, self.workers)
-        self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="reconcile")
+        self.queue = WorkQueue(self._run, self.settings.workers)
+        self.executor = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="reconcile")
         metrics.QUEUE_DEPTH.set_function(self.queue.__len__)
-
-    def probe(self, namespace: str, name: str, model: str, labels: list[str]) -> dict[int, modelstatus.VersionReport] | None:
-        """The servers' own version reports (None: turned off or unreachable)."""
-        if not self.model_status_url:
-            return None
-        return modelstatus.fetch(self.model_status_url.format(name=name, namespace=namespace), model, labels)
 
     async def _run(self, key: Key) -> float | None:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, reconcile.reconcile, self, *key)
+        return await loop.run_in_executor(self.executor, self.reconcile, self, *key)
 
     def start(self) -> None:
         self.queue.start()

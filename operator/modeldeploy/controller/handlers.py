@@ -82,7 +82,7 @@ async def start(settings: kopf.OperatorSettings, memo: OperatorContext, **_: Any
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.persistence.progress_storage = NoProgress()
     settings.posting.level = logging.WARNING  # kopf posts only its own warnings and errors
-    settings.posting.reporting_component = memo.reporting_component
+    settings.posting.reporting_component = memo.settings.reporting_component
     # We watch our CRD cluster-wide or in the namespaces given: no need to scan CRDs/namespaces.
     settings.scanning.disabled = True
     settings.watching.server_timeout = 300
@@ -127,7 +127,7 @@ async def on_child(event: kopf.RawEvent, memo: OperatorContext, **_: Any) -> Non
         news = memo.cache.seen(obj)
     if owner and meta.get("namespace") and news:
         metrics.CHILD_EVENTS.labels(kind=obj.get("kind", ""), type=event["type"] or "None").inc()
-        memo.queue.add_after((meta["namespace"], owner), memo.child_event_delay)
+        memo.queue.add_after((meta["namespace"], owner), memo.settings.child_event_delay)
 
 
 def register() -> None:

@@ -2,7 +2,7 @@
 
 - **observe** (reads): the ModelDeployment and its children from the cache (what the watches and
   our own writes left there), the PersistentVolumeClaim its spec names (a GET), and, when pods are
-  ready, each ready pod's own report from its admin port (HTTP, in parallel; podadmin.py), or, when
+  ready, each ready pod's own report from its admin port (HTTP, in parallel; clients.servers), or, when
   the pods cannot be reached, one server's version report through the Service;
 - **plan** and **report** (pure, plan.py): what to create, update or keep, which Events, what status;
 - **execute** (writes): our finalizer, the server-side applies (each answer goes into the cache, so
@@ -26,12 +26,13 @@ import time
 from typing import TYPE_CHECKING
 
 from modeldeploy.api import v1alpha1 as api
-from modeldeploy.clients import podadmin
+from modeldeploy.clients import servers
 from modeldeploy.clients.kube import KubeError
-from modeldeploy.controller import metrics, rollouts, scaling
+from modeldeploy.controller import measure, metrics
 from modeldeploy.controller.workqueue import Retry
 from modeldeploy.decisions import autoscale, plan, render, rollout, serverconfig
 from modeldeploy.decisions.plan import Event, Observed, Outcome, Plan, parse_spec
+from modeldeploy.decisions.records import Endpoint, PodReport, PushResult, VersionReport
 
 if TYPE_CHECKING:
     from modeldeploy.controller.context import OperatorContext
@@ -65,28 +66,18 @@ def reconcile(ctx: OperatorContext, namespace: str, name: str) -> float | None:
         log.warning("%s/%s: %s: %s", namespace, name, problem.reason, problem.message)
     if body["metadata"].get("deletionTimestamp"):
         return None
-    if problem is None and ctx.traffic_pending.pop((namespace, name), False):
-        return ctx.traffic_recheck_seconds  # labels or weights still moving: look again soon
-    # Spread the re-checks of ModelDeployments created together (±10%).
-    after = ctx.resync_seconds * random.uniform(0.9, 1.1)
-    a = (plan.parse_spec(body) if problem is None else None)
-    if isinstance(a, api.ModelDeploymentSpec) and a.autoscaling and a.autoscaling.mode == api.AutoscalingMode.operator:
-        after = min(after, float(a.autoscaling.interval_seconds))  # the autoscaler's next evaluation
+    moving = ctx.traffic_pending.pop((namespace, name), False)
     latest = ctx.cache.get(api.KIND, namespace, name) or body
-    state = rollout.State.from_status((latest.get("status") or {}).get("rollout"))
-    if isinstance(a, api.ModelDeploymentSpec) and a.rollout is not None and state is not None:
-        # a rollout checks on time; while it loads the new version or promotes, it looks again soon
-        due = rollout.seconds_to_next_check(rollouts.plan_of(a.rollout), state, time.time())
-        if due is not None:
-            after = min(after, max(due, ctx.traffic_recheck_seconds))
-        elif state.phase in (rollout.PROGRESSING, rollout.PROMOTING):
-            after = min(after, ctx.traffic_recheck_seconds)
-    return after
+    spec = plan.parse_spec(body) if problem is None else None
+    # Spread the periodic re-checks of ModelDeployments created together (±10%).
+    resync = ctx.settings.resync_seconds * random.uniform(0.9, 1.1)
+    return plan.next_look(spec if isinstance(spec, api.ModelDeploymentSpec) else None, latest.get("status") or {},
+                          time.time(), resync, ctx.settings.traffic_recheck_seconds, moving and problem is None)
 
 
 def _reconcile(ctx: OperatorContext, body: Obj) -> plan.Problem | None:
     observed = observe(ctx, body)
-    decided = plan.plan(observed, ctx.defaults)
+    decided = plan.plan(observed, ctx.settings.defaults)
     outcome = execute(ctx, body, decided)
     if outcome is None:
         return None  # the ModelDeployment is gone
@@ -118,46 +109,73 @@ def observe(ctx: OperatorContext, body: Obj) -> Observed:
         except KubeError as exc:
             raise Retry(f"reading the warmup requests ConfigMap: {exc}", 1) from exc
     problem = plan.assess(body, parsed, claim_found, warmup_problem)
-    spec = None if isinstance(parsed, plan.Problem) else parsed
+    spec = None if isinstance(parsed, plan.Problem) or problem is not None else parsed
     children = {(kind, child): obj for _, kind, child in render.child_refs(name)
                 if (obj := ctx.cache.get(kind, namespace, child)) is not None}
-    served = None
-    endpoints: tuple[podadmin.Endpoint, ...] = ()
-    pods: tuple[plan.traffic.PodReport, ...] | None = None
-    token = podadmin.token_of(children.get(("Secret", render.token_secret_name(name))), serverconfig.ADMIN_TOKEN_KEY)
-    if spec is not None and problem is None:
-        model = api.model_name(spec, name)
-        endpoints = tuple(podadmin.ready_endpoints(ctx.cache.endpoint_slices(namespace, render.admin_service_name(name))))
-        if token is not None and ctx.pod_admin and endpoints:
-            reports = tuple(podadmin.fetch(endpoints, token, model))
-            # every pod unreachable: the operator runs where it cannot reach pods (ConfigMap delivery)
-            pods = None if all(r.unreachable for r in reports) else reports
-        deployment = children.get(("Deployment", name))
-        if not pods and int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0) > 0:
-            served = ctx.probe(namespace, name, model, sorted(spec.version_labels or {}))
-    measured = None
-    a = spec.autoscaling if spec is not None and problem is None else None
-    if a is not None and a.mode == api.AutoscalingMode.operator:
-        now_s = time.time()
-        if autoscale.due((body.get("status") or {}).get("autoscaler"), now_s, a.interval_seconds):
-            dep = children.get(("Deployment", name))
-            ready = int(((dep or {}).get("status") or {}).get("readyReplicas") or 0)
-            measured = scaling.measure(a, ctx.prometheus_url, namespace, name, ready, now_s)
+    token = servers.token_of(children.get(("Secret", render.token_secret_name(name))), serverconfig.ADMIN_TOKEN_KEY)
+    endpoints, pods, served = ask_servers(ctx, spec, namespace, name, children, token)
     now_s = time.time()
-    checked = None
+    measured = measure_autoscaler(ctx, body, spec, children, now_s)
+    checked = measure_rollout(ctx, body, spec, now_s)
+    return Observed(body, None if isinstance(parsed, plan.Problem) else parsed, problem, children, served, endpoints,
+                    pods, token, secrets.token_urlsafe(32), measured, checked, now_s)
+
+
+def ask_servers(ctx: OperatorContext, spec: api.ModelDeploymentSpec | None, namespace: str, name: str,
+                children: dict[plan.ChildKey, Obj], token: str | None
+                ) -> tuple[tuple[Endpoint, ...], tuple[PodReport, ...] | None, dict[int, VersionReport] | None]:
+    """Each ready pod's report from its admin port; when no pod can be reached there and the
+    Deployment has ready pods, one server's version report through the Service instead."""
+    if spec is None:
+        return (), None, None
+    model = api.model_name(spec, name)
+    endpoints = tuple(servers.ready_endpoints(ctx.cache.endpoint_slices(namespace, render.admin_service_name(name))))
+    pods = None
+    if token is not None and ctx.settings.pod_admin and endpoints:
+        reports = tuple(servers.fetch_reports(endpoints, token, model))
+        # every pod unreachable: the operator runs where it cannot reach pods (ConfigMap delivery)
+        pods = None if all(r.unreachable for r in reports) else reports
+    served = None
+    url = ctx.settings.model_status_url
+    if not pods and url and _ready_replicas(children.get(("Deployment", name))) > 0:
+        served = servers.fetch_status(url.format(name=name, namespace=namespace), model, sorted(spec.version_labels or {}))
+    return endpoints, pods, served
+
+
+def measure_autoscaler(ctx: OperatorContext, body: Obj, spec: api.ModelDeploymentSpec | None,
+                       children: dict[plan.ChildKey, Obj], now_s: float) -> autoscale.Measured | None:
+    """The autoscaler's metric, when the operator autoscales and an evaluation is due."""
+    a = spec.autoscaling if spec is not None else None
+    if a is None or a.mode != api.AutoscalingMode.operator:
+        return None
+    if not autoscale.due((body.get("status") or {}).get("autoscaler"), now_s, a.interval_seconds):
+        return None
+    meta = body["metadata"]
+    ready = _ready_replicas(children.get(("Deployment", meta["name"])))
+    return measure.autoscaler_metric(a, ctx.settings.prometheus_url, meta["namespace"], meta["name"], ready, now_s)
+
+
+def measure_rollout(ctx: OperatorContext, body: Obj, spec: api.ModelDeploymentSpec | None,
+                    now_s: float) -> rollout.Measured | None:
+    """A progressive rollout's check, when one is due."""
     state = rollout.State.from_status((body.get("status") or {}).get("rollout"))
-    if spec is not None and problem is None and spec.rollout is not None and state is not None:
-        rplan = rollouts.plan_of(spec.rollout)
-        if rollout.check_due(rplan, state, now_s):
-            checked = rollouts.measure(spec.rollout, ctx.prometheus_url, namespace, name, state.from_version,
-                                       state.to_version, rplan.window)
-    return Observed(body, spec, problem, children, served, endpoints, pods, token, secrets.token_urlsafe(32), measured,
-                    checked, now_s)
+    if spec is None or spec.rollout is None or state is None:
+        return None
+    rplan = rollout.plan_of(spec.rollout)
+    if not rollout.check_due(rplan, state, now_s):
+        return None
+    meta = body["metadata"]
+    return measure.rollout_check(spec.rollout, ctx.settings.prometheus_url, meta["namespace"], meta["name"],
+                                 state.from_version, state.to_version, rplan.window)
+
+
+def _ready_replicas(deployment: Obj | None) -> int:
+    return int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
 
 
 def claim_exists(ctx: OperatorContext, namespace: str, claim: str) -> bool:
     """Whether the PersistentVolumeClaim exists: a GET, unless one found it within
-    `ctx.claim_seconds` (a claim in use cannot go away: Kubernetes' pvc-protection keeps it while
+    `ctx.settings.claim_seconds` (a claim in use cannot go away: Kubernetes' pvc-protection keeps it while
     pods mount it). A missing claim is asked for again at every reconcile."""
     key = (namespace, claim)
     if ctx.claims_seen.get(key, 0.0) > time.monotonic():
@@ -167,7 +185,7 @@ def claim_exists(ctx: OperatorContext, namespace: str, claim: str) -> bool:
     except KubeError as exc:
         raise Retry(f"checking storage: {exc}", 1) from exc
     if found:
-        ctx.claims_seen[key] = time.monotonic() + ctx.claim_seconds
+        ctx.claims_seen[key] = time.monotonic() + ctx.settings.claim_seconds
     else:
         ctx.claims_seen.pop(key, None)
     return found
@@ -191,10 +209,10 @@ def execute(ctx: OperatorContext, body: Obj, decided: Plan) -> Outcome | None:
         applied[action.key] = out
         if action.event is not None and (not action.event.only_if_changed or _changed(action, out)):
             post_event(ctx, body, action.event)
-    pushed: tuple[podadmin.PushResult, ...] = ()
+    pushed: tuple[PushResult, ...] = ()
     if decided.push_to and decided.token and decided.routing is not None:
         # after the ConfigMap: a pod that starts meanwhile reads the same table from routing.json
-        pushed = tuple(podadmin.push(decided.push_to, decided.token, decided.routing))
+        pushed = tuple(servers.push(decided.push_to, decided.token, decided.routing))
         for r in pushed:
             if r.error:
                 log.info("routing push to %s/%s pod %s: %s", body["metadata"]["namespace"], body["metadata"]["name"],
@@ -239,6 +257,6 @@ def write_status(ctx: OperatorContext, body: Obj, patch: Obj) -> None:
 def post_event(ctx: OperatorContext, body: Obj, event: Event) -> None:
     """Best effort, as Kubernetes' own recorders: a lost Event is logged, never retried."""
     try:
-        ctx.kube.post_event(body, event.type, event.reason, event.message, ctx.reporting_component, ctx.reporting_instance)
+        ctx.kube.post_event(body, event.type, event.reason, event.message, ctx.settings.reporting_component, ctx.settings.reporting_instance)
     except KubeError as exc:
         log.info("could not post the %s event of %s: %s", event.reason, body["metadata"].get("name"), exc)

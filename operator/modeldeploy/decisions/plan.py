@@ -22,10 +22,8 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from modeldeploy.api import v1alpha1 as api
-from modeldeploy.clients.modelstatus import VersionReport
-from modeldeploy.clients.podadmin import Endpoint, PushResult
-from modeldeploy.controller import rollouts, scaling
-from modeldeploy.decisions import render, serverconfig, traffic
+from modeldeploy.decisions import autoscale, render, rollout, serverconfig, traffic
+from modeldeploy.decisions.records import Endpoint, PodReport, PushResult, VersionReport
 from modeldeploy.decisions.status import Problem, compute_status
 
 Obj = dict[str, Any]
@@ -55,11 +53,11 @@ class Observed:
     # The ready pods' admin addresses and what each said (None: they cannot be asked, so routing
     # tables go by ConfigMap), the admin token in force, and a fresh one for a Secret to create.
     endpoints: tuple[Endpoint, ...] = ()
-    pods: tuple[traffic.PodReport, ...] | None = None
+    pods: tuple[PodReport, ...] | None = None
     token: str | None = None
     fresh_token: str = ""
-    measured: scaling.Measured | None = None  # the autoscaler's metric, when an evaluation was due
-    rollout_measured: rollouts.Measured | None = None  # a rollout's check, when one was due
+    measured: autoscale.Measured | None = None  # the autoscaler's metric, when an evaluation was due
+    rollout_measured: rollout.Measured | None = None  # a rollout's check, when one was due
     now: float = 0.0  # Unix seconds of this reconcile (rollout steps)
 
     @property
@@ -88,8 +86,8 @@ class Plan:
     routing: Obj | None = None  # its document (routing.json, and the pushes)
     push_to: tuple[Endpoint, ...] = ()
     token: str | None = None
-    scaling: scaling.Scaling | None = None
-    rollout: rollouts.Step | None = None
+    scaling: autoscale.Scaling | None = None
+    rollout: rollout.Step | None = None
 
     @property
     def writes(self) -> tuple[ChildAction, ...]:
@@ -220,10 +218,10 @@ def plan(observed: Observed, defaults: render.Defaults) -> Plan:
     spec, owner = observed.spec, owner_of(observed.body)
     generation = int(observed.body["metadata"].get("generation") or 1)
     in_force = traffic.Table.from_status((observed.body.get("status") or {}).get("routing"))
-    stepped = rollouts.step(spec, observed.body, observed.pods, observed.rollout_measured, observed.now)
+    stepped = rollout.step(spec, observed.body, observed.pods, observed.rollout_measured, observed.now)
     decision = traffic.decide(spec, generation, in_force, observed.pods, stepped.override, stepped.unload)
     previous = observed.body.get("status") or {}
-    scaled = scaling.decide(spec, observed.children.get(("Deployment", owner.name)),
+    scaled = autoscale.scale(spec, observed.children.get(("Deployment", owner.name)),
                             observed.children.get(("HorizontalPodAutoscaler", owner.name)), previous.get("autoscaler"),
                             observed.measured)
     serving = render.Serving(decision.load_versions, decision.table.document(api.model_name(spec, owner.name)),
@@ -304,7 +302,7 @@ def report(observed: Observed, plan_: Plan, outcome: Outcome, now: str) -> Repor
         served=(traffic.version_reports(observed.pods, plan_.traffic.table) if observed.pods
                 and plan_.traffic else observed.served) if problem is None else None,
         routing=routing, autoscaler=plan_.scaling.status if plan_.scaling and problem is None else previous.get("autoscaler"),
-        progressive=rollouts.status_of(plan_.rollout.state, observed.body) if plan_.rollout and problem is None
+        progressive=rollout.status_of(plan_.rollout.state, observed.body) if plan_.rollout and problem is None
         else previous.get("rollout"),
     )
     event = summary_event(problem, previous, generation, plan_.config_hash)
@@ -338,3 +336,15 @@ def failed_version_event(status: Obj, previous: Obj) -> tuple[Event, ...]:
     if now.get("reason") == "VersionFailed" and (was.get("reason"), was.get("message")) != ("VersionFailed", now.get("message")):
         return (Event("Warning", "VersionFailed", str(now.get("message", ""))),)
     return ()
+
+
+def next_look(spec: api.ModelDeploymentSpec | None, status: Obj, now: float, resync: float, recheck: float,
+              traffic_moving: bool) -> float:
+    """Seconds until the ModelDeployment is reconciled again: the periodic re-check (`resync`), or
+    sooner when something is due: labels or weights still moving (`recheck`), the autoscaler's next
+    evaluation, a rollout's next check (or `recheck` while it loads the new version or promotes)."""
+    due = [resync, recheck] if traffic_moving else [resync]
+    if spec is not None:
+        due += [d for d in (autoscale.next_evaluation(spec), rollout.next_look(spec, status, now, recheck))
+                if d is not None]
+    return min(due)

@@ -23,10 +23,11 @@ from modelserver import contract  # ports and paths shared with the server (pure
 
 from modeldeploy.api import v1alpha1 as api
 from modeldeploy.api.v1alpha1 import ModelDeploymentSpec
-from modeldeploy.decisions import serverconfig
+from modeldeploy.decisions import serverconfig, traffic
+from modeldeploy.decisions.autoscale import external_metric_name
+from modeldeploy.decisions.queries import MD_LABEL
 
 DEFAULT_SERVER_IMAGE = "ghcr.io/modeldeploy/model-server:0.1.0"
-FIELD_MANAGER = "modeldeploy"
 CONFIG_HASH_ANNOTATION = "serving.modeldeploy.io/config-hash"
 RENDERED_HASH_ANNOTATION = "serving.modeldeploy.io/rendered-hash"
 OWNER_LABEL = "serving.modeldeploy.io/model-deployment"
@@ -66,8 +67,6 @@ class Serving:
 
 
 def default_serving(spec: ModelDeploymentSpec, owner_name: str) -> Serving:
-    from modeldeploy.decisions import traffic
-
     table = traffic.spec_table(spec, 0)
     return Serving(tuple(spec.model.versions) if spec.model.versions else None,
                    table.document(api.model_name(spec, owner_name)))
@@ -367,9 +366,6 @@ def render_network_policy(owner: Owner, defaults: Defaults) -> dict[str, Any]:
 def render_hpa(spec: ModelDeploymentSpec, owner: Owner) -> dict[str, Any]:
     """autoscaling.mode hpa: an autoscaling/v2 HPA on the External metric the chart's prometheus-adapter
     rules serve, selected to this ModelDeployment (the adapter groups by it, one series each)."""
-    from modeldeploy.controller.scaling import external_metric_name
-    from modeldeploy.decisions.queries import MD_LABEL
-
     a = spec.autoscaling
     assert a is not None
     per_replica = a.metric in (api.Metric.rps, api.Metric.in_flight)

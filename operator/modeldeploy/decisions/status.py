@@ -13,7 +13,7 @@ from typing import Any
 
 from modeldeploy.api import v1alpha1 as api
 from modeldeploy.api.v1alpha1 import ModelDeploymentSpec
-from modeldeploy.clients.modelstatus import VersionReport
+from modeldeploy.decisions.records import VersionReport
 
 Obj = dict[str, Any]
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modeldeploy.api import v1alpha1 as api
+from modeldeploy.decisions.records import PodReport, VersionReport
 
 STABLE, CANARY = "stable", "canary"
 
@@ -65,19 +66,6 @@ class Table:
                          {str(k): int(v) for k, v in (s.get("weights") or {}).items()})
         except (TypeError, ValueError):
             return None
-
-
-@dataclass(frozen=True, slots=True)
-class PodReport:
-    """What one ready pod's admin port said (GET /v1/admin/models), or why it said nothing."""
-
-    pod: str
-    versions: Mapping[int, str] = field(default_factory=dict)  # version -> AVAILABLE | LOADING | END ...
-    errors: Mapping[int, str] = field(default_factory=dict)  # version -> the load error
-    generation: int = -1  # the routing generation in force on the pod
-    unreachable: str = ""  # why it could not be asked
-    labels: Mapping[str, int] = field(default_factory=dict)  # where its labels point now
-    warmup: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)  # version -> the server's warmup report
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,17 +162,15 @@ def summary(table: Table | None) -> str:
     return ",".join(f"{k}={w}%" for k, w in sorted(table.weights.items()) if w)
 
 
-def version_reports(pods: Sequence[PodReport], table: Table) -> dict[int, Any]:
+def version_reports(pods: Sequence[PodReport], table: Table) -> dict[int, VersionReport]:
     """Per-version states over the ready pods, for status: Available when every pod that answered
     serves it, Failed (with the first error) when one failed to load it, else Loading; with the
     labels the table in force gives it."""
-    from modeldeploy.clients.modelstatus import VersionReport
-
     answered = [p for p in pods if not p.unreachable]
     labels: dict[int, list[str]] = {}
     for label, v in sorted(table.labels.items()):
         labels.setdefault(v, []).append(label)
-    out: dict[int, Any] = {}
+    out: dict[int, VersionReport] = {}
     for v in sorted({v for p in answered for v in p.versions}):
         states = [p.versions.get(v) for p in answered]
         errors = [p.errors[v] for p in answered if p.errors.get(v)]

@@ -1,10 +1,18 @@
-"""I/O with each ready pod's admin port (model-server `--admin_port`, see
-server_image/modelserver/admin.py): read what a pod serves, push a routing table to it.
+"""I/O with model-server over HTTP: what the servers say about each version, and their admin ports.
 
-The pods are the ready endpoints of the ModelDeployment's headless admin Service (its
-EndpointSlices, from the operator's cache), called directly, in parallel, with the bearer token of
-the ModelDeployment's admin Secret and short timeouts, so that one slow pod never holds a reconcile
-for long. Every failure is an answer (the pod's `unreachable` reason), never an exception.
+- **Model status through the Service** (`fetch_status`): TF Serving's REST model status,
+  `GET <base>/v1/models/<name>` answers `{"model_version_status": [{"version": "3", "state":
+  "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}, ...]}`. The operator asks the
+  ModelDeployment's Service (one of its ready pods) when the Deployment has ready pods and the
+  pods' admin ports cannot be reached; the answer refines the per-version states in status.
+  Unreachable servers (an operator running outside the cluster) leave the states as readiness
+  tells them.
+- **Each ready pod's admin port** (model-server `--admin_port`, see modelserver.protocol.admin):
+  read what a pod serves (`fetch_reports`), push a routing table to it (`push`). The pods are the
+  ready endpoints of the ModelDeployment's headless admin Service (its EndpointSlices, from the
+  operator's cache), called directly, in parallel, with the bearer token of the ModelDeployment's
+  admin Secret and short timeouts, so that one slow pod never holds a reconcile for long. Every
+  failure is an answer (the pod's `unreachable` reason), never an exception.
 """
 
 from __future__ import annotations
@@ -15,21 +23,86 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 from modelserver import contract
 
-from modeldeploy.decisions.traffic import PodReport
+from modeldeploy.decisions.records import Endpoint, PodReport, PushResult, VersionReport
+
+# TF Serving's ManagedState names -> the states we show in status.
+STATES = {
+    "START": "Loading",
+    "LOADING": "Loading",
+    "AVAILABLE": "Available",
+    "UNLOADING": "Unloading",
+    "END": "Failed",
+    "UNKNOWN": "Unknown",
+}
+DEFAULT_URL_TEMPLATE = f"http://{{name}}.{{namespace}}.svc:{contract.REST_PORT}"
+
+
+def parse_status(body: dict[str, Any]) -> dict[int, VersionReport]:
+    """Pure: TF Serving's GetModelStatus JSON -> version -> report."""
+    out: dict[int, VersionReport] = {}
+    for entry in body.get("model_version_status") or []:
+        try:
+            version = int(entry.get("version"))
+        except (TypeError, ValueError):
+            continue
+        raw = str(entry.get("state") or "UNKNOWN")
+        status = entry.get("status") or {}
+        message = str(status.get("error_message") or "")
+        state = STATES.get(raw, "Unknown")
+        if raw == "END" and status.get("error_code", "OK") == "OK":
+            state = "Unloaded"
+        out[version] = VersionReport(state, message)
+    return out
+
+
+def with_labels(reports: dict[int, VersionReport], resolved: dict[str, int | None]) -> dict[int, VersionReport]:
+    """Pure: attach each label to the version the server resolved it to (None: not assigned there)."""
+    by_version: dict[int, list[str]] = {}
+    for label, version in sorted(resolved.items()):
+        if version is not None and version in reports:
+            by_version.setdefault(version, []).append(label)
+    return {v: replace(r, labels=tuple(by_version.get(v, ()))) for v, r in reports.items()}
+
+
+class _Unreachable(Exception):
+    pass
+
+
+def _get(url: str, timeout: float) -> dict[int, VersionReport]:
+    """One status request: the reports, {} for 4xx (unknown model or label), _Unreachable otherwise."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - http(s) URL built from our template
+            return parse_status(json.loads(resp.read()))
+    except urllib.error.HTTPError as exc:
+        if 400 <= exc.code < 500:
+            return {}
+        raise _Unreachable from exc
+    except (OSError, ValueError) as exc:
+        raise _Unreachable from exc
+
+
+def fetch_status(base_url: str, model: str, labels: Sequence[str] = (), timeout: float = 2.0) -> dict[int, VersionReport] | None:
+    """I/O: ask one server for its versions and where each of `labels` points (TF Serving's
+    `GET /v1/models/<name>/labels/<label>`); None when it cannot be reached or answers nonsense."""
+    base = base_url.rstrip("/")
+    try:
+        reports = _get(base + contract.model_path(model), timeout)
+        resolved: dict[str, int | None] = {}
+        for label in labels:
+            found = _get(base + contract.model_path(model, label), timeout) if reports else {}
+            resolved[label] = next(iter(found), None)
+    except _Unreachable:
+        return None
+    return with_labels(reports, resolved)
+
 
 TIMEOUT_SECONDS = 2.0
 Obj = dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    pod: str
-    url: str  # http://<address>:<admin port>
 
 
 def ready_endpoints(slices: Iterable[Obj], port_name: str = "admin") -> list[Endpoint]:
@@ -99,7 +172,7 @@ def _call(method: str, url: str, token: str, body: Obj | None, timeout: float) -
             return exc.code, None
 
 
-def fetch(endpoints: Sequence[Endpoint], token: str, model: str, timeout: float = TIMEOUT_SECONDS) -> list[PodReport]:
+def fetch_reports(endpoints: Sequence[Endpoint], token: str, model: str, timeout: float = TIMEOUT_SECONDS) -> list[PodReport]:
     """Every pod's report, asked in parallel."""
     def one(ep: Endpoint) -> PodReport:
         try:
@@ -111,13 +184,6 @@ def fetch(endpoints: Sequence[Endpoint], token: str, model: str, timeout: float 
         return parse_report(ep.pod, model, body)
 
     return _parallel(one, endpoints)
-
-
-@dataclass(frozen=True, slots=True)
-class PushResult:
-    pod: str
-    generation: int  # in force on the pod after the push (-1: unknown)
-    error: str = ""
 
 
 def push(endpoints: Sequence[Endpoint], token: str, document: Obj, timeout: float = TIMEOUT_SECONDS) -> list[PushResult]:

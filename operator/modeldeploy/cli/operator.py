@@ -1,0 +1,81 @@
+"""`modeldeploy operator`: run the ModelDeployment operator (kopf).
+
+Watches the cluster named by KUBECONFIG (or the in-cluster service account), in all namespaces
+unless `--namespace` is given (repeatable). Serves liveness on `--health-port` (`/healthz`) and the
+operator's Prometheus metrics on `--metrics-port` (`/metrics`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from modeldeploy.clients import servers
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--namespace", "-n", action="append", default=[], help="watch only this namespace (repeatable); default: all")
+    parser.add_argument(
+        "--server-image",
+        default=os.environ.get("MODELDEPLOY_SERVER_IMAGE", ""),
+        help="model-server image for pods whose spec names none (env MODELDEPLOY_SERVER_IMAGE)",
+    )
+    parser.add_argument("--resync-seconds", type=float, default=60.0, help="re-check every ModelDeployment this often")
+    parser.add_argument(
+        "--model-status-url",
+        default=servers.DEFAULT_URL_TEMPLATE,
+        help="REST base URL of a ModelDeployment's servers, for per-version states ({name}, {namespace}; '' = off)",
+    )
+    parser.add_argument("--workers", type=int, default=8, help="ModelDeployments reconciled at once")
+    parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port (0: off)")
+    parser.add_argument("--health-port", type=int, default=8081, help="liveness endpoint port, /healthz (0: off)")
+    parser.add_argument("--bind", default="0.0.0.0", help="address for the metrics and health endpoints")
+    parser.add_argument(
+        "--crd-wait-seconds", type=float, default=300.0,
+        help="wait this long at start for the ModelDeployment CRD to be installed, then exit 3",
+    )
+    parser.add_argument(
+        "--operator-namespace", default=os.environ.get("POD_NAMESPACE", ""),
+        help="the operator's own namespace (env POD_NAMESPACE): with --operator-pod-labels, each ModelDeployment "
+             "gets a NetworkPolicy admitting only the operator to its servers' admin port")
+    parser.add_argument(
+        "--operator-pod-labels", default=os.environ.get("OPERATOR_POD_LABELS", ""),
+        help="the operator pods' labels, key=value,key=value (env OPERATOR_POD_LABELS)")
+    parser.add_argument(
+        "--prometheus-url", default=os.environ.get("PROMETHEUS_URL", ""),
+        help="Prometheus for autoscaling and rollout analysis (env PROMETHEUS_URL); a ModelDeployment may name its own")
+    parser.add_argument(
+        "--pod-admin", action=argparse.BooleanOptionalAction, default=True,
+        help="ask each ready pod on its admin port and push routing tables there (--no-pod-admin: ConfigMap only)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def parse_labels(text: str) -> tuple[tuple[str, str], ...]:
+    """`key=value,key=value` as sorted pairs (empty text: none)."""
+    out = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"expected key=value, got {item!r}")
+        out.append((key.strip(), value.strip()))
+    return tuple(sorted(out))
+
+
+def run(args: argparse.Namespace) -> int:
+    from modeldeploy.controller import run as controller
+    from modeldeploy.controller.context import Settings
+    from modeldeploy.decisions import render
+
+    try:
+        pod_labels = parse_labels(args.operator_pod_labels)
+    except ValueError as exc:
+        print(f"modeldeploy operator: --operator-pod-labels: {exc}", file=sys.stderr)
+        return 2
+    defaults = render.Defaults(server_image=args.server_image or render.DEFAULT_SERVER_IMAGE,
+                               operator_namespace=args.operator_namespace, operator_pod_labels=pod_labels)
+    settings = Settings(defaults=defaults, resync_seconds=args.resync_seconds, model_status_url=args.model_status_url,
+                        workers=args.workers, pod_admin=args.pod_admin, prometheus_url=args.prometheus_url)
+    return controller.run(settings, controller.Serving(
+        namespaces=tuple(args.namespace), metrics_port=args.metrics_port, health_port=args.health_port,
+        bind=args.bind, crd_wait_seconds=args.crd_wait_seconds, verbose=args.verbose))

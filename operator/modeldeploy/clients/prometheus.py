@@ -1,0 +1,63 @@
+"""I/O with Prometheus: one instant query, its answer as a plain value (None with the reason when
+there is nothing usable). An unreachable Prometheus is an answer with the reason, never an error.
+The queries themselves are pure text (decisions.queries).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    value: float | None
+    problem: str = ""  # why value is None: unreachable, an error, an empty result
+
+
+def parse(body: Any) -> Answer:
+    """Pure: a Prometheus /api/v1/query answer with at most one series -> its value. An empty
+    vector is no data; NaN (a quantile without traffic) is returned as NaN for the caller to judge."""
+    if not isinstance(body, dict) or body.get("status") != "success":
+        err = body.get("error") if isinstance(body, dict) else None
+        return Answer(None, f"Prometheus error: {err or 'unexpected answer'}")
+    data = body.get("data") or {}
+    result = data.get("result")
+    if data.get("resultType") == "scalar" and isinstance(result, list) and len(result) == 2:
+        return Answer(_float(result[1]))
+    if not isinstance(result, list):
+        return Answer(None, "Prometheus answered no result")
+    if not result:
+        return Answer(None, "no series (no pod scraped yet, or no request in the window)")
+    if len(result) > 1:
+        return Answer(None, f"the query returned {len(result)} series, expected one")
+    value = (result[0] or {}).get("value")
+    if not isinstance(value, list) or len(value) != 2:
+        return Answer(None, "Prometheus answered a malformed sample")
+    return Answer(_float(value[1]))
+
+
+def _float(text: Any) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def instant(base_url: str, query: str, timeout: float = 5.0) -> Answer:
+    """I/O: one instant query; an unreachable Prometheus is an Answer with the reason, not an error."""
+    url = f"{base_url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - the spec's Prometheus URL
+            return parse(json.loads(resp.read()))
+    except urllib.error.HTTPError as exc:
+        try:
+            return parse(json.loads(exc.read()))
+        except ValueError:
+            return Answer(None, f"Prometheus answered HTTP {exc.code}")
+    except (OSError, ValueError) as exc:
+        return Answer(None, f"Prometheus unreachable at {base_url}: {exc}")
