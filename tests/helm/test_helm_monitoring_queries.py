@@ -315,7 +315,7 @@ def test_prometheus_adapter_rules_serve_every_autoscaling_metric(prometheus: str
 def test_prometheus_adapter_external_rules_serve_one_series_per_model_deployment(prometheus: str) -> None:
     """The External metrics the operator's HPAs use (autoscaling.mode hpa): each query groups by
     ModelDeployment itself and returns one finite series for the HPA's selector."""
-    from modeldeploy.controller.scaling import external_metric_name
+    from modeldeploy.decisions.autoscale import external_metric_name
 
     cm = next(c for c in by_kind(objects(FULL_VALUES), "ConfigMap") if c["metadata"]["name"].endswith("-prometheus-adapter"))
     rules = yaml.safe_load(cm["data"]["config.yaml"])["externalRules"]
