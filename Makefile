@@ -37,7 +37,7 @@ $(DEMO_CONFIG): $(STAMP) dev/demomodels/__init__.py
 	$(PY) -m demomodels --out demo_models
 
 demo_models/two_versions/%/assets.extra/tf_serving_warmup_requests: $(DEMO_CONFIG)
-	$(VENV)/bin/modeldeploy warmup demo_models/two_versions/$* --batch_sizes 1,2,4,8,16,32,64,128
+	$(VENV)/bin/model-server-warmup demo_models/two_versions/$* --batch_sizes 1,2,4,8,16,32,64,128
 
 demo-models: setup $(DEMO_CONFIG) $(DEMO_WARMUP)
 
@@ -62,14 +62,16 @@ bench: setup
 	$(PY) bench/run.py
 	$(PY) bench/operator_scale.py
 
+# Lint: the same verdict on every machine (the tools are pinned in pyproject.toml's dev extra).
 lint: setup
-	$(VENV)/bin/ruff check operator server_image tests bench e2e
-	$(VENV)/bin/mypy operator/modeldeploy server_image/modelserver
+	$(VENV)/bin/ruff check operator server_image dev tests bench e2e
+	$(VENV)/bin/mypy operator/modeldeploy server_image/modelserver dev/localcluster dev/demomodels
+	@# the layers and the arrows between them (.importlinter; docs/development.md explains them)
+	$(VENV)/bin/lint-imports --no-cache
 	@# dead code in the shipped packages (settings in pyproject.toml, [tool.vulture])
 	$(VENV)/bin/vulture | { ! grep -E '^(operator|server_image)/'; }
-	@# pytest's default import mode refuses two test modules with one basename in a run
-	@dups=$$(find tests bench e2e -name 'test_*.py' -not -path '*/work/*' -printf '%f\n' | sort | uniq -d); \
-	  if [ -n "$$dups" ]; then echo "test module basenames used twice: $$dups"; exit 1; fi
+	@# the docs site: strict, so a broken link or a page missing from the nav fails
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/docs
 
 # Generates crds/ from the pydantic models and copies them into the chart (tests check both copies).
 crds: setup
