@@ -5,7 +5,7 @@ nvidia-pytriton 0.7.0, numpy<2, tensorflow), made by bench/setup.sh.
     bench/work/.venv-pytriton/bin/python bench/pytriton_peer.py --models DIR --grpc-port P \
         --http-port P2 --metrics-port P3 --token TOKEN
 
-The three fixes PyTriton needs on this machine (GUIDE.md §4): LD_LIBRARY_PATH reaches this
+The three fixes PyTriton 0.7.0 needs on these machines: LD_LIBRARY_PATH reaches this
 Python's own libpython3.11.so (else Triton's Python backend picks Debian's); a token for the
 guarded gRPC endpoints (perf_analyzer sends it with -H); SIGINT restored and SIGTERM mapped to
 it, so a background process shuts Triton down cleanly.

@@ -100,7 +100,7 @@ def render(r: Mapping[str, Any], findings: str = "") -> str:
     if r.get("failures"):
         L += ["**Parts that failed in this run:** " + "; ".join(r["failures"]), ""]
     L += [
-        "## Targets (GUIDE.md §5)",
+        "## Targets (the project's, listed in bench/README.md)",
         "",
         "| model | target | goal | threshold | batching off | batching on | met |",
         "|---|---|---|---:|---:|---:|---|",
@@ -185,7 +185,7 @@ def operator_section(data: Mapping[str, Any]) -> str:
          "phase's spec and `status.observedGeneration` current; *Ready*: its Ready condition is True too. "
          "Requests: the operator's, from the API server's audit log, per ModelDeployment, until the "
          "operator fell quiet. CPU: seconds of the operator process and of the API server's own thread, "
-         "measured apart. Goal (GUIDE §5): 1,000 converge within 60 s, operator RSS < 300 MB, idle CPU < 5% "
+         "measured apart. Goal (the project's target): 1,000 converge within 60 s, operator RSS < 300 MB, idle CPU < 5% "
          "of a core.", ""]
     for label, run in data.get("runs", {}).items():
         L += [f"### {label}: {run.get('note', '')}".rstrip(": "), "",

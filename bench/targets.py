@@ -1,4 +1,4 @@
-"""The benchmark's targets (GUIDE.md §5), as pure functions of the measured figures.
+"""The project's server targets (listed in bench/README.md), as pure functions of the measured figures.
 
 - peer: at concurrency 32, model-server's gRPC throughput ≥ 2× the peer's (PyTriton).
 - limit: at concurrency 32, ≥ 85% of the setup's limit for that model. The limit adds the

@@ -61,7 +61,7 @@ def test_rest_body_is_batch_one() -> None:
 
 
 def test_setup_limit_adds_costs() -> None:
-    # 7,000/s no-op (143 µs) + 13,000/s model (77 µs) -> about 4,550/s (GUIDE.md §5)
+    # 7,000/s no-op (143 µs) + 13,000/s model (77 µs) -> about 4,550/s (the limit target's formula)
     assert targets.setup_limit(7000, 13000) == pytest.approx(4550, rel=0.01)
     assert targets.setup_limit(0, 13000) == 0.0
 
