@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Debian packages the tests and benchmarks use (a real Prometheus server; wrk for REST load).
 APT_PACKAGES := prometheus wrk libb64-0d
 
-.PHONY: setup system-deps run serve test e2e bench lint crds chart image demo-models clean
+.PHONY: setup system-deps run serve test e2e bench lint docs crds chart image demo-models clean
 
 setup: $(STAMP) system-deps
 
@@ -43,7 +43,7 @@ demo-models: setup $(DEMO_CONFIG) $(DEMO_WARMUP)
 
 # The whole system on this machine, in the foreground: a local Kubernetes API, the operator, a node
 # agent running pods as model-server processes, Services on 127.0.0.1, Prometheus; then the canary
-# example (examples/local-canary.yaml). Ctrl-C stops everything. See README, "Local cluster".
+# example (examples/local-canary.yaml). Ctrl-C stops everything. See docs/local-cluster.md.
 run: demo-models
 	$(PY) -m localcluster --state-dir .localcluster --mount /models=$(CURDIR)/demo_models --example examples/local-canary.yaml
 
@@ -72,6 +72,10 @@ lint: setup
 	$(VENV)/bin/vulture | { ! grep -E '^(operator|server_image)/'; }
 	@# the docs site: strict, so a broken link or a page missing from the nav fails
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/docs
+
+# The documentation site (mkdocs.yml, docs/) into build/docs/; strict: a broken link between pages fails.
+docs: setup
+	$(VENV)/bin/mkdocs build --strict --site-dir build/docs
 
 # Generates crds/ from the pydantic models and copies them into the chart (tests check both copies).
 crds: setup
