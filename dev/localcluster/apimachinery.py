@@ -1,6 +1,6 @@
 """Kubernetes API machinery as pure functions: errors, resource types, patches, selectors, JSONPath.
 
-Nothing here does I/O; the fake API server (`fakeapi`) and its HTTP front end (`httpapi`) use them.
+Nothing here does I/O; the fake API server's store (`store`) and its HTTP front end (`httpapi`) use them.
 """
 
 from __future__ import annotations

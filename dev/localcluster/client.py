@@ -16,14 +16,14 @@ import uuid
 from collections.abc import Callable
 
 from localcluster.apimachinery import ApiError, Resource
-from localcluster.fakeapi import FakeKubeAPI
 from localcluster.objects import Obj, meta, name_of, namespace_of, timestamp, uid_of, utcnow
+from localcluster.store import Store
 
 log = logging.getLogger("localcluster")
 
 
 class Client:
-    def __init__(self, api: FakeKubeAPI, component: str):
+    def __init__(self, api: Store, component: str):
         self.api, self.component = api, component
         self._events: dict[tuple[str, str, str, str], str] = {}  # (namespace, uid, reason, message) -> Event name
 
@@ -76,7 +76,7 @@ class Client:
             with contextlib.suppress(ApiError):
                 self.api.update(self._resource("", "events"), ns, name_of(existing), existing)
             return
-        body = {
+        body: Obj = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"name": f"{name_of(obj)}.{uuid.uuid4().hex[:16]}", "namespace": ns},
             "involvedObject": involved, "type": etype, "reason": reason, "message": message[:1024],

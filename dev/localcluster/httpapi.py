@@ -1,6 +1,7 @@
 """The fake API server's HTTP front end: routing, discovery, OpenAPI, verbs, patches, watches, tables.
 
-A mixin of `FakeKubeAPI` (which holds the store and its lock); only this module speaks aiohttp.
+An object that serves a `store.Store` (it holds the objects, the verbs and the lock); with the fake
+API server's lifecycle (`fakeapi`), only this module speaks aiohttp.
 """
 
 from __future__ import annotations
@@ -28,35 +29,35 @@ from localcluster.apimachinery import (
     server_side_apply,
     strategic_merge,
 )
+from localcluster.store import Store
 
 # Subresources besides status: a pod's log (`kubectl logs`), the scale of Deployments and ReplicaSets.
 SUBRESOURCES = {("log", "pods"), ("scale", "deployments"), ("scale", "replicasets")}
 
 
 class HttpFront:
-    """Serves the store over kube-apiserver's REST API (mixed into FakeKubeAPI)."""
+    """Serves `store` over kube-apiserver's REST API; records every resource request (`audit_log`)."""
 
-    # Provided by FakeKubeAPI.
-    lock: Any
-    resources: dict[tuple[str, str], Resource]
-    objects: dict[Any, Obj]
-    applied: dict[Any, Obj]
-    history: list[Any]
-    compacted_rv: int
-    rv: int
-    url: str
-    fail_next: list[tuple[str, str, int]]
-    log_source: Any
-    _audit: list[AuditEntry]
-    _watchers: list[Any]
+    def __init__(self, store: Store):
+        self.store = store
+        self.url = ""
+        self.audit_log: list[AuditEntry] = []
+        self.fail_next: list[tuple[str, str, int]] = []  # (verb, plural, code): inject one transient error
+
+    def application(self, url: str) -> web.Application:
+        """The aiohttp application that serves every path, for the server at `url`."""
+        self.url = url
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
 
     def _record(self, request: web.Request, verb: str, r: Resource | None, sub: str, ns: str, name: str, code: int) -> None:
         if r is None:
             return
-        with self.lock:
-            self._audit.append(AuditEntry(verb, r.group, r.plural, sub, ns, name, request.headers.get("User-Agent", ""), code))
+        with self.store.lock:
+            self.audit_log.append(AuditEntry(verb, r.group, r.plural, sub, ns, name, request.headers.get("User-Agent", ""), code))
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         verb, r, sub, ns, name = "", None, "", "", ""
         try:
             parts = [p for p in request.path.split("/") if p]
@@ -89,7 +90,7 @@ class HttpFront:
                 return web.json_response(body)
             # A server-side apply that creates its object answers 201, as kube-apiserver does.
             applies = verb == "patch" and not sub and request.content_type == "application/apply-patch+yaml"
-            creates = verb == "create" or (applies and (r.group, r.plural, ns, name) not in self.objects)
+            creates = verb == "create" or (applies and (r.group, r.plural, ns, name) not in self.store.objects)
             body = await self._dispatch(request, verb, r, ns, name, sub)
             self._record(request, verb, r, sub, ns, name, 201 if creates else 200)
             if verb in ("list",) and "as=Table" in request.headers.get("Accept", ""):
@@ -102,18 +103,18 @@ class HttpFront:
             return web.json_response(exc.status(), status=exc.code)
 
     def _discovery(self, parts: list[str]) -> Obj | None:
-        with self.lock:
+        with self.store.lock:
             if parts == ["api"]:
                 return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": self.url.removeprefix("http://")}]}
             if parts == ["apis"]:
-                return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [self._group(g) for g in sorted({r.group for r in self.resources.values() if r.group})]}
+                return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [self._group(g) for g in sorted({r.group for r in self.store.resources.values() if r.group})]}
             if parts[0] == "apis" and len(parts) == 2:
                 return {"kind": "APIGroup", "apiVersion": "v1", **self._group(parts[1])}
             gv = ("", parts[1]) if parts[0] == "api" and len(parts) == 2 else (parts[1], parts[2]) if parts[0] == "apis" and len(parts) == 3 else None
             if gv is None:
                 return None
             resources = []
-            for r in self.resources.values():
+            for r in self.store.resources.values():
                 if (r.group, r.version) != gv:
                     continue
                 verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
@@ -131,18 +132,18 @@ class HttpFront:
 
     def _openapi_v3(self, gv_parts: list[str]) -> Obj:
         """Just enough OpenAPI v3 for kubectl: it learns that fieldValidation is supported."""
-        with self.lock:
-            gvs = sorted({(r.group, r.version) for r in self.resources.values()})
+        with self.store.lock:
+            gvs = sorted({(r.group, r.version) for r in self.store.resources.values()})
             if not gv_parts:
                 index = {}
                 for g, v in gvs:
                     rel = f"apis/{g}/{v}" if g else f"api/{v}"
-                    index[rel] = {"serverRelativeURL": f"/openapi/v3/{rel}?hash={self.rv}"}
+                    index[rel] = {"serverRelativeURL": f"/openapi/v3/{rel}?hash={self.store.rv}"}
                 return {"paths": index}
             g, v = ("", gv_parts[1]) if gv_parts[0] == "api" else (gv_parts[1], gv_parts[2])
             paths: dict[str, Any] = {}
             schemas: dict[str, Any] = {}
-            for r in self.resources.values():
+            for r in self.store.resources.values():
                 if (r.group, r.version) != (g, v):
                     continue
                 gvk = [{"group": r.group, "version": r.version, "kind": r.kind}]
@@ -161,7 +162,7 @@ class HttpFront:
             return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": paths, "components": {"schemas": schemas}}
 
     def _group(self, group: str) -> Obj:
-        versions = sorted({r.version for r in self.resources.values() if r.group == group})
+        versions = sorted({r.version for r in self.store.resources.values() if r.group == group})
         if not versions:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         gvs = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
@@ -174,12 +175,12 @@ class HttpFront:
             group, version, rest = parts[1], parts[2], parts[3:]
         ns = ""
         if len(rest) >= 3 and rest[0] == "namespaces":
-            candidate = self.resources.get((group, rest[2]))
+            candidate = self.store.resources.get((group, rest[2]))
             if candidate and candidate.namespaced:
                 ns, rest = rest[1], rest[2:]
         if not rest:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        r = self.resources.get((group, rest[0]))
+        r = self.store.resources.get((group, rest[0]))
         if r is None or r.version != version:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         name = rest[1] if len(rest) > 1 else ""
@@ -201,22 +202,22 @@ class HttpFront:
         strict = q.get("fieldValidation") == "Strict"
         dry_run = q.get("dryRun") == "All"
         if verb == "get":
-            obj = self.get(r.group, r.plural, ns, name)
+            obj = self.store.get(r.group, r.plural, ns, name)
             if obj is None:
                 raise ApiError(404, "NotFound", f'{r.plural}.{r.group} "{name}" not found'.replace(". ", " "), {"name": name, "group": r.group, "kind": r.plural})
             return obj
         if verb == "list":
             preds = parse_label_selector(q.get("labelSelector", ""))
-            with self.lock:
-                items = [o for o in self.list_objects(r.group, r.plural, ns if r.namespaced and ns else None) if matches(o, preds, q.get("fieldSelector", ""))]
-                return {"kind": f"{r.kind}List", "apiVersion": r.api_version, "metadata": {"resourceVersion": str(self.rv)}, "items": items}
+            with self.store.lock:
+                items = [o for o in self.store.list_objects(r.group, r.plural, ns if r.namespaced and ns else None) if matches(o, preds, q.get("fieldSelector", ""))]
+                return {"kind": f"{r.kind}List", "apiVersion": r.api_version, "metadata": {"resourceVersion": str(self.store.rv)}, "items": items}
         if verb == "deletecollection":
             preds = parse_label_selector(q.get("labelSelector", ""))
-            items = [o for o in self.list_objects(r.group, r.plural, ns or None) if matches(o, preds, q.get("fieldSelector", ""))]
+            items = [o for o in self.store.list_objects(r.group, r.plural, ns or None) if matches(o, preds, q.get("fieldSelector", ""))]
             for o in items:
                 with contextlib.suppress(ApiError):
-                    self.delete(r, ns, o["metadata"]["name"])
-            return {"kind": f"{r.kind}List", "apiVersion": r.api_version, "metadata": {"resourceVersion": str(self.rv)}, "items": items}
+                    self.store.delete(r, ns, o["metadata"]["name"])
+            return {"kind": f"{r.kind}List", "apiVersion": r.api_version, "metadata": {"resourceVersion": str(self.store.rv)}, "items": items}
         raw = await request.read()
         ctype = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
         if verb == "delete":
@@ -224,7 +225,7 @@ class HttpFront:
             propagation = q.get("propagationPolicy") or opts.get("propagationPolicy") or ("Orphan" if opts.get("orphanDependents") else "Background")
             grace = q.get("gracePeriodSeconds", opts.get("gracePeriodSeconds"))
             try:
-                return self.delete(r, ns, name, propagation, None if grace is None else int(grace))
+                return self.store.delete(r, ns, name, propagation, None if grace is None else int(grace))
             except ValueError:
                 raise ApiError(400, "BadRequest", f"gracePeriodSeconds: invalid value {grace!r}") from None
         try:
@@ -234,9 +235,9 @@ class HttpFront:
         if verb == "create":
             if not isinstance(body, dict):
                 raise ApiError(400, "BadRequest", "the body must be an object")
-            return self.create(r, ns, body, strict, dry_run)
+            return self.store.create(r, ns, body, strict, dry_run)
         if verb == "update":
-            return self.update(r, ns, name, body, sub, strict)
+            return self.store.update(r, ns, name, body, sub, strict)
         if verb == "patch":
             return self._patch(r, ns, name, sub, ctype, body, q, strict)
         raise ApiError(405, "MethodNotAllowed", f"{verb} is not supported")
@@ -244,9 +245,9 @@ class HttpFront:
     def _patch(self, r: Resource, ns: str, name: str, sub: str, ctype: str, patch: Any, q: Any, strict: bool) -> Obj:
         import jsonpatch
 
-        with self.lock:
+        with self.store.lock:
             key = (r.group, r.plural, ns, name)
-            live = self.get(r.group, r.plural, ns, name)
+            live = self.store.get(r.group, r.plural, ns, name)
             if ctype == "application/apply-patch+yaml":
                 manager = q.get("fieldManager")
                 if not manager:
@@ -258,11 +259,11 @@ class HttpFront:
                     patch["metadata"].setdefault("namespace", ns)
                 intent = copy.deepcopy(patch)
                 intent["metadata"].pop("resourceVersion", None)
-                prev = self.applied.get((key, manager, sub))
+                prev = self.store.applied.get((key, manager, sub))
                 if live is None:
                     if sub:
                         raise ApiError(404, "NotFound", f'{r.plural} "{name}" not found')
-                    result = self.create(r, ns, copy.deepcopy(intent), strict)
+                    result = self.store.create(r, ns, copy.deepcopy(intent), strict)
                 else:
                     want_rv = patch["metadata"].get("resourceVersion")
                     if want_rv and want_rv != live["metadata"]["resourceVersion"]:
@@ -270,8 +271,8 @@ class HttpFront:
                     base = {k: v for k, v in live.items()}
                     new = server_side_apply(base, intent, prev)
                     new["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
-                    result = self.update(r, ns, name, new, sub, strict)
-                self.applied[(key, manager, sub)] = intent
+                    result = self.store.update(r, ns, name, new, sub, strict)
+                self.store.applied[(key, manager, sub)] = intent
                 return result
             if live is None:
                 raise ApiError(404, "NotFound", f'{r.plural}.{r.group} "{name}" not found'.replace(". ", " "), {"name": name, "group": r.group, "kind": r.plural})
@@ -294,7 +295,7 @@ class HttpFront:
                 raise ApiError(422, "Invalid", "the patch did not produce an object")
             patch_rv = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch, dict) else None
             new.setdefault("metadata", {})["resourceVersion"] = patch_rv or live["metadata"]["resourceVersion"]
-            return self.update(r, ns, name, new, sub, strict)
+            return self.store.update(r, ns, name, new, sub, strict)
 
     async def _watch(self, request: web.Request, r: Resource, ns: str) -> web.StreamResponse:
         q = request.query
@@ -304,20 +305,20 @@ class HttpFront:
         timeout = float(q.get("timeoutSeconds", "1800"))
         as_table = "as=Table" in request.headers.get("Accept", "")
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        with self.lock:
-            if since not in ("", "0") and int(since) < self.compacted_rv:
+        with self.store.lock:
+            if since not in ("", "0") and int(since) < self.store.compacted_rv:
                 backlog: list[tuple[int, str, Obj]] | None = None
             elif since in ("", "0") or q.get("sendInitialEvents") == "true":
-                backlog = [(self.rv, "ADDED", o) for o in self.list_objects(r.group, r.plural, ns or None)]
+                backlog = [(self.store.rv, "ADDED", o) for o in self.store.list_objects(r.group, r.plural, ns or None)]
             else:
-                backlog = [(rv, t, o) for rv, t, g, p, o in self.history if g == r.group and p == r.plural and rv > int(since)]
+                backlog = [(rv, t, o) for rv, t, g, p, o in self.store.history if g == r.group and p == r.plural and rv > int(since)]
             watcher = (r.group, r.plural, queue)
-            self._watchers.append(watcher)
+            self.store.watchers.append(watcher)
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request)
         try:
             if backlog is None:
-                gone = ApiError(410, "Expired", f"too old resource version: {since} ({self.compacted_rv})").status()
+                gone = ApiError(410, "Expired", f"too old resource version: {since} ({self.store.compacted_rv})").status()
                 await resp.write(json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")
                 return resp
             for item in backlog:
@@ -325,8 +326,8 @@ class HttpFront:
             if q.get("sendInitialEvents") == "true":
                 # WatchList (kubectl >= 1.32): initial state, then a bookmark marking its end.
                 bookmark = {"kind": r.kind, "apiVersion": r.api_version,
-                            "metadata": {"resourceVersion": str(self.rv), "annotations": {"k8s.io/initial-events-end": "true"}}}
-                queue.put_nowait((self.rv, "BOOKMARK", bookmark))
+                            "metadata": {"resourceVersion": str(self.store.rv), "annotations": {"k8s.io/initial-events-end": "true"}}}
+                queue.put_nowait((self.store.rv, "BOOKMARK", bookmark))
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
             while True:
@@ -351,13 +352,13 @@ class HttpFront:
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
-            with self.lock:
-                if watcher in self._watchers:
-                    self._watchers.remove(watcher)
+            with self.store.lock:
+                if watcher in self.store.watchers:
+                    self.store.watchers.remove(watcher)
         return resp
 
     def _log(self, ns: str, name: str, q: Any) -> web.Response:
-        pod = self.get("", "pods", ns, name)
+        pod = self.store.get("", "pods", ns, name)
         if pod is None:
             raise ApiError(404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"})
         containers = [c["name"] for c in (pod.get("spec") or {}).get("containers") or []]
@@ -365,24 +366,24 @@ class HttpFront:
         if container not in containers:
             raise ApiError(400, "BadRequest", f"a container name must be specified for pod {name}, choose one of: {containers}")
         tail = int(q["tailLines"]) if q.get("tailLines", "").isdigit() else None
-        text = self.log_source(ns, name, container, tail) if self.log_source else None
+        text = self.store.log_source(ns, name, container, tail) if self.store.log_source else None
         if text is None:
             raise ApiError(400, "BadRequest", f'container "{container}" in pod "{name}" is waiting to start: no log yet')
         return web.Response(text=text, content_type="text/plain")
 
     async def _scale(self, request: web.Request, verb: str, r: Resource, ns: str, name: str) -> Obj:
         """The scale subresource (autoscaling/v1 Scale): `kubectl scale` and HorizontalPodAutoscalers."""
-        obj = self.get(r.group, r.plural, ns, name)
+        obj = self.store.get(r.group, r.plural, ns, name)
         if obj is None:
             raise ApiError(404, "NotFound", f'{r.plural}.{r.group} "{name}" not found', {"name": name, "kind": r.plural})
         if verb in ("update", "patch"):
             raw = await request.read()
             try:
                 body = json.loads(raw or b"{}")
-                replicas = int((body.get("spec") or {}).get("replicas"))
-            except (ValueError, TypeError, AttributeError):
+                replicas = int(body["spec"]["replicas"])
+            except (ValueError, TypeError, KeyError):
                 raise ApiError(400, "BadRequest", "the body must be a Scale with spec.replicas") from None
-            obj = self.update(r, ns, name, {**obj, "spec": {**obj["spec"], "replicas": replicas}})
+            obj = self.store.update(r, ns, name, {**obj, "spec": {**obj["spec"], "replicas": replicas}})
         elif verb != "get":
             raise ApiError(405, "MethodNotAllowed", f"{verb} is not supported on scale")
         selector = ",".join(f"{k}={v}" for k, v in sorted(((obj["spec"].get("selector") or {}).get("matchLabels") or {}).items()))

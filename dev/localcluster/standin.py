@@ -1,53 +1,62 @@
 """The fake API server's Deployment controller stand-in, for tests that run no controllers (the
-operator tests): with `simulate_deployments=True` every Deployment reports all its pods ready
-shortly after each change; `set_deployment_ready` pins a number instead. The local cluster turns it
-off and runs the real controllers (`localcluster.controllers`)."""
+operator tests): with `simulate=True` every Deployment reports all its pods ready shortly after each
+change; `set_ready` pins a number instead. The local cluster turns it off and runs the real
+controllers (`localcluster.controllers`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from localcluster.apimachinery import Obj
+from localcluster.apimachinery import Obj, Resource
+from localcluster.store import Store
 
 
 class DeploymentStandIn:
-    """Mixed into FakeKubeAPI (which provides the store, its lock and `update`)."""
+    """Writes Deployments' status into `store`; `after_write` is the store's write hook."""
 
-    lock: Any
-    objects: dict[Any, Obj]
-    resources: dict[Any, Any]
-    simulate_deployments: bool
-    _deployment_overrides: dict[tuple[str, str], int]
-    update: Any
+    def __init__(self, store: Store, simulate: bool):
+        self.store = store
+        self.simulate = simulate
+        self.overrides: dict[tuple[str, str], int] = {}  # (namespace, name) -> ready pods
 
-    def set_deployment_ready(self, namespace: str, name: str, ready: int) -> None:
-        """Pretend `ready` pods of a Deployment are ready (overrides simulate_deployments)."""
-        with self.lock:
-            self._deployment_overrides[(namespace, name)] = ready
-            obj = self.objects.get(("apps", "deployments", namespace, name))
-            if obj:
-                self._write_deployment_status(namespace, name)
+    def after_write(self, r: Resource, obj: Obj) -> None:
+        """A Deployment changed: write its status shortly (on the store's loop), as a controller would."""
+        loop = self.store.loop
+        if r.plural == "deployments" and (self.simulate or self.overrides) and loop is not None:
+            ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+            loop.call_soon_threadsafe(loop.call_later, 0.05, self.write_status, ns, name)
 
-    def _write_deployment_status(self, namespace: str, name: str) -> None:
-        with self.lock:
-            obj = self.objects.get(("apps", "deployments", namespace, name))
+    def set_ready(self, namespace: str, name: str, ready: int) -> None:
+        """Pretend `ready` pods of a Deployment are ready (overrides `simulate`)."""
+        with self.store.lock:
+            self.overrides[(namespace, name)] = ready
+            if ("apps", "deployments", namespace, name) in self.store.objects:
+                self.write_status(namespace, name)
+
+    def write_status(self, namespace: str, name: str) -> None:
+        store = self.store
+        with store.lock:
+            obj = store.objects.get(("apps", "deployments", namespace, name))
             if obj is None:
                 return
-            wanted = obj["spec"].get("replicas", 1)
-            ready = min(wanted, self._deployment_overrides.get((namespace, name), wanted if self.simulate_deployments else 0))
-            gen = obj["metadata"]["generation"]
-            status = {
-                "observedGeneration": gen,
-                "replicas": wanted,
-                "updatedReplicas": wanted,
-                "readyReplicas": ready,
-                "availableReplicas": ready,
-                "unavailableReplicas": wanted - ready,
-                "conditions": [
-                    {"type": "Available", "status": "True" if ready >= wanted else "False",
-                     "reason": "MinimumReplicasAvailable" if ready >= wanted else "MinimumReplicasUnavailable"},
-                    {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable" if ready >= wanted else "ReplicaSetUpdated"},
-                ],
-            }
+            status = deployment_status(obj, self.overrides.get((namespace, name)), self.simulate)
             if obj.get("status") != status:
-                self.update(self.resources[("apps", "deployments")], namespace, name, {**obj, "status": status}, subresource="status")
+                store.update(store.resources[("apps", "deployments")], namespace, name, {**obj, "status": status},
+                             subresource="status")
+
+
+def deployment_status(deployment: Obj, pinned: int | None, simulate: bool) -> Obj:
+    """The status a Deployment controller would report with `pinned` (else all, or none) pods ready."""
+    wanted = deployment["spec"].get("replicas", 1)
+    ready = min(wanted, pinned if pinned is not None else wanted if simulate else 0)
+    return {
+        "observedGeneration": deployment["metadata"]["generation"],
+        "replicas": wanted,
+        "updatedReplicas": wanted,
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "unavailableReplicas": wanted - ready,
+        "conditions": [
+            {"type": "Available", "status": "True" if ready >= wanted else "False",
+             "reason": "MinimumReplicasAvailable" if ready >= wanted else "MinimumReplicasUnavailable"},
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable" if ready >= wanted else "ReplicaSetUpdated"},
+        ],
+    }
