@@ -17,7 +17,7 @@ import contextlib
 import re
 from collections.abc import Callable
 
-from localcluster.proxy import splice
+from localcluster.connections import LoopbackServer, splice
 
 # (namespace, service, port number) -> local port, None if there is no such Service port
 Resolve = Callable[[str, str, int], int | None]
@@ -50,31 +50,25 @@ def parse_request_head(head: bytes) -> tuple[str, str, int, bytes] | None:
 
 
 class DnsProxy:
+    """The proxy: `start` it, point clients' `http_proxy` at `url`, `close` it."""
+
     def __init__(self, resolve: Resolve):
         self.resolve = resolve
-        self.server: asyncio.Server | None = None
-        self.port = 0
-        self._connections: set[asyncio.Task[None]] = set()
+        self.server = LoopbackServer(self._serve)
 
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = int(self.server.sockets[0].getsockname()[1])
-        return self.port
+    @property
+    def port(self) -> int:
+        return self.server.port
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            await self._serve(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
-            writer.close()
-        finally:
-            self._connections.discard(task)
+    async def start(self) -> int:
+        return await self.server.start()
+
+    async def close(self) -> None:
+        await self.server.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
@@ -95,15 +89,6 @@ class DnsProxy:
         else:
             up_writer.write(upstream_head)
         await splice(reader, writer, up_reader, up_writer)
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                await self.server.wait_closed()
-        for t in list(self._connections):
-            t.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
 
 
 async def _answer(writer: asyncio.StreamWriter, code: int, message: str) -> None:

@@ -12,15 +12,14 @@ session) stays on the pod it was opened to until one side closes it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import socket
 from dataclasses import dataclass, field
 
 from localcluster import endpoints
 from localcluster.apimachinery import ApiError
 from localcluster.client import Client
+from localcluster.connections import LoopbackServer, reset, splice
 from localcluster.objects import (
     SERVICE_PORTS_ANNOTATION,
     Obj,
@@ -63,77 +62,34 @@ class Balancer:
 
 
 class PortListener:
-    """One Service port on 127.0.0.1."""
+    """One Service port on 127.0.0.1: each connection goes, whole, to the endpoint the balancer picks."""
 
     def __init__(self, balancer: Balancer):
         self.balancer = balancer
-        self.server: asyncio.Server | None = None
-        self.port = 0
-        self._connections: set[asyncio.Task[None]] = set()
+        self.server = LoopbackServer(self._forward)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
 
     async def start(self, port: int = 0) -> int:
-        try:
-            self.server = await asyncio.start_server(self._accept, "127.0.0.1", port)
-        except OSError:  # the port of an earlier run is taken now: any free one
-            self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = int(self.server.sockets[0].getsockname()[1])
-        return self.port
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            target = self.balancer.pick()
-            if target is None:
-                _reset(writer)
-                return
-            try:
-                up_reader, up_writer = await asyncio.open_connection(*target)
-            except OSError:
-                _reset(writer)
-                return
-            await splice(reader, writer, up_reader, up_writer)
-        finally:
-            self._connections.discard(task)
+        """Listen on `port` (the one an earlier run recorded; any free one if it is taken now)."""
+        return await self.server.start(port)
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                await self.server.wait_closed()
-        for t in list(self._connections):
-            t.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        await self.server.close()
 
-
-def _reset(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    writer.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, OSError):
-        writer.close()
-
-
-async def splice(a_reader: asyncio.StreamReader, a_writer: asyncio.StreamWriter,
-                 b_reader: asyncio.StreamReader, b_writer: asyncio.StreamWriter) -> None:
-    """Copy both ways until both directions have ended (half-closes pass through)."""
-    try:
-        await asyncio.gather(_pipe(a_reader, b_writer), _pipe(b_reader, a_writer))
-    finally:
-        for w in (a_writer, b_writer):
-            w.close()
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        target = self.balancer.pick()
+        if target is None:
+            reset(writer)
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*target)
+        except OSError:
+            reset(writer)
+            return
+        await splice(reader, writer, up_reader, up_writer)
 
 
 def port_key(service_port: Obj) -> str:
@@ -175,8 +131,8 @@ class ServiceProxy:
         # (clusterIP: None): clients reach those pods through their EndpointSlices
         proxied = bool(svc and spec.get("selector") and spec.get("clusterIP") != "None")
         wanted = {port_key(p): p for p in spec.get("ports") or []} if proxied else {}
-        for key in [k for k in self.listeners if k[:2] == (ns, name) and k[2] not in wanted]:
-            await self.listeners.pop(key).close()
+        for gone in [k for k in self.listeners if k[:2] == (ns, name) and k[2] not in wanted]:
+            await self.listeners.pop(gone).close()
         slices = [s for s in self.client.list("discovery.k8s.io", "endpointslices", ns)
                   if labels_of(s).get(endpoints.SERVICE_NAME_LABEL) == name]
         previous = _recorded_ports(svc) if svc else {}
