@@ -33,26 +33,26 @@ def build_half_plus_two(export_dir: str | Path, a: float = 0.5, b: float = 2.0) 
     `classify` and `regress` signatures taking serialized tf.Examples with float feature `x`."""
     tf = _tf()
 
-    class HalfPlusTwo(tf.Module):  # type: ignore[name-defined,misc]
+    class HalfPlusTwo(tf.Module):  # type: ignore[name-defined]  # tf is a lazily imported module object, not a name mypy resolves
         def __init__(self) -> None:
             super().__init__()
             self.a = tf.Variable(a, dtype=tf.float32, name="a")
             self.b = tf.Variable(b, dtype=tf.float32, name="b")
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
-        def predict(self, x):  # type: ignore[no-untyped-def]
+        def predict(self, x):
             return {"y": self.a * x + self.b}
 
-        def _parse(self, inputs):  # type: ignore[no-untyped-def]
+        def _parse(self, inputs):
             feats = tf.io.parse_example(inputs, {"x": tf.io.FixedLenFeature([1], tf.float32)})
             return self.a * feats["x"] + self.b
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-        def classify(self, inputs):  # type: ignore[no-untyped-def]
+        def classify(self, inputs):
             return {"scores": self._parse(inputs)}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-        def regress(self, inputs):  # type: ignore[no-untyped-def]
+        def regress(self, inputs):
             return {"outputs": self._parse(inputs)}
 
     m = HalfPlusTwo()
@@ -113,7 +113,7 @@ def build_mlp(export_dir: str | Path, seed: int = 0, sizes: tuple[int, ...] = (7
     tf = _tf()
     rng = np.random.default_rng(seed)
 
-    class Mlp(tf.Module):  # type: ignore[name-defined,misc]
+    class Mlp(tf.Module):  # type: ignore[name-defined]  # tf is a lazily imported module object, not a name mypy resolves
         def __init__(self) -> None:
             super().__init__()
             self.ws = [
@@ -123,7 +123,7 @@ def build_mlp(export_dir: str | Path, seed: int = 0, sizes: tuple[int, ...] = (7
             self.bs = [tf.Variable(np.zeros(o, np.float32), name=f"b{k}") for k, o in enumerate(sizes[1:])]
 
         @tf.function(input_signature=[tf.TensorSpec([None, sizes[0]], tf.float32, name="x")])
-        def predict(self, x):  # type: ignore[no-untyped-def]
+        def predict(self, x):
             h = x
             for k, (w, b) in enumerate(zip(self.ws, self.bs, strict=True)):
                 h = tf.matmul(h, w) + b
@@ -145,19 +145,19 @@ def build_bytes_model(export_dir: str | Path) -> Path:
     tf = _tf()
     from tensorflow.python.data.experimental.ops import testing as tf_data_testing
 
-    class BytesModel(tf.Module):  # type: ignore[name-defined,misc]
+    class BytesModel(tf.Module):  # type: ignore[name-defined]  # tf is a lazily imported module object, not a name mypy resolves
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="data")])
-        def echo(self, data):  # type: ignore[no-untyped-def]
+        def echo(self, data):
             return {"data_bytes": tf.identity(data), "length": tf.strings.length(data)}
 
         @tf.function(input_signature=[tf.TensorSpec([], tf.string, name="path")])
-        def read_file(self, path):  # type: ignore[no-untyped-def]
+        def read_file(self, path):
             started = tf.io.write_file(path + ".started", "started")
 
-            def missing(i):  # type: ignore[no-untyped-def]
+            def missing(i):
                 return tf.equal(tf.size(tf.io.matching_files(path)), 0)
 
-            def sleep(i):  # type: ignore[no-untyped-def]
+            def sleep(i):
                 nap = tf.data.Dataset.range(1).apply(tf_data_testing.sleep(10_000))
                 return [i + 1 + nap.reduce(tf.constant(0, tf.int64), lambda a, b: a + b)]
 

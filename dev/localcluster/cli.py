@@ -163,7 +163,9 @@ async def bring_up(cluster: LocalCluster, args: argparse.Namespace, lock: StateL
         say(f"applied {args.example}")
     if md is not None:
         live = await wait_ready(cluster, md, args.ready_timeout)
-        ports = json.loads(annotations_of(cluster.api.get("", "services", namespace_of(md), name_of(md)))[SERVICE_PORTS_ANNOTATION])  # type: ignore[union-attr, arg-type]
+        assert cluster.api is not None, "the cluster has started"
+        svc = cluster.api.get("", "services", namespace_of(md), name_of(md)) or {}  # wait_ready saw its ports
+        ports = json.loads(annotations_of(svc)[SERVICE_PORTS_ANNOTATION])
         urls.update(rest=f"http://127.0.0.1:{ports['http']}", grpc=f"127.0.0.1:{ports['grpc']}")
         model = (live["spec"].get("model") or {}).get("name") or name_of(live)
         body = json.loads(annotations_of(md).get(SAMPLE_ANNOTATION, '{"instances": [1.0, 2.0, 5.0]}'))

@@ -97,8 +97,7 @@ class LocalCluster:
         self.client = Client(self.api, "localcluster")
 
     async def _start_proxies(self, loop: asyncio.AbstractEventLoop) -> None:
-        assert self.client is not None
-        self.services = ServiceProxy(Client(self.api, "kube-proxy"), loop)  # type: ignore[arg-type]
+        self.services = ServiceProxy(self._client("kube-proxy"), loop)
         await self.services.start()
         self._stack.push_async_callback(self.services.close)
         self.dns = DnsProxy(self.resolve)
@@ -111,7 +110,8 @@ class LocalCluster:
         if self.config.operator:
             self.operator_metrics_port = _free_port()
         jobs = {"modeldeploy-operator": f"127.0.0.1:{self.operator_metrics_port}"} if self.operator_metrics_port else {}
-        prom = PrometheusServer(self.client, loop, self.state / "prometheus", self.logs / "prometheus.log",  # type: ignore[arg-type]
+        assert self.client is not None, "the API server starts first"
+        prom = PrometheusServer(self.client, loop, self.state / "prometheus", self.logs / "prometheus.log",
                                 self.config.scrape_interval, jobs)
         try:
             await prom.start()
@@ -154,7 +154,7 @@ class LocalCluster:
             await processes.stop(self.operator, 15)
 
     async def _start_controllers(self, loop: asyncio.AbstractEventLoop) -> None:
-        manager = ControllerManager(Client(self.api, "controller-manager"), loop, self.state / "volumes" / "pvc")  # type: ignore[arg-type]
+        manager = ControllerManager(self._client("controller-manager"), loop, self.state / "volumes" / "pvc")
         self._stack.callback(manager.close)
 
     async def _start_agent(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -164,9 +164,14 @@ class LocalCluster:
             base_env={"PATH": f"{self.config.venv_bin}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
             configmap_delay_seconds=self.config.configmap_delay_seconds, crash_backoff_seconds=self.config.crash_backoff_seconds,
         )
-        self.agent = NodeAgent(Client(self.api, "kubelet"), loop, config)  # type: ignore[arg-type]
+        self.agent = NodeAgent(self._client("kubelet"), loop, config)
         await self.agent.start()
         self._stack.push_async_callback(self.agent.shutdown)
+
+    def _client(self, component: str) -> Client:
+        """An in-process client of the API server for `component` (the API server starts first)."""
+        assert self.api is not None, "the API server starts first"
+        return Client(self.api, component)
 
     # -- what users of the cluster need --
     def resolve(self, namespace: str, service: str, port: int) -> int | None:

@@ -155,8 +155,8 @@ class EndpointSliceController:
             if svc and labels_of(obj).get(endpoints.MANAGED_BY_LABEL) == endpoints.MANAGED_BY:
                 self.queue.add((ns, svc))
         else:  # a pod changed: every Service of its namespace may select it (or have selected it)
-            for svc in self.client.list("", "services", ns):
-                self.queue.add((ns, name_of(svc)))
+            for service in self.client.list("", "services", ns):
+                self.queue.add((ns, name_of(service)))
 
     def sync(self, key: Key) -> float | None:
         ns, name = key
@@ -198,19 +198,20 @@ class ControllerManager:
     """Every controller of the local cluster, started together on one event loop."""
 
     def __init__(self, client: Client, loop: asyncio.AbstractEventLoop, pvc_root: Path):
-        self.parts = [DeploymentController(client, loop), ReplicaSetController(client, loop),
-                      EndpointSliceController(client, loop), VolumeBinder(client, loop, pvc_root)]
+        self.deployments = DeploymentController(client, loop)
+        self.replicasets = ReplicaSetController(client, loop)
+        self.endpointslices = EndpointSliceController(client, loop)
+        self.volumes = VolumeBinder(client, loop, pvc_root)
         # Objects that existed before the controllers started (none in a fresh cluster; harmless).
         for d in client.list("apps", "deployments"):
-            self.parts[0].on_event("ADDED", "deployments", d)
+            self.deployments.on_event("ADDED", "deployments", d)
         for svc in client.list("", "services"):
-            self.parts[2].on_event("ADDED", "services", svc)
+            self.endpointslices.on_event("ADDED", "services", svc)
         for claim in client.list("", "persistentvolumeclaims"):
-            self.parts[3].on_event("ADDED", "persistentvolumeclaims", claim)
+            self.volumes.on_event("ADDED", "persistentvolumeclaims", claim)
 
     def close(self) -> None:
-        for part in self.parts:
+        for part in (self.deployments, self.replicasets, self.endpointslices, self.volumes):
             part.unsubscribe()
-            queue = getattr(part, "queue", None)
-            if queue is not None:
-                queue.close()
+        for queue in (self.deployments.queue, self.replicasets.queue, self.endpointslices.queue):
+            queue.close()

@@ -95,7 +95,7 @@ def desired_slices(service: Obj, pods: list[Obj]) -> list[Obj]:
         ports = endpoint_ports(service, pod)
         if ports:
             groups.setdefault(ports, []).append(pod)
-    slices = []
+    slices: list[Obj] = []
     for ports, members in groups.items():
         slices.append({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",

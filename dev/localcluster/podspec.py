@@ -163,7 +163,7 @@ def env_of(pod: Obj, container: Obj, lookup: Lookup, pod_ip: str) -> dict[str, s
               "metadata.uid": (pod.get("metadata") or {}).get("uid", "")}
     for src in container.get("envFrom") or []:
         kind = "configMap" if "configMapRef" in src else "secret"
-        ref = src.get("configMapRef") or src.get("secretRef") or {}
+        ref: Obj = src.get("configMapRef") or src.get("secretRef") or {}
         data = lookup(kind, namespace_of(pod), ref.get("name", ""))
         if data is None and not ref.get("optional"):
             raise PlanError(f'envFrom: {kind} "{ref.get("name", "")}" not found')
@@ -177,7 +177,7 @@ def env_of(pod: Obj, container: Obj, lookup: Lookup, pod_ip: str) -> dict[str, s
             env[e["name"]] = fields.get(ref["fieldRef"].get("fieldPath", ""), "")
         elif "configMapKeyRef" in ref or "secretKeyRef" in ref:
             kind = "configMap" if "configMapKeyRef" in ref else "secret"
-            r = ref.get("configMapKeyRef") or ref.get("secretKeyRef")
+            r: Obj = ref.get("configMapKeyRef") or ref.get("secretKeyRef") or {}
             value = (lookup(kind, namespace_of(pod), r["name"]) or {}).get(r["key"])
             if value is None and not r.get("optional"):
                 raise PlanError(f'env {e["name"]}: {kind} "{r["name"]}" has no key "{r["key"]}"')

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 
@@ -47,24 +47,22 @@ def parse_probe(spec: Obj | None, named: dict[str, int], host_ports: dict[int, i
     """The probe of a container spec, its port mapped to the host; None when the container has none."""
     if not spec:
         return None
-    timing = {
-        "initial_delay": float(spec.get("initialDelaySeconds", 0)), "period": float(spec.get("periodSeconds", 10)),
-        "timeout": float(spec.get("timeoutSeconds", 1)), "success_threshold": int(spec.get("successThreshold", 1)),
-        "failure_threshold": int(spec.get("failureThreshold", 3)),
-    }
+    timing = Probe("", initial_delay=float(spec.get("initialDelaySeconds", 0)), period=float(spec.get("periodSeconds", 10)),
+                   timeout=float(spec.get("timeoutSeconds", 1)), success_threshold=int(spec.get("successThreshold", 1)),
+                   failure_threshold=int(spec.get("failureThreshold", 3)))
     if "httpGet" in spec:
         h = spec["httpGet"]
         headers = tuple((x["name"], x["value"]) for x in h.get("httpHeaders") or [])
-        return Probe("http", _port(h.get("port"), named, host_ports), h.get("path", "/"), h.get("scheme", "HTTP").lower(),
-                     headers, **timing)
+        return replace(timing, kind="http", port=_port(h.get("port"), named, host_ports), path=h.get("path", "/"),
+                       scheme=h.get("scheme", "HTTP").lower(), headers=headers)
     if "tcpSocket" in spec or "grpc" in spec:
         target = spec.get("tcpSocket") or spec.get("grpc") or {}
-        return Probe("tcp", _port(target.get("port"), named, host_ports), **timing)
+        return replace(timing, kind="tcp", port=_port(target.get("port"), named, host_ports))
     if "exec" in spec:
         command = tuple(spec["exec"].get("command") or [])
         if callable(translate):
             command = tuple(translate(c) for c in command)
-        return Probe("exec", command=command, **timing)
+        return replace(timing, kind="exec", command=command)
     raise ValueError(f"unsupported probe: {sorted(spec)}")
 
 
