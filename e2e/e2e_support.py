@@ -18,6 +18,7 @@ from typing import Any
 
 import requests
 from kubernetes import client, config
+from localcluster.objects import HOST_PORTS_ANNOTATION, SERVICE_PORTS_ANNOTATION, running_pid
 from modeldeploy.clients.kube import Kube, KubeError, path_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,8 +33,8 @@ MD_API = f"{GROUP}/v1alpha1"
 SERVER_IMAGE = os.environ.get("E2E_SERVER_IMAGE", "modeldeploy/model-server:e2e")
 SKIP_READY = os.environ.get("E2E_SKIP_READY") == "1"
 READY_TIMEOUT = float(os.environ.get("E2E_READY_TIMEOUT", "300"))
-SERVICE_PORTS_ANNOTATION = "localcluster.modeldeploy.io/ports"
-HOST_PORTS_ANNOTATION = "localcluster.modeldeploy.io/host-ports"
+# What the operator makes of a ModelDeployment: (apiVersion, kind, suffix of its name).
+CHILDREN = [("v1", "ConfigMap", "-config"), ("apps/v1", "Deployment", ""), ("v1", "Service", ""), ("policy/v1", "PodDisruptionBudget", "")]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
@@ -169,19 +170,11 @@ class Cluster:
         the container's PID 1 through `kubectl exec` (PID 1 ignores a SIGKILL from inside)."""
         ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         if self.local is not None:
-            pid = server_pid(pod)
+            pid = running_pid(pod)
             assert pid, f"no running container in {name}"
             os.kill(pid, signal.SIGKILL)
         else:
             self.kubectl("-n", ns, "exec", name, "--", "sh", "-c", "kill -TERM 1")
-
-
-def server_pid(pod: dict) -> int | None:
-    for c in (pod.get("status") or {}).get("containerStatuses") or []:
-        cid = c.get("containerID", "")
-        if cid.startswith("local://") and "running" in (c.get("state") or {}):
-            return int(cid.removeprefix("local://"))
-    return None
 
 
 def process_alive(pid: int) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from e2e_support import (
+    CHILDREN,
     MD_API,
     READY_TIMEOUT,
     SKIP_READY,
@@ -20,7 +21,6 @@ from e2e_support import (
 )
 
 pytestmark = pytest.mark.e2e
-CHILDREN = [("v1", "ConfigMap", "-config"), ("apps/v1", "Deployment", ""), ("v1", "Service", ""), ("policy/v1", "PodDisruptionBudget", "")]
 HASH = "serving.modeldeploy.io/config-hash"
 
 

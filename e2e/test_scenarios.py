@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from e2e_support import (
+    CHILDREN,
     READY_TIMEOUT,
     ROOT,
     Cluster,
@@ -23,12 +24,11 @@ from e2e_support import (
     condition,
     half_plus_two,
     process_alive,
-    server_pid,
+    running_pid,
     wait_for,
 )
 
 pytestmark = pytest.mark.e2e
-CHILDREN = [("v1", "ConfigMap", "-config"), ("apps/v1", "Deployment", ""), ("v1", "Service", ""), ("policy/v1", "PodDisruptionBudget", "")]
 
 
 def ready(cluster: Cluster, ns: str, name: str, replicas: int | None = None) -> dict | None:
@@ -87,7 +87,7 @@ def test_3_a_killed_server_is_replaced_and_skipped_meanwhile(cluster: Cluster, n
     wait_for(lambda: ready(cluster, namespace, "kill", 2), READY_TIMEOUT, "2 replicas")
     victim = cluster.pods(namespace, "kill")[0]
     name = victim["metadata"]["name"]
-    pid = server_pid(victim)
+    pid = running_pid(victim)
     cluster.kill_server(victim)
     wait_for(lambda: not pod_ready(cluster.pod(namespace, name) or {}), 60, "the pod not ready")
     slices = cluster.kube.request("GET", f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices")["items"]
@@ -107,7 +107,7 @@ def test_3_a_killed_server_is_replaced_and_skipped_meanwhile(cluster: Cluster, n
 def test_4_deleting_the_model_deployment_removes_everything(cluster: Cluster, namespace: str, operator: OperatorProcess, tmp_path: Path) -> None:
     cluster.create(half_plus_two("gone", namespace, replicas=2))
     wait_for(lambda: ready(cluster, namespace, "gone", 2), READY_TIMEOUT, "2 replicas")
-    pids = [server_pid(p) for p in cluster.pods(namespace, "gone")]
+    pids = [running_pid(p) for p in cluster.pods(namespace, "gone")]
     cluster.kubectl("-n", namespace, "delete", "md", "gone", "--timeout=60s")  # waits for the operator to drop its finalizer
     assert cluster.md(namespace, "gone") is None
     wait_for(lambda: all(cluster.get(a, k, namespace, "gone" + s) is None for a, k, s in CHILDREN), 120, "its children gone")

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from localcluster import podspec, probes, processes
-from localcluster.objects import Obj, timestamp, utcnow
+from localcluster.objects import Obj, container_id, timestamp, utcnow
 from localcluster.podstatus import restart_delay
 
 log = logging.getLogger("localcluster.agent")
@@ -43,7 +43,7 @@ class ContainerRunner:
                     "restartCount": self.restart_count, "image": self.spec.get("image", ""),
                     "imageID": "", "started": running and self.started}
         if self.proc is not None:
-            out["containerID"] = f"local://{self.proc.pid}"
+            out["containerID"] = container_id(self.proc.pid)
         return out
 
     def _changed(self) -> None:
@@ -123,7 +123,7 @@ class ContainerRunner:
         if code < 0:
             terminated["signal"] = -code
         if self.proc is not None:
-            terminated["containerID"] = f"local://{self.proc.pid}"
+            terminated["containerID"] = container_id(self.proc.pid)
         self.last_state, self.state, self.ready = {"terminated": terminated}, {"terminated": terminated}, False
         self._changed()
 

@@ -11,6 +11,8 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 ANNOTATION_PREFIX = "localcluster.modeldeploy.io"
 HOST_PORTS_ANNOTATION = f"{ANNOTATION_PREFIX}/host-ports"
 SERVICE_PORTS_ANNOTATION = f"{ANNOTATION_PREFIX}/ports"
+# A container's ID is its process on this machine: `local://PID`.
+CONTAINER_ID_SCHEME = "local://"
 
 
 def utcnow() -> dt.datetime:
@@ -103,3 +105,17 @@ def with_condition(conditions: list[Obj], new: Obj, now: str) -> list[Obj]:
 
 def pod_ready(pod: Obj) -> bool:
     return condition(pod, "Ready").get("status") == "True"
+
+
+def container_id(pid: int) -> str:
+    return f"{CONTAINER_ID_SCHEME}{pid}"
+
+
+def running_pid(pod: Obj) -> int | None:
+    """The PID of the pod's first running container (from its `local://PID` containerID); None when
+    none is running here (or the pod is on a real cluster's node)."""
+    for c in (pod.get("status") or {}).get("containerStatuses") or []:
+        cid = c.get("containerID", "")
+        if cid.startswith(CONTAINER_ID_SCHEME) and "running" in (c.get("state") or {}):
+            return int(cid.removeprefix(CONTAINER_ID_SCHEME))
+    return None

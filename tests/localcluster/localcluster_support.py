@@ -139,14 +139,6 @@ def get(url: str, timeout: float = 5) -> requests.Response:
     return requests.get(url, timeout=timeout)
 
 
-def pid_of(pod: dict) -> int | None:
-    for c in (pod.get("status") or {}).get("containerStatuses") or []:
-        cid = c.get("containerID", "")
-        if cid.startswith("local://") and "running" in (c.get("state") or {}):
-            return int(cid.removeprefix("local://"))
-    return None
-
-
 def alive(pid: int) -> bool:
     """Whether `pid` is still a podserver process (not a zombie, not reused)."""
     try:

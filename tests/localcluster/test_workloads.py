@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from localcluster.objects import HOST_PORTS_ANNOTATION, controller_uid, pod_ready, terminating
-from localcluster_support import ThreadCluster, alive, container, deployment, get, owned, pid_of, service
+from localcluster.objects import HOST_PORTS_ANNOTATION, controller_uid, pod_ready, running_pid, terminating
+from localcluster_support import ThreadCluster, alive, container, deployment, get, owned, service
 from support import wait_for
 
 
@@ -49,7 +49,7 @@ def test_a_deployment_becomes_ready_pods_behind_a_service(lc: ThreadCluster, nod
     dep = lc.api.get("apps", "deployments", "default", "web")
     rs = wait_for(lambda: owned(lc.api.list_objects("apps", "replicasets", "default"), dep), "a ReplicaSet")[0]
     assert rs["metadata"]["name"] == f"web-{rs['metadata']['labels']['pod-template-hash']}"
-    pods = wait_for(lambda: (ps := lc.pods("web")) and len(ps) == 2 and all(pid_of(p) for p in ps) and ps, "2 running pods")
+    pods = wait_for(lambda: (ps := lc.pods("web")) and len(ps) == 2 and all(running_pid(p) for p in ps) and ps, "2 running pods")
     for p in pods:
         assert controller_uid(p) == rs["metadata"]["uid"] and p["spec"]["nodeName"] == "local"
         assert p["metadata"]["labels"]["pod-template-hash"] == rs["metadata"]["labels"]["pod-template-hash"]
@@ -138,7 +138,7 @@ def test_scale_up_and_down_and_a_rolling_update_within_bounds(lc: ThreadCluster)
 def test_a_crashed_process_restarts_with_back_off_and_leaves_the_service_meanwhile(lc: ThreadCluster) -> None:
     lc.apply(service("crash"), deployment("crash", replicas=1))
     (pod,) = wait_for(lambda: lc.ready_pods("crash", 1), "ready", timeout=60)
-    name, first_pid = pod["metadata"]["name"], pid_of(pod)
+    name, first_pid = pod["metadata"]["name"], running_pid(pod)
     assert first_pid and alive(first_pid)
     import os
     import signal
@@ -149,7 +149,7 @@ def test_a_crashed_process_restarts_with_back_off_and_leaves_the_service_meanwhi
     p = wait_for(lambda: (p := lc.api.get("", "pods", "default", name)) and pod_ready(p) and p, "ready again", timeout=30)
     status = p["status"]["containerStatuses"][0]
     assert status["restartCount"] == 1 and status["lastState"]["terminated"]["exitCode"] == 137
-    os.kill(pid_of(p), signal.SIGKILL)  # type: ignore[arg-type]
+    os.kill(running_pid(p), signal.SIGKILL)  # type: ignore[arg-type]
     backoff = wait_for(lambda: ((lc.api.get("", "pods", "default", name)["status"]["containerStatuses"][0]["state"].get("waiting") or {})
                                 .get("reason") == "CrashLoopBackOff"), "CrashLoopBackOff")
     assert backoff
@@ -178,7 +178,7 @@ def test_deletion_runs_pre_stop_then_sigterm_then_sigkill_after_the_grace_period
     lc.apply(service("stop"), deployment("stop", grace=4, containers=[container(
         env={"TERM_FILE": str(term), "IGNORE_TERM": "1"}, lifecycle={"preStop": {"sleep": {"seconds": 1}}})]))
     (pod,) = wait_for(lambda: lc.ready_pods("stop", 1), "ready", timeout=60)
-    name, pid = pod["metadata"]["name"], pid_of(pod)
+    name, pid = pod["metadata"]["name"], running_pid(pod)
     assert pid
     started = time.monotonic()
     lc.kubectl("delete", "pod", name, "--wait=false")
@@ -199,7 +199,7 @@ def test_deletion_runs_pre_stop_then_sigterm_then_sigkill_after_the_grace_period
 def test_deleting_the_deployment_removes_its_replicasets_pods_and_processes(lc: ThreadCluster) -> None:
     lc.apply(deployment("gc", replicas=2, grace=2))
     pods = wait_for(lambda: lc.ready_pods("gc", 2), "ready", timeout=60)
-    pids = [pid_of(p) for p in pods]
+    pids = [running_pid(p) for p in pods]
     lc.kubectl("delete", "deployment", "gc")
     wait_for(lambda: not lc.pods("gc", include_terminating=True) and not lc.api.list_objects("apps", "replicasets", "default"), "all gone", timeout=30)
     assert not any(alive(p) for p in pids if p)
