@@ -1,11 +1,11 @@
-"""The README's install / upgrade / uninstall story, with Helm's own Go SDK and the real operator.
+"""The install / upgrade / uninstall story of docs/operations.md, with Helm's own Go SDK and the real operator.
 
 `helm install`, `helm upgrade` and `helm uninstall` (helm-python-sdk: Helm 4's Go SDK) run against the
 fake API server (localcluster.fakeapi), and the operator runs as the installed Deployment says.
-Checked: the release creates what the chart renders; a ModelDeployment from the README becomes
+Checked: the release creates what the chart renders; a ModelDeployment from the docs becomes
 Ready; an upgrade with a new serverImage rolls the model pods (maxUnavailable 0); uninstalling
 keeps the CRD, the ModelDeployment and its serving children; without an operator a deletion waits on
-kopf's finalizer, and removing it by hand (the README's `kubectl patch`) lets the model go with its
+kopf's finalizer, and removing it by hand (the docs' `kubectl patch`) lets the model go with its
 children.
 
 Fake API server specifics: it serves no OpenAPI v2 document, so Helm's client-side OpenAPI
@@ -34,7 +34,7 @@ pytest.importorskip("kopf")
 RELEASE, NS, ML = "modeldeploy", "modeldeploy-system", "ml"
 GROUP, VERSION = "serving.modeldeploy.io", "v1alpha1"
 RBAC = "rbac.authorization.k8s.io"
-# The README's first ModelDeployment.
+# The first ModelDeployment of docs/operations.md.
 HALF_PLUS_TWO = {
     "apiVersion": f"{GROUP}/{VERSION}",
     "kind": "ModelDeployment",
@@ -129,7 +129,7 @@ def test_install_upgrade_uninstall(fake: Any, tmp_path: Path) -> None:
             installed = fake.get("apps", "deployments", NS, RELEASE)
             operator = OperatorProcess(installed, kubeconfig, tmp_path / "operator.log").start()
 
-            # The README's first model becomes Ready, behind a Service with TF Serving's ports.
+            # The docs' first model becomes Ready, behind a Service with TF Serving's ports.
             fake.add_object(copy.deepcopy(HALF_PLUS_TWO))
             wait_for(lambda: _ready(fake), "half-plus-two Ready")
             assert _server_image(fake) == "ghcr.io/modeldeploy/model-server:0.1.0"
