@@ -1,7 +1,8 @@
-"""Fixtures for the operator tests: the fake API server, kubectl, and the real operator process.
+"""Fixtures for the operator tests: kubectl's kubeconfig for the local API server (`fake`, shared
+by every area: tests/conftest.py) and the real operator process.
 
-`fake` is a `localcluster.fakeapi.FakeKubeAPI` with our CRD installed; `operator` starts the
-real `modeldeploy operator` (kopf) as a subprocess against it and stops it (by PID) afterwards.
+`operator` starts the real `modeldeploy operator` (kopf) as a subprocess against `fake` and stops
+it (by PID) afterwards.
 """
 
 from __future__ import annotations
@@ -11,14 +12,7 @@ from pathlib import Path
 
 import pytest
 from localcluster.fakeapi import FakeKubeAPI
-from operator_support import CRD_FILE, OperatorProcess
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKubeAPI]:
-    with FakeKubeAPI() as api:
-        api.apply_yaml(CRD_FILE.read_text())
-        yield api
+from operator_support import OperatorProcess
 
 
 @pytest.fixture
