@@ -15,12 +15,9 @@ from typing import Any
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from modelserver.config.files import ConfigError, read_text
 from modelserver.config.protos import MonitoringConfig
 from modelserver.contract import METRICS_PATH
-
-
-class ConfigError(ValueError):
-    """A config file or flag combination that cannot be served (reported, exit code 1)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +60,8 @@ def parse_model_config_text(text: str, source: str = "model config") -> model_se
 
 
 def load_model_config_file(path: str | Path) -> list[ModelConfig]:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read model config file {p}: {exc.strerror}") from None
-    return model_configs_from_proto(parse_model_config_text(text, str(p)))
+    text = read_text(path, "model config file")
+    return model_configs_from_proto(parse_model_config_text(text, str(path)))
 
 
 def model_configs_from_proto(cfg: model_server_config_pb2.ModelServerConfig) -> list[ModelConfig]:
@@ -136,11 +129,7 @@ def single_model_config(name: str, base_path: str) -> list[ModelConfig]:
 def load_monitoring_config(path: str | Path) -> Any:
     """Parses `--monitoring_config_file` (MonitoringConfig text proto); the metrics module serves it."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read monitoring config file {p}: {exc.strerror}") from None
-    cfg = parse_text_proto(text, MonitoringConfig(), str(p))
+    cfg = parse_text_proto(read_text(p, "monitoring config file"), MonitoringConfig(), str(p))
     if cfg.prometheus_config.enable:
         path_ = cfg.prometheus_config.path or METRICS_PATH
         if not path_.startswith("/"):

@@ -90,8 +90,8 @@ async def apply_initial_routing(manager: Manager, path: Path) -> bool:
     yet, and the server stays not ready until a poll applies it."""
     try:
         manager.apply_routing(load_table(str(path)))
-    except ServingError as exc:
-        log.error("routing config file not applied yet: %s", exc.message)
+    except (ConfigError, ServingError) as exc:  # unreadable or not JSON; a table refused
+        log.error("routing config file not applied yet: %s", exc)
         return False
     log.info("routing generation %d in force from %s", manager.routing.generation, path)
     return True

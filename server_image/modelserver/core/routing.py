@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from modelserver.config.files import read_json
 from modelserver.core.errors import invalid_argument
 
 MAX_WEIGHT = 1_000_000
@@ -129,15 +130,7 @@ _RNG = random.Random()
 
 
 def load_table(path: str) -> RoutingTable:
-    """`--routing_config_file`: a routing document as JSON (ServingError INVALID_ARGUMENT when it
-    cannot be read or parsed; the caller reports it)."""
-    import json
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except OSError as exc:
-        raise invalid_argument(f"cannot read routing config file {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise invalid_argument(f"routing config file {path} is not JSON: {exc}") from None
-    return parse_table(doc, f"routing config file {path}")
+    """`--routing_config_file`: a routing document as JSON. ConfigError when the file cannot be
+    read or is not JSON, INVALID_ARGUMENT (parse_table) when its table is wrong; the caller
+    reports either."""
+    return parse_table(read_json(path, "routing config file"), f"routing config file {path}")

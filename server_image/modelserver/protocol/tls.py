@@ -16,7 +16,8 @@ from pathlib import Path
 
 import grpc
 
-from modelserver.config.model_config import ConfigError, parse_text_proto
+from modelserver.config.files import ConfigError, read_text
+from modelserver.config.model_config import parse_text_proto
 from modelserver.config.protos import SSLConfig
 
 
@@ -30,11 +31,7 @@ class TlsConfig:
 
 def load_ssl_config(path: str | Path) -> TlsConfig:
     p = Path(path)
-    try:
-        text = p.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read --ssl_config_file {p}: {getattr(exc, 'strerror', None) or exc}") from None
-    cfg = parse_text_proto(text, SSLConfig(), str(p))
+    cfg = parse_text_proto(read_text(p, "--ssl_config_file"), SSLConfig(), str(p))
     return check(TlsConfig(cfg.server_key.encode(), cfg.server_cert.encode(),
                            cfg.custom_ca.encode() or None, bool(cfg.client_verify)), str(p))
 
