@@ -137,7 +137,8 @@ def handler_costs(model: str, servable: Any, raw: bytes, n: int) -> tuple[float,
     """(µs per request of the gRPC handler alone, µs of loop CPU per request with 32 handlers
     batched), both with the model answering a constant (see the module docstring)."""
     import numpy as np
-    from modelserver.batching.scheduler import batcher_for, load_batching_parameters
+    from modelserver.batching.options import load_batching_parameters
+    from modelserver.batching.scheduler import batcher_for
     from modelserver.config.flags import parse_args
     from modelserver.config.model_config import load_monitoring_config
     from modelserver.core.runner import InlineRunner

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from modelserver import __version__
-from modelserver.batching.scheduler import BatchingConfigError, BatchingOptions, load_batching_parameters
+from modelserver.batching.options import BatchingConfigError, BatchingOptions, load_batching_parameters
 from modelserver.config.flags import Flags, ignored_combinations, parse_or_exit, unimplemented_given
 from modelserver.config.model_config import (
     ConfigError,

@@ -130,7 +130,7 @@ def test_batching_config_parses_as_batching_parameters() -> None:
 ])
 def test_every_batching_spec_the_operator_accepts_the_server_accepts(batching: dict[str, object]) -> None:
     """The operator's rules and the server's must agree, or an accepted spec crash-loops its pods."""
-    from modelserver.batching.scheduler import parse_batching_parameters
+    from modelserver.batching.options import parse_batching_parameters
 
     b = api.Batching(**batching)  # type: ignore[arg-type]
     options = parse_batching_parameters(serverconfig.batching_config(b))

@@ -11,20 +11,22 @@ import time
 import grpc
 import numpy as np
 import pytest
-from modelserver.batching.scheduler import (
-    Batcher,
-    BatchingConfigError,
-    BatchingOptions,
+from modelserver.batching.merge import (
     Piece,
     SplitError,
     batch_rows,
-    load_batching_parameters,
     merge_inputs,
     padded_size,
-    parse_batching_parameters,
     shape_key,
     split_outputs,
 )
+from modelserver.batching.options import (
+    BatchingConfigError,
+    BatchingOptions,
+    load_batching_parameters,
+    parse_batching_parameters,
+)
+from modelserver.batching.scheduler import Batcher
 from modelserver.core.errors import ServingError
 from modelserver.core.request_context import RequestContext
 

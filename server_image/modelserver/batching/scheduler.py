@@ -3,8 +3,8 @@
 Requests for the same (model, version, signature) whose inputs agree on dtype and non-batch
 dimensions are queued together, merged along dimension 0 (padded up to the next allowed batch
 size), run once on one of `num_batch_threads` worker threads, and split back. Everything that
-decides (parsing, validation, batch keys, merge/pad/split) is a pure function; `Batcher` only
-schedules. Scheduling is event driven and costs one asyncio future per request:
+decides is a pure function (the parameters file in options.py; batch keys, merge/pad/split in
+merge.py); `Batcher` only schedules. Scheduling is event driven and costs one asyncio future per request:
 
 * a batch starts as soon as it is full, or when its oldest request has waited
   `batch_timeout_micros`, provided a worker is idle;
@@ -23,268 +23,33 @@ answers DEADLINE_EXCEEDED and is never computed.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import concurrent.futures
-import os
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf import descriptor_pb2, descriptor_pool, text_format, wrappers_pb2
-from google.protobuf import message_factory as _message_factory
 
+from modelserver.batching.merge import (
+    Piece,
+    SplitError,
+    Tensors,
+    batch_rows,
+    merge_inputs,
+    padded_size,
+    shape_key,
+    split_outputs,
+)
+from modelserver.batching.options import BatchingOptions
 from modelserver.core.errors import ServingError, deadline_exceeded, invalid_argument, resource_exhausted
 from modelserver.core.request_context import RequestContext
 from modelserver.core.runner import InlinePolicy
 
-Tensors = dict[str, np.ndarray]
 ModelFn = Callable[[Tensors], Tensors]
 BatchObserver = Callable[[Hashable, int, int], None]  # (key, real rows, executed batch size)
 
-# --------------------------------------------------------------------------------------------
-# The BatchingParameters text proto. tensorflow-serving-api does not ship
-# session_bundle_config_pb2, so the message is declared here with TF Serving's field names and
-# numbers (tensorflow_serving/servables/tensorflow/session_bundle_config.proto).
-
-_PROTO_PACKAGE = "modelserver.tfs"
-_FIELDS: list[tuple[str, int, str, bool]] = [  # name, number, type ("." + wrapper | scalar), repeated
-    ("max_batch_size", 1, ".google.protobuf.Int64Value", False),
-    ("batch_timeout_micros", 2, ".google.protobuf.Int64Value", False),
-    ("max_enqueued_batches", 3, ".google.protobuf.Int64Value", False),
-    ("num_batch_threads", 4, ".google.protobuf.Int64Value", False),
-    ("thread_pool_name", 5, ".google.protobuf.StringValue", False),
-    ("allowed_batch_sizes", 6, "int64", True),
-    ("pad_variable_length_inputs", 7, "bool", False),
-    ("enable_large_batch_splitting", 8, ".google.protobuf.BoolValue", False),
-    ("max_execution_batch_size", 9, ".google.protobuf.Int64Value", False),
-]
-
-
-def _build_message_class() -> Any:
-    pool = descriptor_pool.DescriptorPool()
-    wrappers = descriptor_pb2.FileDescriptorProto()
-    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
-    pool.Add(wrappers)
-    f = descriptor_pb2.FileDescriptorProto(
-        name="modelserver/batching_parameters.proto",
-        package=_PROTO_PACKAGE,
-        syntax="proto3",
-        dependency=["google/protobuf/wrappers.proto"],
-    )
-    msg = f.message_type.add(name="BatchingParameters")
-    scalar = {"int64": descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
-              "bool": descriptor_pb2.FieldDescriptorProto.TYPE_BOOL}
-    for name, number, typ, repeated in _FIELDS:
-        fd = msg.field.add(name=name, number=number)
-        fd.label = (descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED if repeated
-                    else descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
-        if typ.startswith("."):
-            fd.type = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
-            fd.type_name = typ
-        else:
-            fd.type = scalar[typ]
-    pool.Add(f)
-    return _message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PROTO_PACKAGE}.BatchingParameters"))
-
-
-BatchingParametersProto = _build_message_class()
-
-
-@dataclass(frozen=True, slots=True)
-class BatchingOptions:
-    """Validated batching parameters, with TF Serving's defaults (BasicBatchScheduler::Options)."""
-
-    max_batch_size: int = 1000
-    batch_timeout_micros: int = 0
-    max_enqueued_batches: int = 10
-    num_batch_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    thread_pool_name: str = "batch_threads"
-    allowed_batch_sizes: tuple[int, ...] = ()
-    pad_variable_length_inputs: bool = False
-    enable_large_batch_splitting: bool = False
-    max_execution_batch_size: int = 0  # 0: same as max_batch_size
-
-    @property
-    def execution_batch_size(self) -> int:
-        """The largest batch the model runs."""
-        if self.enable_large_batch_splitting and self.max_execution_batch_size:
-            return self.max_execution_batch_size
-        return self.max_batch_size
-
-
-class BatchingConfigError(ValueError):
-    """A batching parameters file that cannot be used (the server refuses to start)."""
-
-
-def parse_batching_parameters(text: str) -> BatchingOptions:
-    """Parses and validates a `batching_parameters` text proto (TF Serving's format)."""
-    msg = BatchingParametersProto()
-    try:
-        text_format.Parse(text, msg)
-    except text_format.ParseError as e:
-        raise BatchingConfigError(f"Error parsing text-format {msg.DESCRIPTOR.full_name}: {e}\n"
-                                  "invalid batching parameters") from None
-    values: dict[str, Any] = {}
-    for name, _num, typ, repeated in _FIELDS:
-        if repeated:
-            values[name] = tuple(getattr(msg, name))
-        elif typ.startswith("."):
-            if msg.HasField(name):
-                values[name] = getattr(msg, name).value
-        else:
-            values[name] = getattr(msg, name)
-    return validate_options(BatchingOptions(**values))
-
-
-def load_batching_parameters(path: str | Path | None) -> BatchingOptions:
-    """Reads `--batching_parameters_file` (None or "" gives the defaults)."""
-    if not path:
-        return validate_options(BatchingOptions())
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise BatchingConfigError(f"cannot read batching parameters file {path}: {e.strerror}") from None
-    return parse_batching_parameters(text)
-
-
-def validate_options(o: BatchingOptions) -> BatchingOptions:
-    """TF Serving's checks, with messages that say what to fix."""
-    if o.max_batch_size < 1:
-        raise BatchingConfigError(f"max_batch_size must be positive; was {o.max_batch_size}")
-    if o.batch_timeout_micros < 0:
-        raise BatchingConfigError(f"batch_timeout_micros must be non-negative; was {o.batch_timeout_micros}")
-    if o.max_enqueued_batches < 1:
-        raise BatchingConfigError(f"max_enqueued_batches must be positive; was {o.max_enqueued_batches}")
-    if o.num_batch_threads < 1:
-        raise BatchingConfigError(f"num_batch_threads must be positive; was {o.num_batch_threads}")
-    if o.max_execution_batch_size < 0:
-        raise BatchingConfigError(
-            f"max_execution_batch_size must be positive; was {o.max_execution_batch_size}")
-    if o.enable_large_batch_splitting and o.max_execution_batch_size > o.max_batch_size:
-        raise BatchingConfigError(
-            f"max_execution_batch_size ({o.max_execution_batch_size}) must not exceed "
-            f"max_batch_size ({o.max_batch_size})")
-    sizes = o.allowed_batch_sizes
-    if sizes:
-        if any(s < 1 for s in sizes):
-            raise BatchingConfigError(f"allowed_batch_sizes must be positive; was {list(sizes)}")
-        if any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)):
-            raise BatchingConfigError(f"allowed_batch_sizes entries must be monotonically increasing; "
-                                      f"was {list(sizes)}")
-        limit = o.execution_batch_size
-        if sizes[-1] != limit:
-            what = ("max_execution_batch_size" if o.enable_large_batch_splitting and o.max_execution_batch_size
-                    else "max_batch_size")
-            raise BatchingConfigError(f"final entry in allowed_batch_sizes ({sizes[-1]}) must equal "
-                                      f"{what} ({limit})")
-    return o
-
-
-# --------------------------------------------------------------------------------------------
-# Pure decisions: batch keys, padded sizes, merge and split.
-
-def batch_rows(inputs: Mapping[str, np.ndarray]) -> int | None:
-    """The batch size (dimension 0) shared by every input, or None when they cannot be batched
-    (a scalar input, inputs disagreeing on dimension 0, or no inputs)."""
-    rows = None
-    for arr in inputs.values():
-        if arr.ndim == 0:
-            return None
-        n = arr.shape[0]
-        if rows is None:
-            rows = n
-        elif n != rows:
-            return None
-    return rows
-
-
-def shape_key(inputs: Mapping[str, np.ndarray], pad_variable_length: bool) -> tuple[Any, ...]:
-    """What two requests must share to be merged: per input its name, dtype and non-batch
-    dimensions (with padding, only the number of dimensions)."""
-    if len(inputs) == 1:
-        ((name, arr),) = inputs.items()
-        return ((name, arr.dtype.str, arr.ndim if pad_variable_length else arr.shape[1:]),)
-    return tuple((name, arr.dtype.str, arr.ndim if pad_variable_length else arr.shape[1:])
-                 for name, arr in sorted(inputs.items()))
-
-
-def padded_size(rows: int, allowed: Sequence[int]) -> int:
-    """The batch size the model runs for `rows` rows: the next allowed size, or `rows` itself."""
-    if not allowed:
-        return rows
-    i = bisect.bisect_left(allowed, rows)
-    return allowed[i] if i < len(allowed) else rows
-
-
-def _anchor(arr: np.ndarray) -> Any:
-    return arr.flat[0] if arr.size else np.zeros((), arr.dtype)[()]
-
-
-def _pad_to(arr: np.ndarray, dims: tuple[int, ...]) -> np.ndarray:
-    """Pads the non-batch dimensions of `arr` up to `dims` with the tensor's first element (TF
-    Serving's "anchor" padding for pad_variable_length_inputs)."""
-    if arr.shape[1:] == dims:
-        return arr
-    pad = [(0, 0)] + [(0, want - have) for have, want in zip(arr.shape[1:], dims, strict=True)]
-    return np.pad(arr, pad, mode="constant", constant_values=_anchor(arr))
-
-
-@dataclass(slots=True)
-class Piece:
-    """Rows [start, stop) of one request's inputs, as placed in a batch."""
-
-    inputs: Tensors
-    start: int
-    stop: int
-
-    @property
-    def rows(self) -> int:
-        return self.stop - self.start
-
-
-def merge_inputs(pieces: Sequence[Piece], size: int, pad_variable_length: bool) -> Tensors:
-    """Concatenates the pieces along dimension 0 and pads the batch up to `size` rows by
-    repeating its first row (the model's answers for padding rows are dropped by `split`)."""
-    merged: Tensors = {}
-    for name in pieces[0].inputs:
-        parts = [p.inputs[name] if p.start == 0 and p.stop == len(p.inputs[name])
-                 else p.inputs[name][p.start:p.stop] for p in pieces]
-        if pad_variable_length:
-            dims = tuple(max(d) for d in zip(*(a.shape[1:] for a in parts), strict=True))
-            parts = [_pad_to(a, dims) for a in parts]
-        rows = sum(len(a) for a in parts)
-        if rows < size:
-            parts.append(np.repeat(parts[0][:1], size - rows, axis=0))
-        merged[name] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-    return merged
-
-
-class SplitError(Exception):
-    """The model's outputs are not batched along dimension 0, so a merged run cannot be split."""
-
-
-def split_outputs(outputs: Mapping[str, np.ndarray], pieces: Sequence[Piece], size: int) -> list[Tensors]:
-    """Slices each output back into the pieces' rows (outputs must have `size` rows)."""
-    for name, arr in outputs.items():
-        if arr.ndim == 0 or arr.shape[0] != size:
-            raise SplitError(f"output {name!r} has shape {list(arr.shape)}, not batched along dimension "
-                             f"0 with {size} rows")
-    result: list[Tensors] = []
-    offset = 0
-    for p in pieces:
-        n = p.rows
-        result.append({name: arr[offset:offset + n] for name, arr in outputs.items()})
-        offset += n
-    return result
-
-
-# --------------------------------------------------------------------------------------------
-# The scheduler.
 
 class _Task:
     __slots__ = ("fn", "inputs", "rows", "ctx", "future", "taken", "done_rows", "parts", "expiry",
@@ -634,7 +399,6 @@ class Batcher:
                     t.future.set_exception(exc)
         if self._on_batch is not None:
             self._on_batch(model_key, rows, size)
-
 
 
 def _loop_busy(loop: asyncio.AbstractEventLoop) -> bool:
