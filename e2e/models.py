@@ -4,7 +4,7 @@
 - `OUT/half_plus_two/1` and `OUT/half_plus_two/123`: y = 0.5x + 2, no warmup file (123 as in TF
   Serving's own test data, which some scenarios pin with `versions: [123]`);
 - `OUT/two_versions/{1,2}`: y = 0.5x + 2 and y = x + 3, each with a warmup file of 8 predict records
-  (batch sizes 1 to 128, as `make demo-models` writes with `modeldeploy warmup`); `OUT/two_versions/3`
+  (batch sizes 1 to 128, as `make demo-models` writes with `model-server-warmup`); `OUT/two_versions/3`
   is not a SavedModel (a canary version that fails to load).
 
 The kind cluster of e2e/README.md mounts `demo_models/` at /models; the local cluster mounts OUT there.
@@ -23,16 +23,16 @@ def build(out: Path) -> Path:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import demomodels as demo
     import numpy as np
-    from modelserver.warmup import replay as warmup
+    from modelserver.warmup import records
 
     demo.build_half_plus_two(out / "half_plus_two" / "1")
     demo.build_half_plus_two(out / "half_plus_two" / "123")
     for version, (a, b) in {1: (0.5, 2.0), 2: (1.0, 3.0)}.items():
         vdir = demo.build_half_plus_two(out / "two_versions" / str(version), a=a, b=b)
         rng = np.random.default_rng(version)
-        logs = [warmup.predict_log({"x": rng.standard_normal(n).astype(np.float32)}, signature_name="serving_default")
+        logs = [records.predict_log({"x": rng.standard_normal(n).astype(np.float32)}, signature_name="serving_default")
                 for n in BATCH_SIZES]
-        warmup.write_records(warmup.warmup_file(vdir), logs)
+        records.write_records(records.warmup_file(vdir), logs)
     build_rollout_versions(out / "rollout")
     broken = out / "two_versions" / "3"  # a version that fails to load (the canary scenarios)
     broken.mkdir(parents=True, exist_ok=True)

@@ -61,17 +61,17 @@ def build_lazy_model(export_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def lazy_models(tmp_path_factory) -> Path:
     import demomodels as demo
-    from modelserver.warmup import replay as warmup
+    from modelserver.warmup import records
 
     root = tmp_path_factory.mktemp("lazy_models")
     build_lazy_model(root / "warm" / "1")
     shutil.copytree(root / "warm", root / "cold")
-    log = warmup.predict_log({"x": np.array([1.0, 2.0], np.float32)})
-    warmup.write_records(warmup.warmup_file(root / "warm" / "1"), [log])
+    log = records.predict_log({"x": np.array([1.0, 2.0], np.float32)})
+    records.write_records(records.warmup_file(root / "warm" / "1"), [log])
     shutil.copytree(root / "cold", root / "broken")
-    cheap = warmup.predict_log({"unused": np.array([0.0], np.float32)}, signature_name="stats")
-    bad = warmup.predict_log({"no_such_input": np.array([1.0], np.float32)})
-    warmup.write_records(warmup.warmup_file(root / "broken" / "1"), [cheap, bad])
+    cheap = records.predict_log({"unused": np.array([0.0], np.float32)}, signature_name="stats")
+    bad = records.predict_log({"no_such_input": np.array([1.0], np.float32)})
+    records.write_records(records.warmup_file(root / "broken" / "1"), [cheap, bad])
     (root / "models.config").write_text(demo.model_config_text([(n, str(root / n)) for n in ("warm", "cold")]))
     (root / "broken.config").write_text(demo.model_config_text([(n, str(root / n)) for n in ("cold", "broken")]))
     (root / "monitoring.config").write_text("prometheus_config { enable: true }\n")

@@ -1,6 +1,6 @@
 """Warmup requests that the server makes itself (`--warmup_config_file`): generated from each
 version's signatures (zero or random, batch sizes, strings) or read from REST API bodies;
-`modeldeploy warmup` writing the same requests into a file read back with tf.data; a real server
+`model-server-warmup` writing the same requests into a file read back with tf.data; a real server
 reporting per version what it replayed; and a model whose first call compiles (XLA), whose first
 request after Ready is as fast as the later ones only with generated warmup."""
 
@@ -57,12 +57,12 @@ def test_generated_requests_have_the_signatures_dtypes_and_shapes() -> None:
         generate(WarmupPlan("generated", ("c",)), sigs)
 
 
-def test_modeldeploy_warmup_writes_generated_and_rest_requests(models_dir: Path, tmp_path: Path) -> None:
+def test_model_server_warmup_writes_generated_and_rest_requests(models_dir: Path, tmp_path: Path) -> None:
     import shutil
 
     import tensorflow as tf
-    from modeldeploy import cli
     from modelserver.core.tensors import to_ndarray
+    from modelserver.warmup import write
     from tensorflow_serving.apis import prediction_log_pb2
 
     def read(path: Path) -> list[Any]:
@@ -76,8 +76,8 @@ def test_modeldeploy_warmup_writes_generated_and_rest_requests(models_dir: Path,
     vdir = tmp_path / "bytes" / "1"
     shutil.copytree(models_dir / "bytes_model" / "1", vdir)
     out = tmp_path / "w1"
-    assert cli.main(["warmup", str(vdir), "--data", "zero", "--batch_sizes", "1,3",
-                     "--count", "2", "--out", str(out)]) == 0
+    assert write.main([str(vdir), "--data", "zero", "--batch_sizes", "1,3",
+                       "--count", "2", "--out", str(out)]) == 0
     reqs = read(out)
     assert [(r.model_spec.signature_name, to_ndarray("data", r.inputs["data"]).tolist()) for r in reqs] == [
         ("serving_default", [b""]), ("serving_default", [b""]), ("serving_default", [b"", b"", b""]),
@@ -86,9 +86,9 @@ def test_modeldeploy_warmup_writes_generated_and_rest_requests(models_dir: Path,
     shutil.copytree(models_dir / "half_plus_two" / "1", hdir)
     body = tmp_path / "bodies.json"
     body.write_text(json.dumps([{"instances": [1.0, 2.0]}, {"signature_name": "serving_default", "inputs": [3.0]}]))
-    assert cli.main(["warmup", str(hdir), "--sample", str(body), "--out", str(tmp_path / "w2")]) == 0
+    assert write.main([str(hdir), "--sample", str(body), "--out", str(tmp_path / "w2")]) == 0
     assert [to_ndarray("x", r.inputs["x"]).tolist() for r in read(tmp_path / "w2")] == [[1.0, 2.0], [3.0]]
-    assert cli.main(["warmup", str(hdir), "--data", "random", "--batch_sizes", "4", "--out", str(tmp_path / "w3")]) == 0
+    assert write.main([str(hdir), "--data", "random", "--batch_sizes", "4", "--out", str(tmp_path / "w3")]) == 0
     (req,) = read(tmp_path / "w3")
     x = to_ndarray("x", req.inputs["x"])
     assert x.shape == (4,) and x.dtype == np.float32

@@ -1,3 +1,4 @@
-"""Warmup: replaying TF Serving warmup records before a version serves, generating them from the
-model's signatures or from REST bodies, and writing warmup files.
+"""Warmup: the warmup file on disk (`records`), where a version's warmup requests come from
+(`sources`), replaying them before a version serves (`replay`), and the `model-server-warmup`
+command that writes a warmup file (`write`).
 """

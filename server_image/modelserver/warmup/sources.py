@@ -1,5 +1,5 @@
 """Where a version's warmup requests come from (`--warmup_config_file`), as TF Serving's
-PredictionLogs that warmup.py replays before the version becomes AVAILABLE.
+PredictionLogs that replay.py replays before the version becomes AVAILABLE.
 
 The file is JSON; `source` says which requests a version replays:
 
@@ -26,7 +26,7 @@ model's storage. TF Serving's limit holds: at most 1000 requests per version.
 
 from __future__ import annotations
 
-import json
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from modelserver.config.model_config import ConfigError
+from modelserver.config.files import ConfigError, read_json
 
 SOURCES = ("model", "generated", "requests")
 DATA = ("zero", "random")
@@ -96,14 +96,7 @@ def _int(v: Any) -> bool:
 
 
 def load_plan(path: str | Path) -> WarmupPlan:
-    p = Path(path)
-    try:
-        doc = json.loads(p.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read warmup config file {p}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise ConfigError(f"warmup config file {p} is not JSON: {exc}") from None
-    return parse_plan(doc, f"warmup config file {p}")
+    return parse_plan(read_json(path, "warmup config file"), f"warmup config file {path}")
 
 
 # ---- generated requests ---------------------------------------------------------------------------
@@ -153,8 +146,6 @@ def generate(plan: WarmupPlan, signatures: dict[str, Any]) -> Generated:
 
 def from_rest_bodies(bodies: Sequence[Any], signatures: dict[str, Any], source: str) -> Generated:
     """User requests in the REST API's JSON, typed by each request's signature."""
-    from modelserver.warmup.replay import inputs_from_json
-
     out = Generated(strict=True)
     for i, body in enumerate(bodies):
         if not isinstance(body, dict):
@@ -171,11 +162,41 @@ def from_rest_bodies(bodies: Sequence[Any], signatures: dict[str, Any], source: 
 
 
 def load_rest_bodies(path: str | Path) -> list[Any]:
-    p = Path(path)
-    try:
-        doc = json.loads(p.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read warmup requests file {p}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise ConfigError(f"warmup requests file {p} is not JSON: {exc}") from None
+    doc = read_json(path, "warmup requests file")
     return doc if isinstance(doc, list) else [doc]
+
+
+def _decode_json_value(v: Any) -> Any:
+    if isinstance(v, dict) and set(v) == {"b64"}:
+        return base64.b64decode(v["b64"])
+    if isinstance(v, list):
+        return [_decode_json_value(x) for x in v]
+    return v
+
+
+def inputs_from_json(body: dict[str, Any], signature: Any) -> list[dict[str, np.ndarray]]:
+    """Request bodies like the REST API's (`{"instances": [...]}` or `{"inputs": {...}}`) to
+    named arrays typed by the signature."""
+    specs = signature.inputs
+    if "inputs" in body:
+        cols = body["inputs"]
+        if not isinstance(cols, dict):
+            if len(specs) != 1:
+                raise ValueError("\"inputs\" must name every input of a multi-input signature")
+            cols = {next(iter(specs)): cols}
+    elif "instances" in body:
+        rows = body["instances"]
+        if rows and isinstance(rows[0], dict):
+            cols = {k: [r[k] for r in rows] for k in rows[0]}
+        else:
+            if len(specs) != 1:
+                raise ValueError("row instances must be objects for a multi-input signature")
+            cols = {next(iter(specs)): rows}
+    else:
+        raise ValueError("a sample must hold \"instances\" or \"inputs\"")
+    out = {}
+    for name, value in cols.items():
+        if name not in specs:
+            raise ValueError(f"unknown input {name!r} (signature inputs: {', '.join(sorted(specs))})")
+        out[name] = np.asarray(_decode_json_value(value), dtype=specs[name].dtype)
+    return [out]
