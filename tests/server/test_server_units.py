@@ -10,7 +10,14 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from modelserver.config.flags import FlagError, ignored_combinations, parse_args, unimplemented_given, usage
+from modelserver.config.flags import (
+    FlagError,
+    ignored_combinations,
+    parse_args,
+    rest_api_port,
+    unimplemented_given,
+    usage,
+)
 from modelserver.config.model_config import (
     ConfigError,
     VersionPolicy,
@@ -21,7 +28,7 @@ from modelserver.core.errors import ServingError
 from modelserver.core.manager import aspired_versions, label_error, retry_due, versions_to_unload
 from modelserver.core.servable import Signature, TensorSpec, validate_inputs
 from modelserver.core.tensors import to_ndarray, to_tensor_proto
-from modelserver.main import gpu_memory_limit_mb, rest_api_port, tf_thread_counts
+from modelserver.main import gpu_memory_limit_mb, tf_thread_counts
 from modelserver.protocol import rest_json
 from modelserver.protocol.grpc_service import parse_channel_arguments, server_options
 

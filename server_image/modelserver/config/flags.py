@@ -184,6 +184,11 @@ def ignored_combinations(flags: Flags) -> list[str]:
     return out
 
 
+def rest_api_port(flags: Flags) -> int:
+    """The REST port to open: 0 (none) when it equals the gRPC port, as TF Serving does."""
+    return 0 if flags.rest_api_port == flags.port else flags.rest_api_port
+
+
 def usage() -> str:
     lines = ["usage: model-server", "Flags:"]
     for name, (typ, default, implemented, help_) in _FLAGS.items():
