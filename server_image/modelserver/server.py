@@ -85,7 +85,6 @@ class ModelServer:
         self.state: ServerState | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.rest_runner: web.AppRunner | None = None
-        self.admin_runner: web.AppRunner | None = None
         self._server_metrics: metrics.ServerMetrics | None = None
         self._grpc_grace: float | None = None  # None (cancel calls) until drain() gives the grace
         self._closes: list[Callable[[], Awaitable[None]]] = []  # the ports' closes, gRPC first
@@ -298,7 +297,6 @@ class ModelServer:
         runner = web.AppRunner(make_admin_app(self.manager, TokenFile(flags.admin_token_file)),  # type: ignore[arg-type]
                                access_log=None)
         await self._bind_site(runner, flags.admin_port, "the admin port")
-        self.admin_runner = runner
         log.info("admin API (routing pushes) at %s:%d", flags.bind_address, flags.admin_port)
 
     # -- helpers of the steps --

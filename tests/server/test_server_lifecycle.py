@@ -1,11 +1,13 @@
 """Version polling, config reload (file and RPC), label rules, failed loads, SIGTERM drain and the
-command line, each against real model-server processes."""
+command line, each against real model-server processes; and a ModelServer in process whose start
+fails on a port it cannot bind."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +19,7 @@ import pytest
 import requests
 import tensorflow as tf
 from google.protobuf import text_format
-from server_support import MODEL_SERVER, REPO, wait_for
+from server_support import MODEL_SERVER, REPO, free_port, wait_for
 from tensorflow_serving.apis import (
     model_management_pb2,
     model_service_pb2_grpc,
@@ -258,6 +260,26 @@ def test_sigterm_under_load_fails_no_request(start_server, models_dir: Path) -> 
     assert all(kind == "REFUSED" for kind, _ in failed), sorted(set(failed))[:5]
     assert len(outcomes) - len(failed) > at_sigterm  # requests taken during the drain were answered
     assert failed  # the clients did go on past the drain
+
+
+async def test_a_port_that_cannot_be_bound_unwinds_what_was_started(tmp_path: Path) -> None:
+    """start() binds gRPC, then fails on a busy REST port: StartError naming the port, and the
+    gRPC port it had bound is free again (a plain bind succeeds)."""
+    from modelserver.config.flags import parse_args
+    from modelserver.config.model_config import single_model_config
+    from modelserver.server import ModelServer, StartError
+
+    grpc_port = free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        flags = parse_args([f"--port={grpc_port}", f"--rest_api_port={busy.getsockname()[1]}",
+                            "--bind_address=127.0.0.1", "--model_name=m", f"--model_base_path={tmp_path}"])
+        server = ModelServer(flags, single_model_config("m", str(tmp_path)))
+        with pytest.raises(StartError, match=f"cannot bind the REST port 127.0.0.1:{busy.getsockname()[1]}"):
+            await server.start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", grpc_port))
 
 
 # ---- the command line ------------------------------------------------------------------------
