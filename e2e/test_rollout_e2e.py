@@ -102,7 +102,7 @@ def test_a_healthy_version_is_promoted_and_bad_ones_are_rolled_back(cluster: Clu
         md = cluster.md(namespace, "prog")
         assert md["status"]["routing"]["labels"]["stable"] == 2 and condition(md, "Degraded")["status"] == "False"
 
-        for bad, why in ((3, "error rate"), (4, "p99")):
+        for bad, why in ((3, "errors: more errors"), (4, "latency: slower")):
             st = roll(cluster, namespace, "prog", bad, traffic, "Failed")
             assert why in st["message"], st
             md = cluster.md(namespace, "prog")

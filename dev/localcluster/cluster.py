@@ -61,6 +61,7 @@ class LocalCluster:
         self.prometheus_problem = ""
         self.operator: asyncio.subprocess.Process | None = None
         self.operator_metrics_port = 0
+        self.operator_health_port = 0
         self._stack = contextlib.AsyncExitStack()
 
     @property
@@ -127,10 +128,15 @@ class LocalCluster:
         if not self.config.operator:
             return
         self.operator_metrics_port = self.operator_metrics_port or _free_port()
+        self.operator_health_port = _free_port()
         exe = self.config.venv_bin / "modeldeploy"
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "modeldeploy.cli"]
-        argv = [*cmd, "operator", "--metrics-port", str(self.operator_metrics_port), "--health-port", "0",
-                "--bind", "127.0.0.1", "--server-image", "modeldeploy/model-server:local", *self.config.operator_args]
+        # the cluster's Prometheus is the operator's: rollouts and autoscaling read it, as the chart's
+        # prometheusUrl value does on a real cluster
+        prometheus = ["--prometheus-url", self.prometheus.url] if self.prometheus else []
+        argv = [*cmd, "operator", "--metrics-port", str(self.operator_metrics_port),
+                "--health-port", str(self.operator_health_port), "--bind", "127.0.0.1",
+                "--server-image", "modeldeploy/model-server:local", *prometheus, *self.config.operator_args]
         self.operator = await processes.spawn(argv, self.client_env(), ROOT, self.logs / "operator.log")
         self._stack.push_async_callback(self._stop_operator)
         await self._wait_operator(loop)
@@ -195,6 +201,8 @@ class LocalCluster:
             "pid": os.getpid(), "kubeconfig": str(self.kubeconfig), "api": self.api.url if self.api else "",
             "prometheus": self.prometheus.url if self.prometheus else "", "http_proxy": self.dns.url if self.dns else "",
             "operator_pid": self.operator.pid if self.operator else None, "logs": str(self.logs),
+            "operator_metrics": f"http://127.0.0.1:{self.operator_metrics_port}/metrics" if self.operator else "",
+            "operator_health": f"http://127.0.0.1:{self.operator_health_port}/healthz" if self.operator else "",
         }
 
     def child_pids(self) -> list[int]:

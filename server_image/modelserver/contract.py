@@ -42,3 +42,10 @@ ROUTE_KEY_METADATA = "x-model-route-key"
 VERSION_HEADER = "X-Model-Version"  # in REST answers: the version that served
 LABEL_HEADER = "X-Model-Label"  # in REST answers: the label the split chose
 LABEL_METADATA = "x-model-label"  # gRPC trailing metadata (the version is in the response's model_spec)
+
+# The per-version latency histogram that rollout analysis and autoscaling read (OK inference
+# answers only, labels model and version): buckets 2^(1/8) apart (9% wide, the resolution of
+# OpenTelemetry's and Prometheus' exponential histograms at scale/schema 3) from 47 us to 59 s,
+# finer than the decisions made on it (a 1.2x latency ratio, the autoscaler's 10% tolerance).
+LATENCY_METRIC = "modelserver_latency_seconds"
+LATENCY_BUCKETS_SECONDS: tuple[float, ...] = tuple(2 ** (k / 8) for k in range(-115, 48))

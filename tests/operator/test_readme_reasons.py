@@ -68,9 +68,11 @@ def emitted() -> tuple[set[str], set[str]]:
 
 def progressive_rollouts() -> tuple[set[str], set[str]]:
     """Condition and Event reasons of progressive rollouts: the state machine driven through a
-    promotion, a rollback on failed checks, an abort, a promote command and a version that fails to load."""
-    plan = rollout.Plan((50, 100), 0, 1, 0.01, 1.2, 10)
-    good, bad = rollout.VersionMetrics(100, 0.0, 1.0), rollout.VersionMetrics(100, 0.5, 1.0)
+    promotion, a rollback on failed checks, one on checks that stay inconclusive, an abort, a promote
+    command and a version that fails to load."""
+    plan = rollout.Plan((50, 100), 0, 1, 0.01, 1.2, 10, inconclusive_seconds=3)
+    latency = tuple(100.0 if i == 60 else 0.0 for i in range(len(rollout.LATENCY_BOUNDS) + 1))
+    good, bad = rollout.VersionMetrics(100, 0, latency), rollout.VersionMetrics(100, 50, latency)
     events: set[str] = set()
     finals: list[rollout.State] = []
 
@@ -88,6 +90,7 @@ def progressive_rollouts() -> tuple[set[str], set[str]]:
 
     run(good)
     run(bad)
+    run(rollout.VersionMetrics(None, None, None))
     run(None, command="abort")
     run(None, command="promote")
     run(None, candidate_failed="p0: no such file")

@@ -1,15 +1,20 @@
-"""The rollout state machine (modeldeploy.decisions.rollout) table-driven: advancing, the last step, no data,
-NaN, too few requests, the latency ratio and absolute bound, the threshold, failures accumulating
-across steps, promote/abort commands, a version that fails to load, and a restart mid-step."""
+"""The rollout state machine (modeldeploy.decisions.rollout) table-driven: advancing, the last step, no data
+and too few requests (inconclusive: the step waits, then rolls back after inconclusiveSeconds), NaN, the
+latency test with its ratio, margin and absolute bound, errors, the threshold, failures accumulating across
+steps, promote/abort commands, a version that fails to load, and a restart mid-step. The statistics
+themselves are tested in test_judgement.py."""
 
 from __future__ import annotations
 
+import bisect
 import math
 
+import numpy as np
 import pytest
 from modeldeploy.decisions.rollout import (
     CANDIDATE_LABEL,
     FAILED,
+    LATENCY_BOUNDS,
     PROGRESSING,
     PROMOTING,
     SUCCEEDED,
@@ -24,26 +29,43 @@ from modeldeploy.decisions.rollout import (
 
 PLAN = Plan(steps=(5, 25, 100), step_seconds=60, interval_seconds=20, max_error_rate=0.01, max_latency_ratio=1.2,
             min_requests=100)
-GOOD = VersionMetrics(requests=500, error_rate=0.0, p99_ms=10.0)
-OLD = VersionMetrics(requests=5000, error_rate=0.0, p99_ms=10.0)
+
+
+def lat(ms: float, n: int, seed: int = 1, spread: float = 0.1) -> tuple[float, ...]:
+    """n latencies around `ms` (lognormal), as per-bucket counts over the server's buckets."""
+    rng = np.random.default_rng(seed)
+    samples = rng.lognormal(math.log(ms / 1000), spread, n)
+    counts = [0.0] * (len(LATENCY_BOUNDS) + 1)
+    for x in samples:
+        counts[bisect.bisect_left(LATENCY_BOUNDS, x)] += 1
+    return tuple(counts)
+
+
+GOOD = VersionMetrics(requests=500, errors=0, latency=lat(10, 500, seed=2))
+OLD = VersionMetrics(requests=5000, errors=0, latency=lat(10, 5000, seed=3))
+NONE = VersionMetrics(None, None, None)
 
 
 @pytest.mark.parametrize(("new", "old", "plan", "passed", "words"), [
     (GOOD, OLD, PLAN, True, ""),
-    (VersionMetrics(50, 0.0, 10.0), OLD, PLAN, False, "requests 50 < minRequests 100"),
-    (VersionMetrics(None, None, None), OLD, PLAN, False, "no requests measured"),
-    (VersionMetrics(500, math.nan, 10.0), OLD, PLAN, False, "no error rate"),
-    (VersionMetrics(500, 0.05, 10.0), OLD, PLAN, False, "error rate 0.05 > maxErrorRate 0.01"),
-    (VersionMetrics(500, 0.0, 12.5), OLD, PLAN, False, "p99 12.5 ms > 1.2 x old p99 10 ms"),
-    (VersionMetrics(500, 0.0, 11.9), OLD, PLAN, True, ""),
-    (VersionMetrics(500, 0.0, math.nan), OLD, PLAN, False, "no p99 measured for the new version"),
-    (GOOD, VersionMetrics(0, None, math.nan), PLAN, False, "no p99 measured for the old version"),
-    (VersionMetrics(500, 0.0, 11.0), OLD, Plan((5,), 60, 20, 0.01, 1.2, 100, max_latency_ms=10.5), False,
-     "p99 11 ms > maxLatencyMs 10.5"),
+    (VersionMetrics(50, 0, lat(10, 50)), OLD, PLAN, None, "too few answers"),  # inconclusive: wait
+    (NONE, OLD, PLAN, None, "too few answers"),
+    (VersionMetrics(500, math.nan, lat(10, 500)), OLD, PLAN, None, "too few answers"),
+    (VersionMetrics(500, 25, lat(10, 500)), OLD, PLAN, False, "errors: more errors: 25 errors in 500 answers"),
+    (VersionMetrics(500, 2, lat(10, 500)), OLD, PLAN, True, ""),  # 0.4%: under the bound
+    (VersionMetrics(500, 0, lat(12.5, 500)), OLD, PLAN, False, "latency: slower: p99"),
+    (VersionMetrics(500, 0, lat(11.5, 500)), OLD, PLAN, True, ""),  # slower, significantly, but within 1.2x
+    (VersionMetrics(500, 0, lat(0.15, 500)), VersionMetrics(5000, 0, lat(0.1, 5000)), PLAN, True, ""),  # +0.05 ms
+    (GOOD, VersionMetrics(0, None, None), PLAN, None, "too few answers"),
+    (VersionMetrics(500, 0, lat(11, 500)), OLD, Plan((5,), 60, 20, 0.01, 1.2, 100, max_latency_ms=10.5), False,
+     "latencyBound: "),
+    (VersionMetrics(None, None, None, "Prometheus unreachable at http://p:9090: refused"), OLD, PLAN, None,
+     "Prometheus unreachable"),
 ])
 def test_checks(new, old, plan, passed, words) -> None:  # type: ignore[no-untyped-def]
     c = evaluate(plan, new, old)
-    assert c.passed == passed and (words in "; ".join(c.failures) if words else not c.failures), c.failures
+    reasons = "; ".join(c.failures) + "; ".join(str(v["reason"]) for v in c.verdicts.values())
+    assert c.passed == passed and (words in reasons if words else not c.failures), c.verdicts
 
 
 def test_a_healthy_version_is_promoted_through_every_step() -> None:
@@ -69,7 +91,7 @@ def test_a_healthy_version_is_promoted_through_every_step() -> None:
 
 def test_failures_accumulate_across_steps_and_roll_back_at_the_threshold() -> None:
     s = advance(PLAN, start(3, 4, 1, 0).state, 0, candidate_ready=True).state
-    bad = evaluate(PLAN, VersionMetrics(500, 0.2, 10.0), OLD)
+    bad = evaluate(PLAN, VersionMetrics(500, 100, lat(10, 500)), OLD)
     s = advance(PLAN, s, 20, candidate_ready=True, check=bad).state
     assert (s.phase, s.failed_checks) == (PROGRESSING, 1) and s.weight == 5  # no advance on a failure
     for t in (40, 60):
@@ -77,16 +99,24 @@ def test_failures_accumulate_across_steps_and_roll_back_at_the_threshold() -> No
     assert s.weight == 25 and s.failed_checks == 1  # a passing step advanced; the failure is remembered
     out = advance(PLAN, s, 80, candidate_ready=True, check=bad)
     assert out.state.phase == FAILED and out.labels == {"stable": 3} and out.weights == {"stable": 100}
-    assert out.events[0][:2] == ("Warning", "RolledBack") and "error rate 0.2 > maxErrorRate" in out.events[0][2]
+    assert out.events[0][:2] == ("Warning", "RolledBack") and "100 errors in 500 answers" in out.events[0][2]
     assert advance(PLAN, out.state, 100, candidate_ready=True).state.phase == FAILED  # stays until the spec changes
 
 
-def test_no_data_halts_and_counts_as_failed() -> None:
-    s = advance(PLAN, start(3, 4, 1, 0).state, 0, candidate_ready=True).state
-    nodata = evaluate(PLAN, VersionMetrics(None, None, None), OLD)
-    s = advance(PLAN, s, 61, candidate_ready=True, check=nodata).state
-    assert (s.step, s.failed_checks) == (0, 1)
-    assert advance(PLAN, s, 82, candidate_ready=True, check=nodata).state.phase == FAILED
+def test_no_data_waits_then_rolls_back_after_inconclusive_seconds() -> None:
+    plan = Plan((5, 25, 100), 60, 20, 0.01, 1.2, 100, inconclusive_seconds=300)
+    s = advance(plan, start(3, 4, 1, 0).state, 0, candidate_ready=True).state
+    nodata = evaluate(plan, NONE, OLD)
+    s = advance(plan, s, 61, candidate_ready=True, check=nodata).state
+    assert (s.phase, s.step, s.failed_checks) == (PROGRESSING, 0, 0) and "waiting for data" in s.message
+    assert s.analysis["result"] == "Inconclusive"
+    s = advance(plan, s, 299, candidate_ready=True, check=nodata).state
+    assert s.phase == PROGRESSING and s.weight == 5  # an inconclusive step never advances
+    out = advance(plan, s, 300, candidate_ready=True, check=nodata)
+    assert out.state.phase == FAILED and out.state.reason == "Inconclusive" and out.events[0][1] == "Inconclusive"
+    forever = Plan((5,), 60, 20, 0.01, 1.2, 100, inconclusive_seconds=None)
+    s = advance(forever, start(3, 4, 1, 0).state, 0, candidate_ready=True).state
+    assert advance(forever, s, 10**6, candidate_ready=True, check=nodata).state.phase == PROGRESSING
 
 
 def test_commands_and_a_version_that_does_not_load() -> None:
@@ -112,7 +142,7 @@ def test_a_restart_mid_step_resumes_from_status() -> None:
 
 def test_a_step_waits_for_its_split_to_be_live_everywhere() -> None:
     s = advance(PLAN, start(3, 4, 9, 0).state, 0, candidate_ready=True).state
-    held = advance(PLAN, s, 30, candidate_ready=True, check=evaluate(PLAN, VersionMetrics(None, None, None), OLD),
+    held = advance(PLAN, s, 30, candidate_ready=True, check=evaluate(PLAN, NONE, OLD),
                    step_live=False).state
     assert held.failed_checks == 0 and held.step_started == 30 and "live on every pod" in held.message
     assert not check_due(PLAN, held, 45) and check_due(PLAN, held, 50)  # the clock started when it went live
@@ -145,16 +175,17 @@ def test_the_first_check_of_a_step_waits_for_a_whole_window() -> None:
     assert not check_due(plan, s, 19) and check_due(plan, s, 20)
 
 
-def test_a_step_without_old_traffic_is_judged_against_the_last_baseline() -> None:
-    s = advance(PLAN, start(3, 4, 9, 0).state, 0, candidate_ready=True).state
-    s = advance(PLAN, s, 20, candidate_ready=True, check=evaluate(PLAN, GOOD, OLD, s.baseline_p99_ms)).state
-    assert s.baseline_p99_ms == 10.0 and State.from_status(s.as_status()) == s
-    silent = VersionMetrics(requests=0, error_rate=None, p99_ms=math.nan)  # the old version at 100%
-    c = evaluate(PLAN, VersionMetrics(500, 0.0, 11.0), silent, s.baseline_p99_ms)
-    assert c.passed and c.figures["latencyP99Ms"]["bound"] == pytest.approx(12.0)
-    c = evaluate(PLAN, VersionMetrics(500, 0.0, 13.0), silent, s.baseline_p99_ms)
-    assert not c.passed and "p99 13 ms > 1.2 x old p99 10 ms" in c.failures[0]
-    assert not evaluate(PLAN, GOOD, silent).passed  # never measured: fails, as no data does
+def test_prometheus_buckets_become_per_bucket_counts() -> None:
+    from modeldeploy.controller.measure import bucket_counts
+
+    b = LATENCY_BOUNDS
+    cumulative = [({"le": repr(b[0])}, 2.0), ({"le": f"{b[1]:.6g}"}, 5.0), ({"le": repr(b[3])}, 4.9999),
+                  ({"le": "+Inf"}, 9.0), ({"le": "junk"}, 7.0), ({"le": repr(b[5])}, math.nan)]
+    counts = bucket_counts(tuple(cumulative))
+    assert counts is not None and len(counts) == len(b) + 1
+    assert counts[:5] == (2.0, 3.0, 0.0, 0.0, 0.0)  # b[2] missing holds b[1]'s count; the dip counts as 0
+    assert counts[-1] == pytest.approx(4.0) and sum(counts) == pytest.approx(9.0)
+    assert bucket_counts(()) is None and bucket_counts((({"le": "0.123456"}, 3.0),)) is None  # not our buckets
 
 
 def _md(generation: int, stable: int, status: dict | None = None) -> dict:

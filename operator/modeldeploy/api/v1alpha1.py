@@ -129,15 +129,24 @@ class Prometheus(_Model):
 
 
 class Analysis(_Model):
-    """The checks of each step, from Prometheus, on the new version's own series (every answer but
-    OK counts as an error: a version that refuses what the old one answers fails its users too)."""
+    """The checks of each step, from Prometheus, on each version's own series in the same window.
+    Each check judges two metrics, each Pass, High (fails the check), Low or Inconclusive:
+    latency (the Mann-Whitney U rank test on the two versions' latency histograms: High only when
+    significant at `confidence` and the new p99 is above `maxLatencyRatio` x the old p99 and above
+    it by more than `minLatencyDeltaMs`) and errors (every answer but OK: High only when the rate
+    is above `maxErrorRate`, significantly by an exact binomial test, and significantly above the
+    old version's by Fisher's exact test). Too few requests is Inconclusive: the step waits."""
 
     max_error_rate: float = Field(0.01, ge=0, le=1, description="the new version's error ratio over the window")
     max_latency_ratio: float = Field(1.2, ge=1, description="its p99 against the old version's p99 in the same window")
+    min_latency_delta_ms: float = Field(1.0, ge=0, description="and by more than this many ms (a difference that matters)")
     max_latency_ms: float | None = Field(None, gt=0, description="and an absolute p99 bound (ms)")
-    min_requests: int = Field(100, ge=0, description="requests the new version must have answered in the window")
+    confidence: float = Field(0.99, ge=0.5, lt=1, description="of the statistical tests (1 - their false alarm rate)")
+    min_requests: int = Field(100, ge=1, description="answers of each version in the window before a check can judge")
     failure_threshold: int = Field(2, ge=1, le=100, description="failed checks in a rollout before it is rolled back")
     interval_seconds: int | None = Field(None, ge=1, le=3600, description="between checks (default: stepSeconds, at most 60)")
+    inconclusive_seconds: int | None = Field(
+        600, ge=1, description="a step whose checks stay Inconclusive this long is rolled back (null: wait forever)")
 
 
 class Rollout(_Model):

@@ -49,14 +49,50 @@ def _float(text: Any) -> float | None:
 
 
 def instant(base_url: str, query: str, timeout: float = 5.0) -> Answer:
-    """I/O: one instant query; an unreachable Prometheus is an Answer with the reason, not an error."""
+    """I/O: one instant query with at most one series; an unreachable Prometheus is an Answer with
+    the reason, not an error."""
+    body = _query(base_url, query, timeout)
+    return body if isinstance(body, Answer) else parse(body)
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    samples: tuple[tuple[dict[str, str], float], ...]  # (labels, value) per series
+    problem: str = ""  # why there are none: unreachable, an error, an empty result
+
+
+def parse_vector(body: Any) -> Series:
+    """Pure: a Prometheus /api/v1/query answer with any number of series -> (labels, value) each."""
+    if not isinstance(body, dict) or body.get("status") != "success":
+        err = body.get("error") if isinstance(body, dict) else None
+        return Series((), f"Prometheus error: {err or 'unexpected answer'}")
+    data = body.get("data") or {}
+    result = data.get("result")
+    if data.get("resultType") != "vector" or not isinstance(result, list):
+        return Series((), "Prometheus answered no vector")
+    out = []
+    for item in result:
+        value = (item or {}).get("value")
+        v = _float(value[1]) if isinstance(value, list) and len(value) == 2 else None
+        if v is not None:
+            out.append(({str(k): str(x) for k, x in (item.get("metric") or {}).items()}, v))
+    return Series(tuple(out), "" if out else "no series (no request in the window)")
+
+
+def vector(base_url: str, query: str, timeout: float = 5.0) -> Series:
+    """I/O: one instant query answering several series (a histogram's buckets)."""
+    body = _query(base_url, query, timeout)
+    return Series((), body.problem) if isinstance(body, Answer) else parse_vector(body)
+
+
+def _query(base_url: str, query: str, timeout: float) -> Any:
     url = f"{base_url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - the spec's Prometheus URL
-            return parse(json.loads(resp.read()))
+            return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:
-            return parse(json.loads(exc.read()))
+            return json.loads(exc.read())
         except ValueError:
             return Answer(None, f"Prometheus answered HTTP {exc.code}")
     except (OSError, ValueError) as exc:

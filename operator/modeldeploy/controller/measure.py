@@ -8,6 +8,7 @@ pure decisions (decisions.rollout, decisions.autoscale) as their `Measured` reco
 
 from __future__ import annotations
 
+import bisect
 import math
 
 from modeldeploy.api import v1alpha1 as api
@@ -16,27 +17,68 @@ from modeldeploy.decisions import autoscale, queries, rollout
 
 
 def rollout_check(r: api.Rollout, default_url: str, namespace: str, name: str, from_v: int, to_v: int,
-            window_s: int) -> rollout.Measured:
+                  window_s: int, step_age_s: float, min_requests: int) -> rollout.Measured:
+    """Both versions over the same window. When the old version answered fewer than `min_requests`
+    there (a 100% step sends it nothing), it is measured over the window before the step started
+    (`offset`): the same Prometheus, the traffic it had last."""
     url = r.prometheus.url if r.prometheus else default_url
     window = f"{window_s}s"
+    new = version_metrics(url, namespace, name, to_v, window)
+    old = version_metrics(url, namespace, name, from_v, window)
+    if (old.requests or 0) < min_requests and step_age_s > 0:
+        earlier = version_metrics(url, namespace, name, from_v, window, offset_s=math.ceil(step_age_s))
+        if (earlier.requests or 0) > (old.requests or 0):
+            old = earlier
+    return rollout.Measured(new, old)
 
-    def value(q: str) -> float | None:
-        if not url:
-            return None
-        v = prometheus.instant(url, q).value
-        return None if v is None or math.isnan(v) else v
 
-    def of(version: int) -> rollout.VersionMetrics:
-        sel = queries.selector(namespace, name, api=queries.INFERENCE_APIS, version=str(version))
-        return rollout.VersionMetrics(
-            requests=value(f"sum(increase(modelserver_requests_total{sel}[{window}]))"),
-            # any answer but OK counts against the new version: one that refuses what the old one
-            # answers (an INVALID_ARGUMENT) is failing its users too
-            error_rate=value(queries.error_ratio(namespace, name, window, codes="!OK", version=str(version))),
-            p99_ms=value(queries.latency_ms(namespace, name, 0.99, window, version=str(version))))
+def version_metrics(url: str, namespace: str, name: str, version: int, window: str,
+                    offset_s: int = 0) -> rollout.VersionMetrics:
+    if not url:
+        return rollout.VersionMetrics(None, None, None, "no Prometheus URL (spec.rollout.prometheus.url, or the "
+                                      "operator's --prometheus-url)")
+    requests = prometheus.instant(url, queries.version_answers(namespace, name, version, window, offset_s))
+    if requests.problem.startswith(("Prometheus unreachable", "Prometheus error", "Prometheus answered HTTP")):
+        return rollout.VersionMetrics(None, None, None, requests.problem)
+    errors = prometheus.instant(url, queries.version_errors(namespace, name, version, window, offset_s)).value
+    buckets = prometheus.vector(url, queries.version_latency_buckets(namespace, name, version, window, offset_s))
+    return rollout.VersionMetrics(_number(requests.value), _number(errors), bucket_counts(buckets.samples))
 
-    return rollout.Measured(of(to_v), of(from_v))
 
+def bucket_counts(samples: tuple[tuple[dict[str, str], float], ...]) -> tuple[float, ...] | None:
+    """Cumulative `le` series -> per-bucket counts over rollout.LATENCY_BOUNDS (+Inf last); None
+    when there are none. `increase` extrapolates, so counts may be fractional and a cumulative
+    count may dip by a hair below the previous bucket's: such dips count as zero."""
+    bounds = rollout.LATENCY_BOUNDS
+    cumulative = [0.0] * (len(bounds) + 1)
+    found = False
+    for labels, value in samples:
+        le = labels.get("le", "")
+        try:
+            bound = float(le)
+        except ValueError:
+            continue
+        if math.isnan(value):
+            continue
+        i = len(bounds) if math.isinf(bound) else _index(bounds, bound)
+        if i is not None:
+            cumulative[i] = value
+            found = True
+    if not found:
+        return None
+    for i in range(1, len(cumulative)):  # a bucket a scrape did not return holds the one below's count
+        cumulative[i] = max(cumulative[i], cumulative[i - 1])
+    return tuple([cumulative[0]] + [cumulative[i] - cumulative[i - 1] for i in range(1, len(cumulative))])
+
+
+def _index(bounds: tuple[float, ...], bound: float) -> int | None:
+    """The bucket whose upper bound is `bound` (Prometheus prints them rounded)."""
+    i = bisect.bisect_left(bounds, bound * (1 - 1e-9))
+    return i if i < len(bounds) and abs(bounds[i] - bound) <= 1e-6 * bounds[i] else None
+
+
+def _number(v: float | None) -> float | None:
+    return None if v is None or math.isnan(v) else v
 
 
 def autoscaler_metric(a: api.Autoscaling, default_url: str, namespace: str, name: str, ready: int, now: float) -> autoscale.Measured:

@@ -9,6 +9,8 @@ calls. Queries are pure functions of (namespace, name, window); clients.promethe
 
 from __future__ import annotations
 
+from modelserver import contract  # the latency histogram's name (pure Python)
+
 MD_LABEL = "serving_modeldeploy_io_model_deployment"
 INFERENCE_APIS = "predict|classify|regress|multi_inference"
 QUANTILES = {"latencyP50Ms": 0.5, "latencyP95Ms": 0.95, "latencyP99Ms": 0.99}
@@ -27,9 +29,33 @@ def selector(namespace: str, name: str, **extra: str) -> str:
 
 
 def latency_ms(namespace: str, name: str, quantile: float, window: str, **extra: str) -> str:
-    sel = selector(namespace, name, api=INFERENCE_APIS, **extra)
+    """A latency quantile of OK inference answers (ms), from the per-version histogram whose buckets
+    are 9% apart (contract.LATENCY_BUCKETS_SECONDS)."""
+    sel = selector(namespace, name, **extra)
     return (f"histogram_quantile({quantile}, sum by (le) "
-            f"(rate(modelserver_request_duration_seconds_bucket{sel}[{window}]))) * 1000")
+            f"(rate({contract.LATENCY_METRIC}_bucket{sel}[{window}]))) * 1000")
+
+
+def _range(window: str, offset_s: int) -> str:
+    return f"[{window}] offset {offset_s}s" if offset_s > 0 else f"[{window}]"
+
+
+def version_answers(namespace: str, name: str, version: int, window: str, offset_s: int = 0) -> str:
+    """Inference answers of one version in the window (any code)."""
+    sel = selector(namespace, name, api=INFERENCE_APIS, version=str(version))
+    return f"sum(increase(modelserver_requests_total{sel}{_range(window, offset_s)}))"
+
+
+def version_errors(namespace: str, name: str, version: int, window: str, offset_s: int = 0) -> str:
+    """Inference answers of one version in the window that were not OK (0 when there were none)."""
+    sel = selector(namespace, name, api=INFERENCE_APIS, version=str(version))[:-1] + ',code!="OK"}'
+    return f"sum(increase(modelserver_requests_total{sel}{_range(window, offset_s)})) or vector(0)"
+
+
+def version_latency_buckets(namespace: str, name: str, version: int, window: str, offset_s: int = 0) -> str:
+    """One version's OK answers per latency bucket in the window: one series per `le` (cumulative)."""
+    sel = selector(namespace, name, version=str(version))
+    return f"sum by (le) (increase({contract.LATENCY_METRIC}_bucket{sel}{_range(window, offset_s)}))"
 
 
 def requests_per_second(namespace: str, name: str, window: str, **extra: str) -> str:

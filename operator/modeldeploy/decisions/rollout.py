@@ -12,12 +12,13 @@ version under the `stable` label and `weight` % to the new one under the label `
 (requests may name either label to reach one version). The phases:
 
 - `Progressing`: waiting for the new version to be AVAILABLE on every ready pod (weight 0), then
-  stepping. Each check: the new version's error rate <= maxErrorRate, its p99 <=
-  maxLatencyRatio x the old version's p99 over the same window (and <= maxLatencyMs when set),
-  and at least minRequests requests. A check without data (no traffic, empty, NaN, Prometheus
-  unreachable) fails, as in Flagger. Failed checks accumulate over the rollout; at
-  failureThreshold it is rolled back. A step advances once held for stepSeconds with its last
-  check passed.
+  stepping. Each check compares the two versions over the same window (judgement.py): latency
+  by a rank test with a ratio and a margin, errors by exact tests against maxErrorRate and the
+  old version, each Pass, High, Low or Inconclusive. A check with a High verdict fails; failed
+  checks accumulate over the rollout, and at failureThreshold it is rolled back. A check with too
+  few answers (no traffic, Prometheus unreachable) is Inconclusive: the step waits, and after
+  `inconclusiveSeconds` it is rolled back (reason Inconclusive). A step advances once held for
+  stepSeconds with its last check passed.
 - `Promoting`: every step passed (or `modeldeploy promote`): the stable label moves to the new
   version with all the traffic; once that is live on every pod, `Succeeded`.
 - `Succeeded`: the old version is unloaded unless another label or model.versions keeps it.
@@ -31,15 +32,18 @@ and weights to route by while it runs, and its Events.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from modelserver import contract
+
 from modeldeploy.api import v1alpha1 as api
+from modeldeploy.decisions import judgement
 from modeldeploy.decisions.records import PodReport
 
 CANDIDATE_LABEL = "candidate"
+LATENCY_BOUNDS = contract.LATENCY_BUCKETS_SECONDS  # the server's per-version latency histogram
 PROGRESSING, PROMOTING, SUCCEEDED, FAILED = "Progressing", "Promoting", "Succeeded", "Failed"
 
 
@@ -56,6 +60,9 @@ class Plan:
     failure_threshold: int = 2
     max_latency_ms: float | None = None
     window_seconds: int = 0  # each check's window (0: interval_seconds)
+    min_latency_delta_ms: float = 1.0
+    confidence: float = 0.99
+    inconclusive_seconds: int | None = 600  # a step Inconclusive this long is rolled back (None: wait)
 
     @property
     def window(self) -> int:
@@ -64,19 +71,27 @@ class Plan:
 
 @dataclass(frozen=True, slots=True)
 class VersionMetrics:
-    """One version over the check's window (None or NaN: no data)."""
+    """One version over the check's window (None: no data): its inference answers, those that were
+    not OK, and its OK answers' latencies as per-bucket counts over `LATENCY_BOUNDS` (seconds)."""
 
     requests: float | None
-    error_rate: float | None
-    p99_ms: float | None
+    errors: float | None
+    latency: tuple[float, ...] | None = None
+    problem: str = ""  # why there is no data: no Prometheus URL, Prometheus unreachable or in error
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    new: VersionMetrics
+    old: VersionMetrics  # in the same window, or, when it had too few answers there (a 100% step), in
+    # the window before the step started
 
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    passed: bool
+    passed: bool | None  # None: inconclusive (too few answers to judge)
     failures: tuple[str, ...]  # what failed, with the numbers
-    figures: dict[str, dict[str, float | None]]  # metric -> {"value", "bound"}
-    baseline_p99_ms: float | None = None  # the old version's p99 the ratio was judged against
+    verdicts: dict[str, dict[str, Any]]  # metric -> its verdict (judgement.Verdict.as_status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +107,6 @@ class State:
     failed_checks: int = 0
     message: str = ""
     analysis: dict[str, Any] = field(default_factory=dict)
-    baseline_p99_ms: float | None = None  # the old version's p99 at the last check that measured it
     reason: str = ""  # why it failed: RolledBack, Aborted, LoadFailed
 
     def as_status(self) -> dict[str, Any]:
@@ -101,7 +115,6 @@ class State:
                 "generation": d["generation"], "step": d["step"], "weight": d["weight"],
                 "stepStarted": d["step_started"], "lastCheck": d["last_check"],
                 "failedChecks": d["failed_checks"], "message": d["message"], "analysis": d["analysis"],
-                **({"baselineP99Ms": d["baseline_p99_ms"]} if d["baseline_p99_ms"] is not None else {}),
                 **({"reason": d["reason"]} if d["reason"] else {})}
 
     @staticmethod
@@ -113,7 +126,6 @@ class State:
                          int(s.get("step", -1)), int(s.get("weight", 0)), float(s.get("stepStarted", 0)),
                          float(s.get("lastCheck", 0)), int(s.get("failedChecks", 0)), str(s.get("message", "")),
                          dict(s.get("analysis") or {}),
-                         None if s.get("baselineP99Ms") is None else float(s["baselineP99Ms"]),
                          str(s.get("reason") or ""))
         except (KeyError, TypeError, ValueError):
             return None
@@ -127,43 +139,37 @@ class Outcome:
     events: tuple[tuple[str, str, str], ...] = ()  # (type, reason, message)
 
 
-def _bad(v: float | None) -> bool:
-    return v is None or math.isnan(v) or math.isinf(v)
-
-
-def evaluate(plan: Plan, new: VersionMetrics, old: VersionMetrics, baseline_p99_ms: float | None = None) -> Check:
-    """One analysis: every bound, with the numbers (a missing number fails its bound). The latency
-    ratio is against the old version's p99 in the same window; when the old version answered
-    nothing in it (a 100% step), against `baseline_p99_ms`, its p99 at the last check that had it."""
-    failures: list[str] = []
-    figures: dict[str, dict[str, float | None]] = {}
-
-    def bound(name: str, value: float | None, limit: float | None, ok: bool, text: str) -> None:
-        figures[name] = {"value": None if _bad(value) else value, "bound": limit}
-        if not ok:
-            failures.append(text)
-
-    reqs = new.requests
-    bound("requests", reqs, float(plan.min_requests), not _bad(reqs) and reqs >= plan.min_requests,  # type: ignore[operator]
-          f"requests {_fmt(reqs)} < minRequests {plan.min_requests}" if not _bad(reqs) else "no requests measured")
-    err = new.error_rate
-    bound("errorRate", err, plan.max_error_rate, not _bad(err) and err <= plan.max_error_rate,  # type: ignore[operator]
-          f"error rate {_fmt(err)} > maxErrorRate {plan.max_error_rate:g}" if not _bad(err) else "no error rate measured")
-    p99, base = new.p99_ms, old.p99_ms if not _bad(old.p99_ms) else baseline_p99_ms
-    limit = None if _bad(base) else plan.max_latency_ratio * base  # type: ignore[operator]
-    ok = not _bad(p99) and limit is not None and p99 <= limit  # type: ignore[operator]
-    why = ("no p99 measured for the new version" if _bad(p99) else "no p99 measured for the old version"
-           if limit is None else f"p99 {_fmt(p99)} ms > {plan.max_latency_ratio:g} x old p99 {_fmt(base)} ms")
-    bound("latencyP99Ms", p99, limit, ok, why)
+def evaluate(plan: Plan, new: VersionMetrics, old: VersionMetrics) -> Check:
+    """One analysis: each metric's verdict (judgement), the check failing when any is High and
+    inconclusive when none is High and one is Inconclusive."""
+    verdicts = {
+        "latency": judgement.judge_latency(new.latency, old.latency, LATENCY_BOUNDS, max_ratio=plan.max_latency_ratio,
+                                           min_delta_ms=plan.min_latency_delta_ms, confidence=plan.confidence,
+                                           min_requests=plan.min_requests),
+        "errors": judgement.judge_errors(new.errors, new.requests, old.errors, old.requests,
+                                         max_rate=plan.max_error_rate, confidence=plan.confidence,
+                                         min_requests=plan.min_requests),
+    }
     if plan.max_latency_ms is not None:
-        ok_abs = not _bad(p99) and p99 <= plan.max_latency_ms  # type: ignore[operator]
-        bound("latencyP99MsAbsolute", p99, plan.max_latency_ms, ok_abs,
-              f"p99 {_fmt(p99)} ms > maxLatencyMs {plan.max_latency_ms:g}" if not _bad(p99) else "no p99 measured")
-    return Check(not failures, tuple(failures), figures, None if _bad(base) else base)
+        verdicts["latencyBound"] = judgement.judge_latency_bound(new.latency, LATENCY_BOUNDS,
+                                                                 max_p99_ms=plan.max_latency_ms,
+                                                                 confidence=plan.confidence,
+                                                                 min_requests=plan.min_requests)
+    problem = new.problem or old.problem
+    if problem:  # not a judgement of the version: say where the data should have come from
+        verdicts = {name: judgement.Verdict(judgement.INCONCLUSIVE, v.test, problem) for name, v in verdicts.items()}
+    failures = tuple(f"{name}: {v.reason}" for name, v in verdicts.items() if v.failed)
+    inconclusive = any(v.result == judgement.INCONCLUSIVE for v in verdicts.values())
+    passed = False if failures else (None if inconclusive else True)
+    return Check(passed, failures, {name: v.as_status() for name, v in verdicts.items()})
 
 
-def _fmt(v: float | None) -> str:
-    return "none" if v is None else f"{v:.4g}"
+def _result(check: Check) -> str:
+    return "Failed" if check.passed is False else "Inconclusive" if check.passed is None else "Passed"
+
+
+def _why_inconclusive(check: Check) -> str:
+    return "; ".join(f"{k}: {v['reason']}" for k, v in check.verdicts.items() if v["result"] == judgement.INCONCLUSIVE)
 
 
 def split(state: State) -> tuple[dict[str, int], dict[str, int]]:
@@ -220,9 +226,15 @@ def advance(plan: Plan, s: State, now: float, *, candidate_ready: bool, candidat
                             "waiting for the split to be live on every pod"))
     if check is None:
         return _out(s)
-    s = replace(s, last_check=now, analysis={"passed": check.passed, "failures": list(check.failures),
-                                             "metrics": check.figures},
-                baseline_p99_ms=check.baseline_p99_ms if check.baseline_p99_ms is not None else s.baseline_p99_ms)
+    s = replace(s, last_check=now, analysis={"result": _result(check), "failures": list(check.failures),
+                                             "metrics": check.verdicts})
+    if check.passed is None:
+        waited = now - s.step_started
+        if plan.inconclusive_seconds is not None and waited >= plan.inconclusive_seconds:
+            return _rollback(s, now, "Inconclusive", f"version {s.to_version} rolled back: its checks stayed "
+                             f"inconclusive for {waited:.0f} s ({_why_inconclusive(check)})")
+        return _out(replace(s, message=f"step {s.step + 1}/{len(plan.steps)}: {s.weight}% to version {s.to_version}, "
+                            f"waiting for data: {_why_inconclusive(check)}"))
     if not check.passed:
         failed = s.failed_checks + 1
         s = replace(s, failed_checks=failed, message=f"check failed ({failed}/{plan.failure_threshold}): "
@@ -276,14 +288,10 @@ MIN_WINDOW_SECONDS = 10  # a rate over fewer seconds than a few scrape intervals
 def plan_of(r: api.Rollout) -> Plan:
     a = r.analysis
     interval = a.interval_seconds or min(r.step_seconds, 60)
-    return Plan(tuple(r.steps), r.step_seconds, interval, a.max_error_rate, a.max_latency_ratio,
-                        a.min_requests, a.failure_threshold, a.max_latency_ms, window_seconds=MIN_WINDOW_SECONDS)
-
-
-@dataclass(frozen=True, slots=True)
-class Measured:
-    new: VersionMetrics
-    old: VersionMetrics
+    return Plan(tuple(r.steps), r.step_seconds, interval, a.max_error_rate, a.max_latency_ratio, a.min_requests,
+                a.failure_threshold, a.max_latency_ms, window_seconds=MIN_WINDOW_SECONDS,
+                min_latency_delta_ms=a.min_latency_delta_ms, confidence=a.confidence,
+                inconclusive_seconds=a.inconclusive_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,7 +372,7 @@ def step(spec: api.ModelDeploymentSpec, body: Obj, pods: Sequence[PodReport] | N
     ready, failed = candidate(pods, state.to_version)
     check = None
     if measured is not None and check_due(plan, state, now):
-        check = evaluate(plan, measured.new, measured.old, state.baseline_p99_ms)
+        check = evaluate(plan, measured.new, measured.old)
     out = advance(plan, state, now, candidate_ready=ready, candidate_failed=failed,
                           promoted_everywhere=promoted_everywhere(previous, state.to_version), check=check, command=verb,
                           step_live=state.step < 0 or split_live(previous, state))

@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from modelserver.contract import METRICS_PATH
+from modelserver.contract import LATENCY_BUCKETS_SECONDS, LATENCY_METRIC, METRICS_PATH
 from modelserver.core.request_context import RequestContext
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -96,6 +96,7 @@ class ServerMetrics:
 
     def __init__(self, thread_pool_name: str = "batch_threads") -> None:
         self._series: dict[tuple[Any, ...], _Series] = {}
+        self._latency: dict[tuple[str, str], _Hist] = {}  # (model, version) -> OK inference answers
         self._batches: dict[tuple[str, str], _Hist] = {}
         self._padding: dict[tuple[str, str], _Hist] = {}
         self._warmup: dict[tuple[str, str, str], _Hist] = {}
@@ -122,6 +123,12 @@ class ServerMetrics:
         s.seconds.observe(total)
         if ctx.api in INFERENCE_APIS:
             s.tf_latency.observe(total * 1e6)
+            if ctx.status == "OK":
+                lk = (ctx.model, _v(ctx.version))
+                h = self._latency.get(lk)
+                if h is None:
+                    h = self._latency[lk] = _Hist(LATENCY_BUCKETS_SECONDS)
+                h.observe(total)
         c0, c1 = ctx.t_compute_start, ctx.t_compute_end
         if c0 is not None and c1 is not None:
             s.compute_seconds.observe(c1 - c0)
@@ -244,6 +251,10 @@ class _Collector:
                            ["model", "version", "label", "api", "protocol"], SECONDS_BUCKETS,
                            [((model, _v(ver), label or "", api, proto), s.seconds)
                             for (model, ver, label, api, proto, _st), s in series])
+        yield _merged_hist(LATENCY_METRIC,
+                           "Time from receiving an inference request to sending its OK answer, per version, "
+                           "in buckets 2^(1/8) apart (for rollout analysis and autoscaling).",
+                           ["model", "version"], LATENCY_BUCKETS_SECONDS, list(m._latency.items()))
         yield _merged_hist("modelserver_queue_duration_seconds",
                            "Time requests waited in the batching queue.", ["model", "version"],
                            SECONDS_BUCKETS,
