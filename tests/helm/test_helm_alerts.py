@@ -7,19 +7,13 @@ model-server exports) drive them over simulated time: p99 latency above a per-mo
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from chart_support import FULL_VALUES, objects, one
-
-PROMTOOL = shutil.which("promtool")
-pytestmark = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool (Debian package prometheus) is not installed"
-)
+from support import PROMETHEUS_HINT, program
 
 LATENCY = ":tensorflow:serving:request_latency_bucket"
 COUNT = ":tensorflow:serving:request_count"
@@ -78,7 +72,7 @@ def _promtool_test(tmp_path: Path, groups: list[dict[str, Any]], tests: list[dic
         yaml.safe_dump({"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests})
     )
     proc = subprocess.run(
-        [str(PROMTOOL), "test", "rules", "test.yaml"],
+        [program("promtool", PROMETHEUS_HINT), "test", "rules", "test.yaml"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -90,7 +84,7 @@ def _promtool_test(tmp_path: Path, groups: list[dict[str, Any]], tests: list[dic
 def test_rules_and_annotation_templates_are_valid(tmp_path: Path) -> None:
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": _rule_groups(FULL_VALUES)}))
     proc = subprocess.run(
-        [str(PROMTOOL), "check", "rules", "rules.yaml"], cwd=tmp_path, capture_output=True, text=True
+        [program("promtool", PROMETHEUS_HINT), "check", "rules", "rules.yaml"], cwd=tmp_path, capture_output=True, text=True
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "FAILED" not in output, output
