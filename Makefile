@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Debian packages the tests and benchmarks use (a real Prometheus server; wrk for REST load).
 APT_PACKAGES := prometheus wrk libb64-0d
 
-.PHONY: setup system-deps run serve test e2e bench lint docs crds chart image demo-models clean
+.PHONY: setup system-deps test-tools run serve test e2e bench lint docs crds chart image demo-models clean
 
 setup: $(STAMP) system-deps
 
@@ -19,11 +19,12 @@ $(STAMP): pyproject.toml dev/pyproject.toml
 	$(PIP) install -q -e '.[server,operator,dev]' -e ./dev
 	touch $(STAMP)
 
-# Installs the Debian packages above when they are missing (needs root or sudo; skipped otherwise).
+# Installs the Debian packages above when they are missing (needs root or sudo). Fails when it cannot:
+# the tests need a real Prometheus and fail without it.
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO=sudo; else echo "missing Debian packages:$$missing (install them as root)"; exit 0; fi; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO=sudo; else echo "missing Debian packages:$$missing (run make system-deps as root)" >&2; exit 1; fi; \
 	  echo "installing Debian packages:$$missing"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
@@ -51,7 +52,12 @@ run: demo-models
 serve: demo-models
 	$(VENV)/bin/model-server --port=8500 --rest_api_port=8501 --model_config_file=demo_models/models.config
 
-test: setup
+# The load tool bench/test_bench.py drives: perf_analyzer from the tritonclient wheel and its
+# libcudart, under bench/work/ (git-ignored; bench/setup.sh installs the rest for make bench).
+test-tools: $(STAMP) system-deps
+	bash bench/setup.sh --tools-only
+
+test: setup test-tools
 	$(PY) -m pytest -m "not e2e" -q
 
 # The end-to-end scenarios (e2e/): on the local cluster, or on the cluster E2E_KUBECONFIG names.

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Installs the benchmark's tools under bench/work/ (git-ignored), once; bench/run.py calls it.
+# With --tools-only (make test's set-up: bench/test_bench.py drives perf_analyzer), only the first
+# three below.
 #  - perf_analyzer: the binary inside the tritonclient 2.50.0 wheel (pip download --no-deps)
 #  - libcudart.so.12 for it: from the nvidia-cuda-runtime-cu12 wheel (no GPU needed)
 #  - PyTriton, the peer, in its own venv (it needs numpy<2), with TensorFlow for the models,
@@ -52,6 +54,10 @@ if [ -n "$missing" ]; then
   fi
 fi
 
+LD_LIBRARY_PATH="$WORK/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$PA" --version >/dev/null 2>&1 \
+  || { echo "bench setup: perf_analyzer does not start (libb64.so.0d / libcudart.so.12?)" >&2; exit 1; }
+[ "${1:-}" = "--tools-only" ] && { echo "bench setup: perf_analyzer ready"; exit 0; }
+
 VP="$WORK/.venv-pytriton"
 if [ ! -f "$VP/.installed" ]; then
   echo "bench setup: PyTriton venv (nvidia-pytriton 0.7.0, numpy<2, tensorflow, py-spy)"
@@ -64,6 +70,4 @@ if [ ! -f "$VP/.installed" ]; then
   touch "$VP/.installed"
 fi
 
-LD_LIBRARY_PATH="$WORK/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$PA" --version >/dev/null 2>&1 \
-  || { echo "bench setup: perf_analyzer does not start (libb64.so.0d / libcudart.so.12?)" >&2; exit 1; }
 echo "bench setup: tools ready"

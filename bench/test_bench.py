@@ -1,5 +1,6 @@
-"""Tests of the benchmark harness itself (not of speed): the pure parts on fixed inputs, and one
-real short perf_analyzer run against the no-op server when the tools are installed.
+"""Tests of the benchmark harness itself (not of speed): the pure parts on fixed inputs, one real
+short perf_analyzer run against the no-op server (make test installs the tool), and the operator
+at scale's quick variant.
 
     .venv/bin/python -m pytest bench/test_bench.py -q
 """
@@ -121,12 +122,14 @@ def test_report_renders_every_section() -> None:
         assert needle in text
 
 
-@pytest.mark.skipif(not PERF_ANALYZER.exists() or not (TOOL_LIBS / "libcudart.so.12").exists(),
-                    reason="bench tools not installed (bash bench/setup.sh)")
 @pytest.mark.timeout(120)
 def test_perf_analyzer_against_noop_server() -> None:
     """The real load tool in TF Serving mode drives the real no-op server (GetModelMetadata,
-    then Predict at batch 1) and the harness reads its figures."""
+    then Predict at batch 1) and the harness reads its figures. `make test` installs the tool
+    (bash bench/setup.sh --tools-only); without it this test fails, it does not skip."""
+    for tool in (PERF_ANALYZER, TOOL_LIBS / "libcudart.so.12"):
+        if not tool.exists():
+            pytest.fail(f"{tool} is missing: run `make test` or `bash bench/setup.sh --tools-only`", pytrace=False)
     port = free_port()
     bench = Path(__file__).resolve().parent
     with running("test-noop", [str(MAIN_PY), str(bench / "noop_server.py"), "--port", str(port)], [port],
@@ -152,7 +155,12 @@ def test_operator_scale_quick(tmp_path: Path) -> None:
     by_kind = r["create"]["requests_by_kind"]
     assert by_kind["patch deployments"] == 20 and by_kind["patch modeldeployments/status"] >= 20
     assert 10 <= r["create"]["requests_per_md"] <= 25, by_kind
-    assert r["idle"]["seconds"] >= 2 and r["idle"]["operator_cpu_pct"] >= 0 and r["operator_rss_peak_mb"] > 0
+    # idle: nothing to do, so nothing written, and the operator's CPU well below a busy loop (the
+    # goal is 5% of a core; a quarter of one leaves room for this shared 2-core machine's noise)
+    idle = r["idle"]
+    assert not [k for k in idle["requests_by_kind"] if k.split()[0] in ("post", "put", "patch", "delete")], idle
+    assert idle["operator_cpu_pct"] < 25, idle
+    assert 0 < r["operator_rss_peak_mb"] < 300, r  # the goal: under 300 MB
     data = {"runs": {"quick": {"recorded": "T", "commit": "c", "load_start": "0", "load_end": "0", "results": [r]}}}
     section = report.operator_section(data)
     assert "| 20 |" in section and "### quick" in section
