@@ -136,7 +136,8 @@ def test_trace_file_has_batched_requests_and_trace_summary_reads_it(batching_ser
 def test_full_queue_and_queued_deadline(demo_models, tmp_path):
     """One batch thread held by a request blocked on a FIFO; behind it a queue with room for 2
     rows: the third request is refused at once (429), and a gRPC request whose deadline passes in
-    the queue answers DEADLINE_EXCEEDED and is never computed."""
+    the queue is answered DEADLINE_EXCEEDED by the server while the thread is still held, and is
+    never computed: after the release, the MLP ran one row only, a later request's."""
     (tmp_path / "batching.config").write_text(
         "max_batch_size { value: 2 } max_enqueued_batches { value: 1 } num_batch_threads { value: 1 }\n"
         "batch_timeout_micros { value: 0 }\n")
@@ -183,6 +184,12 @@ def test_full_queue_and_queued_deadline(demo_models, tmp_path):
             with pytest.raises(grpc.RpcError) as e:
                 stub.Predict(predict_request("mlp", {"x": np.zeros((1, 784), np.float32)}), timeout=0.5)
             assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # the client's own timer raises that error on its own: the server's record says it answered
+        # (rather than computed) the request, and did so while the batch thread was still held
+        server.wait_until(lambda: _metric(server, "modelserver_requests", "modelserver_requests_total",
+                                          model="mlp", code="DEADLINE_EXCEEDED") == 1,
+                          "the server's DEADLINE_EXCEEDED answer", timeout=30)
+        assert _metric(server, "modelserver_batch_threads_busy", "modelserver_batch_threads_busy") == 1
 
         with contextlib.suppress(BrokenPipeError), open(fifo, "wb") as w:  # release the batch thread
             w.write(b"released")
@@ -192,9 +199,16 @@ def test_full_queue_and_queued_deadline(demo_models, tmp_path):
         # (TensorFlow cannot seek a FIFO, so the held request itself ends in a 400: it only held)
         assert holder_result["r"].status_code < 500, holder_result["r"].text
         assert sorted(q.status_code for q in queued) == [200, 200]
-        # the expired MLP request never reached the model
-        assert _metric(server, "modelserver_compute_duration_seconds", "modelserver_compute_duration_seconds_count",
-                       model="mlp") == 0
+        # the expired MLP request never reached the model: the next MLP request (same queue, behind
+        # it) is answered, and the only MLP rows ever computed are its one row (batches are
+        # recorded when they run, whatever becomes of their requests)
+        x = np.ones((1, 784), np.float32)
+        with grpc.insecure_channel(server.target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            answer = stub.Predict(predict_request("mlp", {"x": x}), timeout=60).outputs["probabilities"]
+            assert [d.size for d in answer.tensor_shape.dim] == [1, 10]
+        assert _metric(server, "modelserver_batch_size", "modelserver_batch_size_count", model="mlp") == 1
+        assert _metric(server, "modelserver_batch_size", "modelserver_batch_size_sum", model="mlp") == 1
         assert server.ready()
 
 
