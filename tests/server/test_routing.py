@@ -6,7 +6,11 @@ requests within 2 points; one key always one label; 2,000 keys spread within 3 p
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
+import subprocess
+import sys
 import types
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -60,7 +64,26 @@ def test_a_routing_key_always_picks_one_label_and_keys_spread_by_weight() -> Non
     assert len({choose(CANARY_10, b"user-42") for _ in range(1000)}) == 1
     counts = Counter(choose(CANARY_10, f"user-{i}".encode()) for i in range(2000))
     assert abs(counts["canary"] / 2000 - 0.10) <= 0.03, counts
-    assert bucket(b"user-42", 100) == bucket(b"user-42", 100)  # not Python's salted hash
+
+
+# Buckets are a contract between every pod (and every version of the server): blake2b of the key,
+# 8 bytes big-endian, modulo the total weight. Fixed here so that a change cannot pass unseen.
+FIXED_BUCKETS = [(b"user-42", 100, 98), (b"user-42", 1_000_000, 730598), (b"k0", 100, 11),
+                 (b"", 100, 76), ("Zoë".encode(), 1_000_000, 536922)]
+
+
+def test_a_key_has_the_same_bucket_in_every_process() -> None:
+    """Stickiness across pods: the same key lands in the same bucket in processes with different
+    hash seeds (Python's hash() of bytes is salted per process) and on the fixed expected values."""
+    assert [bucket(k, total) for k, total, _ in FIXED_BUCKETS] == [want for _, _, want in FIXED_BUCKETS]
+    code = ("import json, sys; from modelserver.core.routing import bucket; "
+            "print(json.dumps([bucket(k.encode(), 1000) for k in json.loads(sys.argv[1])]))")
+    keys = [f"user-{i}" for i in range(50)]
+    here = [bucket(k.encode(), 1000) for k in keys]
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code, json.dumps(keys)], capture_output=True, text=True,
+                             check=True, env=dict(os.environ, PYTHONHASHSEED=seed), timeout=60)
+        assert json.loads(out.stdout) == here, f"PYTHONHASHSEED={seed}"
 
 
 def test_raising_the_canary_weight_keeps_every_canary_key_on_the_canary() -> None:
