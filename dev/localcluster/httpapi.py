@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from localcluster import printers
+from localcluster import kubeproto, printers
 from localcluster.apimachinery import (
     ApiError,
     AuditEntry,
@@ -228,10 +228,7 @@ class HttpFront:
                 return self.store.delete(r, ns, name, propagation, None if grace is None else int(grace))
             except ValueError:
                 raise ApiError(400, "BadRequest", f"gracePeriodSeconds: invalid value {grace!r}") from None
-        try:
-            body = yaml.safe_load(raw) if ctype.endswith("yaml") else json.loads(raw or b"null")
-        except (ValueError, yaml.YAMLError) as exc:
-            raise ApiError(400, "BadRequest", f"cannot decode the body: {exc}") from None
+        body = _decode_body(raw, ctype)
         if verb == "create":
             if not isinstance(body, dict):
                 raise ApiError(400, "BadRequest", "the body must be an object")
@@ -414,3 +411,20 @@ class HttpFront:
                 cells.append(value)
             rows.append({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}})
         return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "columnDefinitions": columns, "rows": rows}
+
+
+def _decode_body(raw: bytes, ctype: str) -> Any:
+    """A create/update/patch body: JSON, YAML, or protobuf for the kinds `kubeproto` reads (415 for
+    others, as kube-apiserver answers a media type it cannot decode)."""
+    if ctype == kubeproto.MEDIA_TYPE:
+        try:
+            return kubeproto.decode(raw)
+        except kubeproto.Unsupported as exc:
+            kinds = ", ".join(kind for _, kind in kubeproto.KINDS)
+            raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format ({exc}) - the local "
+                           f"API server reads protobuf for {kinds} only; accepted media types include: application/json, "
+                           "application/yaml (kubectl apply -f sends JSON)") from None
+    try:
+        return yaml.safe_load(raw) if ctype.endswith("yaml") else json.loads(raw or b"null")
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ApiError(400, "BadRequest", f"cannot decode the body: {exc}") from None
