@@ -78,6 +78,15 @@ class ServerProcess:
         r = requests.get(f"{self.url}/v1/models/{name}", timeout=5)
         return list(r.json().get("model_version_status", [])) if r.status_code == 200 else []
 
+    def metric(self, sample: str, path: str = "/monitoring/prometheus/metrics", **labels: str) -> float:
+        """The sum of the samples named `sample` with `labels` in the server's metrics (started with
+        a --monitoring_config_file that enables them at `path`)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = requests.get(f"{self.url}{path}", timeout=10).text
+        return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+                   if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()))
+
     def stop(self, timeout: float = 30.0) -> int:
         support.stop_process(self.proc, timeout=timeout)
         self._log.close()

@@ -14,7 +14,6 @@ import grpc
 import numpy as np
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 from server_support import model_server, predict_request, run_server_expecting_exit
 
 BATCHING = """
@@ -26,18 +25,6 @@ allowed_batch_sizes: 8
 allowed_batch_sizes: 16
 allowed_batch_sizes: 32
 """
-
-
-def _metric(server, family: str, sample: str, **labels) -> float:
-    text = requests.get(f"{server.url}/monitoring/prometheus/metrics", timeout=10).text
-    total = 0.0
-    for fam in text_string_to_metric_families(text):
-        if fam.name != family:
-            continue
-        for s in fam.samples:
-            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +80,11 @@ def test_concurrent_requests_are_merged_and_answers_equal_unbatched_runs(batchin
     assert r.status_code == 200 and r.json() == {"predictions": [2.5, 3.0, 4.5]}
 
     # requests were merged: fewer executed batches than requests, and padded to allowed sizes
-    batches = _metric(batching_server, "modelserver_batch_size", "modelserver_batch_size_count",
-                      model="half_plus_two")
+    batches = batching_server.metric("modelserver_batch_size_count", model="half_plus_two")
     assert 1 <= batches < 64
-    sizes = _metric(batching_server, "modelserver_batch_size", "modelserver_batch_size_sum", model="half_plus_two")
+    sizes = batching_server.metric("modelserver_batch_size_sum", model="half_plus_two")
     assert sizes % 8 == 0  # every executed batch had 8, 16 or 32 rows
-    mlp_batches = _metric(batching_server, "modelserver_batch_size", "modelserver_batch_size_count", model="mlp")
+    mlp_batches = batching_server.metric("modelserver_batch_size_count", model="mlp")
     assert 1 <= mlp_batches < 48
 
 
@@ -157,8 +143,7 @@ def test_full_queue_and_queued_deadline(demo_models, tmp_path):
 
         holder = threading.Thread(target=hold)
         holder.start()
-        server.wait_until(lambda: _metric(server, "modelserver_batch_threads_busy",
-                                          "modelserver_batch_threads_busy") == 1,
+        server.wait_until(lambda: server.metric("modelserver_batch_threads_busy") == 1,
                           "the held request to occupy the batch thread", timeout=30)
 
         queued: list = []
@@ -170,8 +155,8 @@ def test_full_queue_and_queued_deadline(demo_models, tmp_path):
         senders = [threading.Thread(target=send, args=(float(i),)) for i in range(2)]
         for t in senders:
             t.start()
-        server.wait_until(lambda: _metric(server, "modelserver_queue_depth", "modelserver_queue_depth",
-                                          model="half_plus_two") == 2, "two queued requests", timeout=30)
+        server.wait_until(lambda: server.metric("modelserver_queue_depth", model="half_plus_two") == 2,
+                          "two queued requests", timeout=30)
         r = requests.post(f"{server.url}/v1/models/half_plus_two:predict", json={"instances": [9.0]}, timeout=10)
         assert r.status_code == 429
         assert "queue" in r.json()["error"] and "full" in r.json()["error"]
@@ -186,10 +171,10 @@ def test_full_queue_and_queued_deadline(demo_models, tmp_path):
             assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         # the client's own timer raises that error on its own: the server's record says it answered
         # (rather than computed) the request, and did so while the batch thread was still held
-        server.wait_until(lambda: _metric(server, "modelserver_requests", "modelserver_requests_total",
-                                          model="mlp", code="DEADLINE_EXCEEDED") == 1,
+        server.wait_until(lambda: server.metric("modelserver_requests_total", model="mlp",
+                                                code="DEADLINE_EXCEEDED") == 1,
                           "the server's DEADLINE_EXCEEDED answer", timeout=30)
-        assert _metric(server, "modelserver_batch_threads_busy", "modelserver_batch_threads_busy") == 1
+        assert server.metric("modelserver_batch_threads_busy") == 1
 
         with contextlib.suppress(BrokenPipeError), open(fifo, "wb") as w:  # release the batch thread
             w.write(b"released")
@@ -207,8 +192,8 @@ def test_full_queue_and_queued_deadline(demo_models, tmp_path):
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             answer = stub.Predict(predict_request("mlp", {"x": x}), timeout=60).outputs["probabilities"]
             assert [d.size for d in answer.tensor_shape.dim] == [1, 10]
-        assert _metric(server, "modelserver_batch_size", "modelserver_batch_size_count", model="mlp") == 1
-        assert _metric(server, "modelserver_batch_size", "modelserver_batch_size_sum", model="mlp") == 1
+        assert server.metric("modelserver_batch_size_count", model="mlp") == 1
+        assert server.metric("modelserver_batch_size_sum", model="mlp") == 1
         assert server.ready()
 
 

@@ -40,7 +40,8 @@ def predict(server, model: str, x: float, suffix: str = "") -> requests.Response
 
 
 class Hammer(threading.Thread):
-    """Sends predictions non-stop and records every non-200 answer."""
+    """Sends predictions non-stop and records every non-200 answer and every failed request
+    (a refused or reset connection, a timeout): the thread never dies silently."""
 
     def __init__(self, server, model: str) -> None:  # type: ignore[no-untyped-def]
         super().__init__(daemon=True)
@@ -52,8 +53,13 @@ class Hammer(threading.Thread):
     def run(self) -> None:
         with requests.Session() as s:
             while not self.stop_flag.is_set():
-                r = s.post(f"{self.server.url}/v1/models/{self.model}:predict", json={"instances": [2.0]}, timeout=30)
                 self.count += 1
+                try:
+                    r = s.post(f"{self.server.url}/v1/models/{self.model}:predict", json={"instances": [2.0]},
+                               timeout=30)
+                except requests.RequestException as exc:
+                    self.failures.append(repr(exc))
+                    continue
                 if r.status_code != 200:
                     self.failures.append(r.text)
 
@@ -83,8 +89,8 @@ def test_version_polling_swap_without_failures(start_server, models_dir: Path, t
     wait_for(lambda: states(srv, "m").get("3") == ("AVAILABLE", "OK"), what="v3 retried")
     wait_for(lambda: states(srv, "m").get("2") == ("END", "OK"), what="v2 unloaded")
     hammer.stop_flag.set()
-    hammer.join()
-    assert hammer.count > 10 and hammer.failures == []
+    hammer.join(60)
+    assert not hammer.is_alive() and hammer.count > 10 and hammer.failures == []
     assert predict(srv, "m", 2.0).json() == {"predictions": [3.0]}
     assert requests.get(srv.url + "/v1/health/ready", timeout=10).status_code == 200
 
@@ -310,7 +316,9 @@ def test_bad_model_config_file_exits_1(tmp_path: Path) -> None:
 
 
 def test_unimplemented_flags_warning_and_timeouts(start_server, models_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "monitoring.config").write_text("prometheus_config { enable: true }\n")
     srv = start_server(["--model_name=bytes_model", f"--model_base_path={models_dir / 'bytes_model'}",
+                        f"--monitoring_config_file={tmp_path / 'monitoring.config'}",
                         "--rest_api_num_threads=4", "--use_alts_credentials=false", "--ssl_config_file", "",
                         "--tensorflow_intra_op_parallelism=1", "--tensorflow_inter_op_parallelism=1",
                         "--rest_api_timeout_in_ms=300", f"--grpc_socket_path={tmp_path / 'grpc.sock'}"])
@@ -332,6 +340,11 @@ def test_unimplemented_flags_warning_and_timeouts(start_server, models_dir: Path
         with pytest.raises(grpc.RpcError) as err:
             prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict(req, timeout=0.5)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # (the client's own timer raises that by itself): the server answered it DEADLINE_EXCEEDED too,
+    # and without waiting for the model call, which is still blocked
+    srv.wait_until(lambda: srv.metric("modelserver_requests_total", protocol="grpc", model="bytes_model",
+                                      code="DEADLINE_EXCEEDED") == 1, "the server's DEADLINE_EXCEEDED answer", 30)
+    assert not target.exists()
     target.write_bytes(b"release")  # lets both model calls finish
     with grpc.insecure_channel(f"unix:{tmp_path / 'grpc.sock'}") as ch:  # --grpc_socket_path
         req = predict_pb2.PredictRequest()
