@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -15,10 +16,7 @@ from modelserver.core.errors import ServingError
 from modelserver.core.manager import Manager
 from modelserver.core.request_context import RequestContext
 from modelserver.core.runner import InlineRunner
-from server_support import REPO
 from tensorflow_serving.apis import input_pb2
-
-TESTDATA = REPO.parent / "shared" / "tfserving-testdata"
 
 
 def plane(finished: list[RequestContext]) -> DataPlane:
@@ -58,25 +56,28 @@ async def test_lifecycle_timeout_is_deadline_exceeded() -> None:
     assert finished[0].status == "DEADLINE_EXCEEDED"
 
 
-@pytest.mark.skipif(not TESTDATA.is_dir(), reason="../shared/tfserving-testdata is not here")
-async def test_operations_on_a_real_model() -> None:
+async def test_operations_on_a_real_model(models_dir: Path) -> None:
+    """TF Serving's half_plus_two layout as a TF1 graph SavedModel (demomodels, built by the
+    models_dir fixture): predict, classify and regress signatures."""
     pool = ThreadPoolExecutor(1)
     manager = Manager(pool)
-    await manager.reload([ModelConfig("m", str(TESTDATA / "saved_model_half_plus_two_cpu"))])
+    await manager.reload([ModelConfig("m", str(models_dir / "half_plus_two_tf1"))])
     p = DataPlane(manager, lambda _m: InlineRunner())
     ctx = RequestContext("grpc", "predict")
     servable = p.resolve(ModelRef("m"), ctx)
-    assert (ctx.model, ctx.version) == ("m", 123)
+    assert (ctx.model, ctx.version) == ("m", 1)
     pred = await p.predict(servable, servable.signature(""), {"x": np.array([2.0, 4.0], np.float32)}, ctx, ["y"])
     assert pred.outputs["y"].tolist() == [3.0, 4.0] and ctx.signature == "serving_default" and ctx.batch_size == 2
     examples = input_pb2.Input()
     examples.example_list.examples.add().features.feature["x"].float_list.value.append(2.0)
     res = await p.classify(servable, "classify_x_to_y", examples, RequestContext("rest", "classify"))
     assert res.result.classifications[0].classes[0].score == 3.0
-    (status,) = p.status(ModelRef("m", version=123), RequestContext("rest", "get_model_status"))
-    assert (status.version, status.state_name, status.error) == (123, "AVAILABLE", None)
+    reg = await p.regress(servable, "regress_x_to_y", examples, RequestContext("rest", "regress"))
+    assert reg.result.regressions[0].value == 3.0
+    (status,) = p.status(ModelRef("m", version=1), RequestContext("rest", "get_model_status"))
+    assert (status.version, status.state_name, status.error) == (1, "AVAILABLE", None)
     _, sdm = p.metadata(ModelRef("m"), RequestContext("rest", "get_model_metadata"))
-    assert "regress_x2_to_y3" in sdm.signature_def
+    assert set(sdm.signature_def) >= {"serving_default", "classify_x_to_y", "regress_x_to_y"}
     with pytest.raises(ServingError, match="output tensor alias not found"):
         await p.predict(servable, servable.signature(""), {"x": np.ones(1, np.float32)}, ctx, ["z"])
     with pytest.raises(ServingError, match="Unrecognized servable version label: canary"):
