@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from localcluster import kubeproto, printers
+from localcluster import kubeproto, portforward, printers
 from localcluster.apimachinery import (
     ApiError,
     AuditEntry,
@@ -29,10 +29,11 @@ from localcluster.apimachinery import (
     server_side_apply,
     strategic_merge,
 )
+from localcluster.objects import HOST_PORTS_ANNOTATION
 from localcluster.store import Store
 
-# Subresources besides status: a pod's log (`kubectl logs`), the scale of Deployments and ReplicaSets.
-SUBRESOURCES = {("log", "pods"), ("scale", "deployments"), ("scale", "replicasets")}
+# Subresources besides status: a pod's log (`kubectl logs`) and port-forward, the scale of Deployments and ReplicaSets.
+SUBRESOURCES = {("log", "pods"), ("portforward", "pods"), ("scale", "deployments"), ("scale", "replicasets")}
 
 
 class HttpFront:
@@ -84,6 +85,10 @@ class HttpFront:
             if sub == "log":
                 self._record(request, verb, r, sub, ns, name, 200)
                 return self._log(ns, name, request.query)
+            if sub == "portforward":  # RBAC and the audit log call it "create", whatever the method
+                host_ports = self._forwardable(request, ns, name)
+                self._record(request, "create", r, sub, ns, name, 101)
+                return await portforward.serve(request, host_ports, name)
             if sub == "scale":
                 body = await self._scale(request, verb, r, ns, name)
                 self._record(request, verb, r, sub, ns, name, 200)
@@ -367,6 +372,17 @@ class HttpFront:
         if text is None:
             raise ApiError(400, "BadRequest", f'container "{container}" in pod "{name}" is waiting to start: no log yet')
         return web.Response(text=text, content_type="text/plain")
+
+    def _forwardable(self, request: web.Request, ns: str, name: str) -> dict[int, int]:
+        """A running pod's container ports -> host ports, for a port-forward kubectl can open here."""
+        pod = self.store.get("", "pods", ns, name)
+        if pod is None:
+            raise ApiError(404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"})
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            raise ApiError(400, "BadRequest", f"the local API server forwards ports over a WebSocket ({portforward.PROTOCOL}, "
+                           "kubectl 1.31 or later), not over a SPDY upgrade")
+        ports = json.loads((pod["metadata"].get("annotations") or {}).get(HOST_PORTS_ANNOTATION) or "{}")
+        return {int(k): int(v) for k, v in ports.items()}
 
     async def _scale(self, request: web.Request, verb: str, r: Resource, ns: str, name: str) -> Obj:
         """The scale subresource (autoscaling/v1 Scale): `kubectl scale` and HorizontalPodAutoscalers."""
