@@ -1,7 +1,8 @@
 """`make run`'s path (scenario 1, part of `make test`): `python -m localcluster` with the canary example,
 as the Makefile starts it, on this machine.
 
-It must print the four lines and commands that work, have the example Ready only after warmup,
+It must print `export` lines a shell can take (also written to `<state>/env`) and commands that
+work, serve the operator's health and metrics at the printed addresses, have the example Ready only after warmup,
 answer predictions (REST and gRPC) through the Service, be scraped by Prometheus with pod, namespace
 and ModelDeployment labels, refuse a second run, idle lightly, and leave no process or listening
 port behind after SIGTERM. The tests share one run and go in file order; the last one stops it.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -41,9 +43,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRun]:
 
 
 def printed(run: LocalRun) -> dict[str, str]:
-    lines = run.lines
-    return {"kubeconfig": lines[0].removeprefix("KUBECONFIG="), "rest": lines[1].removeprefix("REST: "),
-            "grpc": lines[2].removeprefix("gRPC: "), "prometheus": lines[3].removeprefix("Prometheus: ")}
+    """The variables of the printed `export` lines, by lower-case name (kubeconfig, rest, grpc, ...)."""
+    out = {}
+    for line in run.lines:
+        if line.startswith("export "):
+            for word in shlex.split(line)[1:]:
+                name, _, value = word.partition("=")
+                out[name.lower()] = value
+    return out
 
 
 def kubectl(run: LocalRun, *args: str) -> str:
@@ -53,15 +60,27 @@ def kubectl(run: LocalRun, *args: str) -> str:
     return p.stdout
 
 
-def test_it_prints_the_four_lines_then_commands(run: LocalRun) -> None:
+def test_it_prints_export_lines_then_commands(run: LocalRun) -> None:
     lines = run.lines
-    assert re.fullmatch(r"KUBECONFIG=/\S+", lines[0]) and Path(lines[0].removeprefix("KUBECONFIG=")).is_file()
-    assert re.fullmatch(r"REST: http://127\.0\.0\.1:\d+", lines[1])
-    assert re.fullmatch(r"gRPC: 127\.0\.0\.1:\d+", lines[2])
-    assert re.fullmatch(r"Prometheus: http://127\.0\.0\.1:\d+", lines[3])
+    exports = [line for line in lines if line.startswith("export ")]
+    assert exports == lines[:len(exports)] and len(exports) == 4, lines
+    assert re.fullmatch(r'export KUBECONFIG=/\S+ PATH=/\S+/bin:"\$PATH"', exports[0])
+    assert Path(printed(run)["kubeconfig"]).is_file()
+    assert re.fullmatch(r"export REST=http://127\.0\.0\.1:\d+ GRPC=127\.0\.0\.1:\d+", exports[1])
+    assert re.fullmatch(r"export PROMETHEUS=http://127\.0\.0\.1:\d+", exports[2])
+    assert re.fullmatch(r"export OPERATOR_METRICS=http://127\.0\.0\.1:\d+/metrics OPERATOR_HEALTH=http://127\.0\.0\.1:\d+/healthz", exports[3])
+    env_file = run.state_dir.resolve() / "env"
+    assert env_file.read_text().splitlines() == exports and str(env_file) in lines[len(exports)]
     commands = [line.strip() for line in lines if line.startswith("  ")]
-    assert commands[0].startswith("export KUBECONFIG=") and commands[1] == "kubectl get md"
-    assert commands[2].startswith("curl ") and commands[3].startswith("kubectl patch md local-canary")
+    assert commands[0] == "kubectl get md" and commands[1].startswith("curl ") and "$REST/" in commands[1]
+    assert commands[2].startswith("kubectl patch md local-canary")
+
+
+def test_the_operator_serves_health_and_metrics_at_the_printed_addresses(run: LocalRun) -> None:
+    health = requests.get(printed(run)["operator_health"], timeout=5)
+    assert health.status_code == 200
+    metrics = requests.get(printed(run)["operator_metrics"], timeout=5)
+    assert metrics.status_code == 200 and "modeldeploy_managed_models" in metrics.text
 
 
 def test_the_example_is_ready_only_after_warmup(run: LocalRun) -> None:
@@ -132,10 +151,11 @@ def test_a_second_run_says_one_is_running(run: LocalRun) -> None:
 
 def test_the_printed_commands_work_and_flip_the_canary(run: LocalRun, tmp_path: Path) -> None:
     commands = [line.strip() for line in run.lines if line.startswith("  ")]
-    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG",)}
-    watch = subprocess.Popen(["bash", "-c", f"{commands[0]} && exec kubectl get md -w"], env=env, stdout=subprocess.PIPE, text=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "REST")}
+    source = f"source {shlex.quote(str(run.state_dir.resolve() / 'env'))}"
+    watch = subprocess.Popen(["bash", "-c", f"{source} && exec kubectl get md -w"], env=env, stdout=subprocess.PIPE, text=True)
     try:
-        script = " && ".join(commands[:5])
+        script = " && ".join([source, *commands[:4]])
         p = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr
         assert '"predictions"' in p.stdout and "modeldeployment.serving.modeldeploy.io/local-canary patched" in p.stdout

@@ -2,10 +2,12 @@
 
 Starts the cluster (see `cluster`), applies the example (`--example`, default
 examples/local-canary.yaml), waits until it is Ready, sends a few predictions through its Service,
-then prints, each on its own line, `KUBECONFIG=...`, `REST: ...`, `gRPC: ...`, `Prometheus: ...`
-and commands to try. Progress goes to stderr, the lines to stdout. Ctrl-C or SIGTERM stops
-everything (a second Ctrl-C skips the pods' grace periods); a second run from the same state
-directory says that one is already running and exits 1.
+then prints `export` lines a shell can take (KUBECONFIG and PATH; REST, GRPC, PROMETHEUS; the
+operator's OPERATOR_METRICS and OPERATOR_HEALTH), writes the same lines to `<state>/env` (for
+`source .localcluster/env` in another shell; removed at stop), and prints commands to try. Progress
+goes to stderr, the lines to stdout. Ctrl-C or SIGTERM stops everything (a second Ctrl-C skips the
+pods' grace periods); a second run from the same state directory says that one is already running
+and exits 1.
 """
 
 from __future__ import annotations
@@ -123,27 +125,41 @@ async def predictions(rest: str, model: str, labels: list[str], body: Obj) -> li
     return out
 
 
+def env_lines(cluster: LocalCluster, urls: dict[str, str]) -> list[str]:
+    """`export` lines for a shell: what the printed commands and the docs' walkthroughs use."""
+    q = shlex.quote
+    lines = [f'export KUBECONFIG={q(str(cluster.kubeconfig))} PATH={q(str(cluster.config.venv_bin))}:"$PATH"']
+    if urls.get("rest"):
+        lines.append(f"export REST={q(urls['rest'])} GRPC={q(urls['grpc'])}")
+    if urls.get("prometheus"):
+        lines.append(f"export PROMETHEUS={q(urls['prometheus'])}")
+    else:
+        lines.append(f"# Prometheus is not running: {cluster.prometheus_problem or 'disabled'}")
+    summary = cluster.summary()
+    if summary["operator_metrics"]:
+        lines.append(f"export OPERATOR_METRICS={q(summary['operator_metrics'])} OPERATOR_HEALTH={q(summary['operator_health'])}")
+    return lines
+
+
 def lines_for(cluster: LocalCluster, md: Obj | None, urls: dict[str, str]) -> list[str]:
-    venv_bin = shlex.quote(str(cluster.config.venv_bin))
-    lines = [f"KUBECONFIG={cluster.kubeconfig}"]
-    if md is not None:
-        lines += [f"REST: {urls['rest']}", f"gRPC: {urls['grpc']}"]
-    prom = urls.get("prometheus") or f"(not running: {cluster.prometheus_problem or 'disabled'})"
-    lines += [f"Prometheus: {prom}", "", "Try it from another shell:",
-              f'  export KUBECONFIG={shlex.quote(str(cluster.kubeconfig))} PATH={venv_bin}:"$PATH"']
+    """What `make run` prints: the export lines, where they are kept, then commands to try."""
+    lines = [*env_lines(cluster, urls), f"(also in {cluster.env_file}: `source {cluster.env_file}` in another shell)", "",
+             "Try it from another shell (after the export lines):"]
     if md is not None:
         name, model = name_of(md), (md.get("spec", {}).get("model") or {}).get("name") or name_of(md)
         sample = annotations_of(md).get(SAMPLE_ANNOTATION, '{"instances": [1.0, 2.0, 5.0]}')
         labels = sorted((md.get("spec") or {}).get("versionLabels") or {})
         lines += [
             "  kubectl get md",
-            f"  curl -s -d {shlex.quote(sample)} {urls['rest']}/v1/models/{model}:predict",
+            f'  curl -s -d {shlex.quote(sample)} "$REST/v1/models/{model}:predict"',
         ]
         if "stable" in labels and "canary" in labels:
             canary = md["spec"]["versionLabels"]["canary"]
             patch = json.dumps({"spec": {"versionLabels": {"stable": canary}}}, separators=(",", ":"))
             lines += [f"  kubectl patch md {name} --type=merge -p {shlex.quote(patch)}",
-                      f"  curl -s {urls['rest']}/v1/models/{model}/labels/stable"]
+                      f'  curl -s "$REST/v1/models/{model}/labels/stable"']
+    else:
+        lines += ["  kubectl get nodes"]
     lines += [f"Service names resolve through the HTTP proxy {urls['http_proxy']} "
               f"(curl -x {urls['http_proxy']} http://<service>.<namespace>.svc:8501/...)",
               f"Logs in {cluster.logs}/ (pods: kubectl logs). Stop with Ctrl-C."]
@@ -175,6 +191,7 @@ async def bring_up(cluster: LocalCluster, args: argparse.Namespace, lock: StateL
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             say(f"warning: a prediction through the Service failed: {exc}")
     lock.record({**cluster.summary(), **urls, "children": cluster.child_pids()})
+    cluster.env_file.write_text("\n".join(env_lines(cluster, urls)) + "\n")
     print("\n".join(lines_for(cluster, md, urls)), flush=True)
 
 
@@ -207,6 +224,7 @@ async def run(args: argparse.Namespace, lock: StateLock) -> int:
     waiter.cancel()
     say("stopping the local cluster (pods first: preStop, SIGTERM, grace)")
     await cluster.stop()
+    cluster.env_file.unlink(missing_ok=True)
     say("stopped")
     return code
 

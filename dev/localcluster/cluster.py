@@ -69,6 +69,11 @@ class LocalCluster:
         return self.state / "kubeconfig"
 
     @property
+    def env_file(self) -> Path:
+        """The `export` lines of a running cluster, for `source` (written by the CLI once it is up)."""
+        return self.state / "env"
+
+    @property
     def logs(self) -> Path:
         return self.state / "logs"
 
