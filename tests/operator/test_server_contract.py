@@ -10,11 +10,10 @@ server's own per-version states in the ModelDeployment's status.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from modeldeploy.clients import servers
 from modeldeploy.decisions import render, serverconfig
 from modeldeploy.decisions.records import Endpoint, VersionReport
 from operator_support import GROUP, PLURAL, ROOT, OperatorProcess, make_namespace, md
+from server_support import ServerProcess
 from support import condition, free_port, wait_for
 
 OWNER = render.Owner("tv", "ml", "6f1c7d3e-8a7b-4b55-9d0e-1f2a3b4c5d6e")
@@ -61,39 +61,24 @@ def write_config(configmap: dict[str, Any], config_dir: Path, models: Path) -> N
 
 
 @pytest.fixture(scope="module")
-def server(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def server(models: Path, start_server: Callable[..., ServerProcess],
+           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A real model-server (the shared start_server) with the rendered container's arguments, its
+    config and token files where the rendered paths say, ready by the rendered readiness probe."""
     config_dir = tmp_path_factory.mktemp("config")
     children = {c["kind"]: c for c in render.render_all(spec({"stable": 1, "canary": 2}), OWNER)}
     write_config(children["ConfigMap"], config_dir, models)
     container = children["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     token_dir = tmp_path_factory.mktemp("admin")  # what the kubelet makes of the admin token Secret volume
     (token_dir / serverconfig.ADMIN_TOKEN_KEY).write_text("t0ken")
-    rest, admin = free_port(), free_port()
+    admin = free_port()
     args = [a.replace(f"{serverconfig.CONFIG_DIR}/", f"{config_dir}/").replace(f"{serverconfig.ADMIN_TOKEN_DIR}/", f"{token_dir}/")
             for a in container["args"] if not a.startswith(("--port=", "--rest_api_port=", "--admin_port="))]
-    args += [f"--port={free_port()}", f"--rest_api_port={rest}", f"--admin_port={admin}", "--bind_address=127.0.0.1"]
-    log = tmp_path_factory.mktemp("log") / "server.log"
-    proc = subprocess.Popen([sys.executable, "-m", "modelserver.main", *args], stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                            cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    url = f"http://127.0.0.1:{rest}"
-    try:
-        def up() -> bool:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                return requests.get(url + container["readinessProbe"]["httpGet"]["path"], timeout=2).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_for(up, timeout=120, what="model-server ready")
-        yield {"url": url, "container": children["Deployment"], "config_dir": config_dir, "proc": proc,
-               "admin": f"http://127.0.0.1:{admin}"}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    srv = start_server([*args, f"--admin_port={admin}"], ready=False)
+    probe = container["readinessProbe"]["httpGet"]["path"]
+    srv.wait_until(lambda: requests.get(srv.url + probe, timeout=2).status_code == 200, "the readiness probe")
+    return {"url": srv.url, "container": children["Deployment"], "config_dir": config_dir, "proc": srv.proc,
+            "admin": f"http://127.0.0.1:{admin}"}
 
 
 def test_probes_and_scrape_annotations_answer(server: dict[str, Any]) -> None:
@@ -126,9 +111,13 @@ def test_label_flip_reaches_the_running_server_without_restart(server: dict[str,
         r = requests.post(server["url"] + "/v1/models/tv/labels/stable:predict", json={"instances": [1.0]}, timeout=10)
         return r.status_code == 200 and r.json()["predictions"] == [pytest.approx(4.0)]
 
+    # live within the poll interval the operator renders (--model_config_file_poll_wait_seconds),
+    # plus 2 s for the poll's reload and this loop's own requests
     started = time.monotonic()
-    wait_for(stable_is_2, timeout=15, what="label flip")
-    assert server["proc"].poll() is None and time.monotonic() - started < 15
+    wait_for(stable_is_2, timeout=30, what="label flip")
+    flip_s = time.monotonic() - started
+    assert server["proc"].poll() is None
+    assert flip_s < spec({"stable": 2, "canary": 2}).server.config_poll_seconds + 2, flip_s
 
 
 def test_operator_reports_the_servers_version_states(server: dict[str, Any], models: Path, fake: FakeKubeAPI, kubeconfig: Path, tmp_path: Path) -> None:
