@@ -25,7 +25,10 @@ run against this one. It behaves like kube-apiserver wherever modeldeploy relies
   EndpointSlices, Nodes, Events and claims (`printers`);
 - Pods deleted gracefully once on a node (deletionTimestamp and deletionGracePeriodSeconds; the
   node agent deletes them with grace 0 when their containers stopped), `pods/log` (from the node
-  agent's `log_source`), the `scale` subresource of Deployments and ReplicaSets;
+  agent's `log_source`), `pods/portforward` (kubectl's WebSocket, `portforward`), the `scale`
+  subresource of Deployments and ReplicaSets;
+- bodies in JSON, YAML, and protobuf for the kinds `kubectl create namespace|configmap|secret`
+  sends so (`kubeproto`; 415 for other kinds in protobuf);
 - in-process watchers (`subscribe`): the local cluster's controllers get every change, in order;
 - an optional Deployment controller stand-in (`simulate_deployments=True`, `standin`): it reports
   every Deployment's pods as ready shortly after each change (`set_deployment_ready` overrides it).
