@@ -1,17 +1,24 @@
 """One reconcile (observe → plan → execute → report) against a recording stand-in for the API
-(operator_support.RecordingKube): which calls it makes, what it writes, which Events it posts. The
-real operator against the fake API server is test_operator.py's."""
+(operator_support.RecordingKube): which calls it makes, what it writes, which Events it posts; and
+against the local API server (localcluster.fakeapi) through the real client, where a second run,
+and a restarted operator's first, change nothing. The real operator process against the local API
+server is test_operator.py's."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from localcluster.fakeapi import FakeKubeAPI
+from modeldeploy.clients.kube import Kube
 from modeldeploy.controller import reconcile
 from modeldeploy.controller.context import OperatorContext, Settings
 from modeldeploy.controller.workqueue import Retry
-from modeldeploy.decisions import plan
-from operator_support import RecordingKube
+from modeldeploy.decisions import plan, render
+from operator_support import GROUP, PLURAL, RecordingKube, make_namespace, md
+from support import wait_for
 
 UID = "9d0c7b2a-3e4f-4a5b-8c6d-7e8f9a0b1c2d"
 
@@ -50,6 +57,62 @@ def test_first_run_creates_everything_then_a_second_run_writes_nothing(kube: Rec
     kube.calls.clear()
     reconcile.reconcile(ctx, "ml", "m")
     assert kube.calls == []
+
+
+def test_runs_against_the_local_api_server_change_nothing_once_done(fake: FakeKubeAPI, tmp_path: Path) -> None:
+    """Through the real client: after the first run, a second run (the cache fed with what the
+    watches would deliver) and a restarted operator's first run (a new context whose cache holds
+    the API server's listing) leave every resourceVersion as it was and write nothing, whatever
+    they send: the API server's server-side apply, not a stand-in's rule, says what is a no-op."""
+    from kubernetes import config
+
+    make_namespace(fake, "ml")
+    fake.add_object(md("m", "ml"))
+    client = Kube(config.new_client_from_config(config_file=str(fake.write_kubeconfig(tmp_path / "kubeconfig"))))
+    refs = [fake.resource_for(api_version, kind) for api_version, kind, _ in render.child_refs("m")]
+
+    def objects() -> list[dict]:
+        return [o for r in {(r.group, r.plural) for r in refs} | {(GROUP, PLURAL)}
+                for o in fake.list_objects(*r, "ml") if o["metadata"]["name"].startswith("m")]
+
+    def versions() -> dict[tuple[str, str], str]:
+        return {(o["kind"], o["metadata"]["name"]): o["metadata"]["resourceVersion"] for o in objects()}
+
+    def context() -> OperatorContext:
+        return OperatorContext(kube=client, reconcile=reconcile.reconcile,
+                               settings=Settings(model_status_url="", workers=1))
+
+    def run(ctx: OperatorContext, kinds: tuple[str, ...] = ()) -> None:
+        for o in objects():  # what the watches deliver (of `kinds` only, when given)
+            if not kinds or o["kind"] in kinds:
+                ctx.cache.seen(o)
+        reconcile.reconcile(ctx, "ml", "m")
+
+    first = context()
+    run(first)
+    assert {k for k, _ in versions()} >= {"ModelDeployment", "Secret", "ConfigMap", "Deployment", "Service",
+                                          "PodDisruptionBudget"}
+    # the Deployment stand-in reports its pods ready shortly after (as a controller would), and the
+    # next run writes that into the ModelDeployment's status: then there is nothing left to do
+    wait_for(lambda: (fake.get("apps", "deployments", "ml", "m") or {}).get("status"), "the Deployment's status")
+    run(first)
+    before = versions()
+    mark = len(fake.audit())
+    for ctx in (first, context()):  # another run; a restarted operator's first
+        run(ctx)
+        time.sleep(0.3)  # the stand-in would have answered a Deployment write by now
+        assert versions() == before
+    assert [a for a in fake.audit()[mark:] if a.verb not in ("get", "list", "watch")] == []
+    # a restarted operator whose watches have delivered only the ModelDeployment and the Secret (the
+    # pods' token) so far applies the other children again: the same content, so the API server's
+    # server-side apply changes nothing
+    run(context(), kinds=("ModelDeployment", "Secret"))
+    time.sleep(0.3)
+    assert versions() == before
+    writes = {(a.verb, a.resource) for a in fake.audit()[mark:]
+              if a.verb not in ("get", "list", "watch") and a.resource != "events"}
+    assert writes == {("patch", "configmaps"), ("patch", "deployments"), ("patch", "services"),
+                      ("patch", "poddisruptionbudgets")}, writes
 
 
 def test_a_child_edited_by_hand_is_restored_with_one_event(kube: RecordingKube, ctx: OperatorContext) -> None:
