@@ -60,10 +60,11 @@ def test_first_run_creates_everything_then_a_second_run_writes_nothing(kube: Rec
 
 
 def test_runs_against_the_local_api_server_change_nothing_once_done(fake: FakeKubeAPI, tmp_path: Path) -> None:
-    """Through the real client: after the first run, a second run (the cache fed with what the
-    watches would deliver) and a restarted operator's first run (a new context whose cache holds
-    the API server's listing) leave every resourceVersion as it was and write nothing, whatever
-    they send: the API server's server-side apply, not a stand-in's rule, says what is a no-op."""
+    """Through the real client, once a first run is done and its status caught up: another run
+    (the cache fed with what the watches deliver) and a restarted operator's first (a new context
+    holding the API server's listing) write nothing; a restarted operator that has seen only some
+    children applies the others again, and the API server's server-side apply (not a stand-in's
+    rule) finds nothing to change: every resourceVersion stays as it was."""
     from kubernetes import config
 
     make_namespace(fake, "ml")
