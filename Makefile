@@ -67,6 +67,11 @@ e2e: setup
 bench: setup
 	$(PY) bench/run.py
 	$(PY) bench/operator_scale.py
+	$(PY) bench/rollouts.py
+
+# Rollout judgement alone: 20 healthy, 10 slow and 10 erroring rollouts on the local cluster (about 15 min).
+bench-rollouts: setup
+	$(PY) bench/rollouts.py
 
 # Lint: the same verdict on every machine (the tools are pinned in pyproject.toml's dev extra).
 lint: setup

@@ -67,7 +67,7 @@ def test_all_answers_in_one_bucket_is_no_difference() -> None:
     rank = j.mann_whitney(counts, old)
     assert (rank.p_greater, rank.p_less) == (0.5, 0.5)  # every pair ties: no variance, nothing to see
     v = j.judge_latency(counts, old, BOUNDS, max_ratio=1.2, min_delta_ms=1, confidence=0.99, min_requests=100)
-    assert v.result == j.PASS and v.figures["ratio"] == pytest.approx(1.0)
+    assert v.result == j.PASS and v.figures["ratioP99"] == pytest.approx(1.0) == v.figures["ratioP50"]
 
 
 @pytest.mark.parametrize(("new", "old", "result", "words"), [
@@ -127,7 +127,8 @@ def test_identical_versions_are_rarely_judged_slower_and_a_50_percent_slower_one
 
 def test_a_point_estimate_alone_would_have_failed_healthy_windows() -> None:
     """Why the rank test is there: on identical versions, the p99 of the 30 answers a 20% canary gets
-    exceeds 1.2 x the p99 of the other 120 in one window of eight; the verdict does not."""
+    exceeds 1.2 x the p99 of the other 120 in one window of eight; the verdict fails at most the
+    rank test's own rate (1%)."""
     rng = np.random.default_rng(11)
     ratio_above, judged_high = 0, 0
     for _ in range(300):
@@ -138,4 +139,4 @@ def test_a_point_estimate_alone_would_have_failed_healthy_windows() -> None:
         ratio_above += p_new > 1.2 * p_old
         judged_high += j.judge_latency(new, old, BOUNDS, max_ratio=1.2, min_delta_ms=1, confidence=0.99,
                                        min_requests=20).result == j.HIGH
-    assert ratio_above >= 30 and judged_high <= 1, (ratio_above, judged_high)
+    assert ratio_above >= 30 and judged_high <= 3, (ratio_above, judged_high)

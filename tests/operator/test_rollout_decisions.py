@@ -53,7 +53,7 @@ NONE = VersionMetrics(None, None, None)
     (VersionMetrics(500, math.nan, lat(10, 500)), OLD, PLAN, None, "too few answers"),
     (VersionMetrics(500, 25, lat(10, 500)), OLD, PLAN, False, "errors: more errors: 25 errors in 500 answers"),
     (VersionMetrics(500, 2, lat(10, 500)), OLD, PLAN, True, ""),  # 0.4%: under the bound
-    (VersionMetrics(500, 0, lat(12.5, 500)), OLD, PLAN, False, "latency: slower: p99"),
+    (VersionMetrics(500, 0, lat(12.5, 500)), OLD, PLAN, False, "latency: slower (p50 and p99)"),
     (VersionMetrics(500, 0, lat(11.5, 500)), OLD, PLAN, True, ""),  # slower, significantly, but within 1.2x
     (VersionMetrics(500, 0, lat(0.15, 500)), VersionMetrics(5000, 0, lat(0.1, 5000)), PLAN, True, ""),  # +0.05 ms
     (GOOD, VersionMetrics(0, None, None), PLAN, None, "too few answers"),
