@@ -17,6 +17,7 @@ CRD_FILE = ROOT / "crds" / "modeldeployments.yaml"
 EXAMPLES = ROOT / "examples"
 KUBECTL = Path(sys.executable).parent / "kubectl"
 GROUP, PLURAL = "serving.modeldeploy.io", "modeldeployments"
+RESYNC_SECONDS = 2  # the operator's periodic re-check in these tests (each run is spread by ±10%)
 
 
 class OperatorProcess:
@@ -29,7 +30,7 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1")
         cmd = [sys.executable, "-m", "modeldeploy.cli", "operator", "--metrics-port", "0", "--health-port", "0",
-               "--resync-seconds", "2", "--model-status-url=", *self.extra]
+               "--resync-seconds", str(RESYNC_SECONDS), "--model-status-url=", *self.extra]
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT)
         return self
 

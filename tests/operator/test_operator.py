@@ -1,6 +1,6 @@
 """The real operator (kopf, in a subprocess) against the fake API server.
 
-Relies on these kube-apiserver behaviours of the fake (each covered in test_fakeapi.py): discovery,
+Relies on these kube-apiserver behaviours of the fake (each covered in tests/localcluster/test_fakeapi.py): discovery,
 CRUD, server-side apply, merge and JSON patch, label selectors, resourceVersion conflicts, watch with
 resume, the status subresource, generation, ownerReference cascade, CRD schema validation.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import kubernetes_validate
@@ -20,6 +21,7 @@ from operator_support import (
     EXAMPLES,
     GROUP,
     PLURAL,
+    RESYNC_SECONDS,
     OperatorProcess,
     kubectl,
     make_namespace,
@@ -166,12 +168,22 @@ def test_delete_cascades_to_children(fake: FakeKubeAPI, operator: OperatorProces
     make_namespace(fake, "ml")
     fake.add_object(md("gone", "ml"))
     wait_for(lambda: ready(fake, "ml", "gone"), what="Ready")
+    mark = len(fake.audit())
     fake.delete(fake.resources[(GROUP, PLURAL)], "ml", "gone")
     wait_for(lambda: get_md(fake, "ml", "gone") is None, what="deleted")
+    deleted_at = time.monotonic()
     # garbage collection is asynchronous, as in a real cluster
     wait_for(lambda: all(fake.get(g, p, "ml", "gone" + s) is None for g, p, s in CHILDREN), what="children collected")
-    time.sleep(1)  # and the operator does not resurrect them
-    assert all(fake.get(g, p, "ml", "gone" + s) is None for g, p, s in CHILDREN)
+    # and the operator does not resurrect them: not in answer to the collection's events (a
+    # ModelDeployment created after it is Ready: its children's events come on the same watches,
+    # after the deletions'), nor at a periodic re-check of a stale object (one re-check period)
+    fake.add_object(md("next", "ml"))
+    wait_for(lambda: ready(fake, "ml", "next"), what="the next ModelDeployment Ready")
+    time.sleep(max(0.0, deleted_at + RESYNC_SECONDS * 1.1 + 0.5 - time.monotonic()))
+    children = {p for _, p, _ in CHILDREN}
+    rewritten = [a for a in fake.audit()[mark:] if a.resource in children and a.name.startswith("gone")
+                 and a.verb in ("create", "update", "patch")]
+    assert rewritten == [] and all(fake.get(g, p, "ml", "gone" + s) is None for g, p, s in CHILDREN), rewritten
 
 
 def test_drift_is_corrected(fake: FakeKubeAPI, operator: OperatorProcess) -> None:
@@ -179,8 +191,15 @@ def test_drift_is_corrected(fake: FakeKubeAPI, operator: OperatorProcess) -> Non
     fake.add_object(md("d", "ml", replicas=2))
     wait_for(lambda: ready(fake, "ml", "d"), what="Ready")
     deploys = fake.resources[("apps", "deployments")]
+
+    def recreated(group: str, plural: str, name: str) -> Callable[[], bool]:
+        """A check that the object was deleted and another one (a new uid) stands in its place."""
+        uid = fake.get(group, plural, "ml", name)["metadata"]["uid"]  # type: ignore[index]
+        return lambda: (fake.get(group, plural, "ml", name) or {"metadata": {"uid": uid}})["metadata"]["uid"] != uid
+
+    deployment_recreated = recreated("apps", "deployments", "d")
     fake.delete(deploys, "ml", "d")
-    wait_for(lambda: fake.get("apps", "deployments", "ml", "d"), what="Deployment re-created")
+    wait_for(deployment_recreated, what="Deployment re-created")
     dep = deployment(fake, "ml", "d")
     dep["spec"]["replicas"] = 7
     dep["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:latest"
@@ -192,8 +211,9 @@ def test_drift_is_corrected(fake: FakeKubeAPI, operator: OperatorProcess) -> Non
     cm["data"]["models.config"] = "garbage"
     fake.update(cms, "ml", "d-config", cm)
     wait_for(lambda: fake.get("", "configmaps", "ml", "d-config")["data"]["models.config"].startswith("model_config_list"), what="config restored")
+    service_recreated = recreated("", "services", "d")
     fake.delete(fake.resources[("", "services")], "ml", "d")
-    wait_for(lambda: fake.get("", "services", "ml", "d"), what="Service re-created")
+    wait_for(service_recreated, what="Service re-created")
     wait_for(lambda: ("Normal", "DriftCorrected") in events(fake, "ml", "d"), what="DriftCorrected event")
 
 
@@ -393,3 +413,57 @@ def test_operator_started_before_the_crd_waits_for_it(tmp_path: Path) -> None:
             wait_for(lambda: ready(bare, "ml", "late"), timeout=30, what="Ready once the CRD exists")
         finally:
             op.stop()
+
+
+def _server_pod(name: str, owner: str, ns: str, state: dict, last: dict | None = None, restarts: int = 0) -> dict:
+    """A server pod as the kubelet reports it (the fake API server runs no pods here)."""
+    status = {"name": "model-server", "ready": "running" in state, "restartCount": restarts, "image": "x", "imageID": "",
+              "state": state, "lastState": last or {}}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": {
+        "app.kubernetes.io/name": "model-server", "app.kubernetes.io/instance": owner,
+        "app.kubernetes.io/managed-by": "modeldeploy", render.OWNER_LABEL: owner}},
+        "spec": {"containers": [{"name": "model-server", "image": "x"}]},
+        "status": {"phase": "Running", "containerStatuses": [status]}}
+
+
+def test_a_crash_looping_server_is_degraded_with_its_last_message(fake: FakeKubeAPI, operator: OperatorProcess) -> None:
+    """Issue: a pod that crash-loops showed only Ready=False RollingOut. Now: Degraded ContainerFailing
+    with the kubelet's reason, the exit code and the last log line, status.lastFailureInfo, an Event;
+    all gone once the container runs again."""
+    make_namespace(fake, "ml")
+    fake.add_object(md("crash", "ml"))
+    wait_for(lambda: ready(fake, "ml", "crash"), what="Ready")
+    message = "model-server: starting\nmodel-server: cannot open --trace_file /tmp/traces/t.jsonl: No such file or directory"
+    fake.add_object(_server_pod("crash-abc", "crash", "ml", {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+                                {"terminated": {"exitCode": 2, "reason": "Error", "message": message,
+                                                "finishedAt": "2026-12-06T00:00:00Z"}}, restarts=3))
+    obj = wait_for(lambda: (o := get_md(fake, "ml", "crash")) and condition(o, "Degraded").get("reason") == "ContainerFailing"
+                   and o, what="Degraded ContainerFailing")
+    assert condition(obj, "Degraded")["status"] == "True"
+    assert condition(obj, "Degraded")["message"] == ("pod crash-abc, container model-server: CrashLoopBackOff (exit code 2): "
+                                                     "model-server: cannot open --trace_file /tmp/traces/t.jsonl: No such file or directory")
+    info = obj["status"]["lastFailureInfo"]
+    assert (info["pod"], info["reason"], info["exitCode"], info["restartCount"]) == ("crash-abc", "CrashLoopBackOff", 2, 3)
+    assert info["message"] == message
+    wait_for(lambda: ("Warning", "ContainerFailing") in events(fake, "ml", "crash"), what="the ContainerFailing Event")
+    running = _server_pod("crash-abc", "crash", "ml", {"running": {"startedAt": "2026-12-06T00:01:00Z"}},
+                          {"terminated": {"exitCode": 2, "reason": "Error", "message": message}}, restarts=4)
+    fake.update(fake.resources[("", "pods")], "ml", "crash-abc", {**fake.get("", "pods", "ml", "crash-abc"),
+                                                                  "status": running["status"]}, subresource="status")
+    obj = wait_for(lambda: (o := get_md(fake, "ml", "crash")) and condition(o, "Degraded").get("status") == "False" and o,
+                   what="Degraded cleared once it runs")
+    assert "lastFailureInfo" not in obj["status"]
+
+
+def test_kubectl_scale_sets_the_replicas_through_the_scale_subresource(fake: FakeKubeAPI, operator: OperatorProcess,
+                                                                        kubeconfig: Path) -> None:
+    make_namespace(fake, "ml")
+    fake.add_object(md("scaled", "ml"))
+    wait_for(lambda: ready(fake, "ml", "scaled"), what="Ready")
+    kubectl(kubeconfig, "scale", "-n", "ml", "md/scaled", "--replicas=3")
+    assert get_md(fake, "ml", "scaled")["spec"]["replicas"] == 3
+    wait_for(lambda: deployment(fake, "ml", "scaled")["spec"]["replicas"] == 3, what="the Deployment scaled")
+    wait_for(lambda: (get_md(fake, "ml", "scaled") or {}).get("status", {}).get("replicas") == 3, what="status.replicas")
+    scale = json.loads(kubectl(kubeconfig, "get", "-n", "ml", "md/scaled", "--subresource=scale", "-o", "json").stdout)
+    assert scale["spec"]["replicas"] == 3 and scale["status"] == {
+        "replicas": 3, "selector": "app.kubernetes.io/name=model-server,app.kubernetes.io/instance=scaled"}
