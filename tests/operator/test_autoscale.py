@@ -107,7 +107,11 @@ def test_flapping_load_does_not_flap_replicas() -> None:
         current, recs, events = d.desired, d.recommendations, d.events
         seen.append(current)
     assert seen == sorted(seen)  # never went down
-    assert max(seen) <= 20
+    # each interval above target scales up at once, to 2 x 200/100 of the replicas before (within
+    # the rate limit, capped at maxReplicas 20), and the next, below target, keeps them
+    before = [2, *seen[:-1]]
+    assert all(seen[i] == min(20, 2 * before[i]) for i in range(0, 30, 2)), seen
+    assert seen[0] == 4 and seen[-1] == 20
 
 
 def _closed_loop(loads: list[float], replicas: int, seed: int, noise: float = 0.08) -> tuple[list[int], list[float]]:
