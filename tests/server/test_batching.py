@@ -1,6 +1,6 @@
 """Dynamic batching: the batching_parameters file, the pure merge/pad/split functions, and the
-Batcher's scheduling (with plain numpy model functions; real SavedModels and servers are in
-test_batching_models.py and test_batching_server.py)."""
+Batcher's scheduling (with plain numpy model functions; real SavedModels in a real server are
+test_batching_server.py's)."""
 
 from __future__ import annotations
 
