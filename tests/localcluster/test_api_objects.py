@@ -10,20 +10,12 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from localcluster.fakeapi import FakeKubeAPI
 from support import wait_for
 
 KUBECTL = Path(sys.executable).parent / "kubectl"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKubeAPI]:
-    with FakeKubeAPI(simulate_deployments=False) as api:
-        yield api
 
 
 def kubectl(fake: FakeKubeAPI, tmp_path: Path, *args: str, check: bool = True) -> str:
