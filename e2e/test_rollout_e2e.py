@@ -67,6 +67,14 @@ def version_state(md: dict[str, Any], version: int) -> str | None:
     return next((v.get("state") for v in (md.get("status") or {}).get("versions") or [] if v.get("version") == version), None)
 
 
+def rolled_back_event(cluster: Cluster, ns: str, name: str, version: int) -> bool:
+    """Whether the Warning Event RolledBack of `version`'s rollout has been posted."""
+    out = cluster.kube.request("GET", f"/api/v1/namespaces/{ns}/events",
+                               query={"fieldSelector": f"involvedObject.name={name}"})
+    return any(e.get("type") == "Warning" and e.get("reason") == "RolledBack"
+               and f"version {version} rolled back" in e.get("message", "") for e in out.get("items", []))
+
+
 def roll(cluster: Cluster, ns: str, name: str, to: int, traffic: Traffic, end: str) -> dict[str, Any]:
     """Move stable to `to` and follow the rollout until its phase is `end`; the weights it went through."""
     gen = cluster.patch_spec(ns, name, {"versionLabels": {"stable": to}})
@@ -108,7 +116,10 @@ def test_a_healthy_version_is_promoted_and_bad_ones_are_rolled_back(cluster: Clu
             md = cluster.md(namespace, "prog")
             assert condition(md, "Degraded")["reason"] == "RolledBack" and why in condition(md, "Degraded")["message"]
             assert md["status"]["routing"]["labels"]["stable"] == 2  # all traffic back on the old version
-            assert ("Warning", "RolledBack") in cluster.events(namespace, "prog")
+            # the Event is posted after the status is written: waited for, and this version's own
+            # (the first bad version's RolledBack Event is still there when the second fails)
+            wait_for(lambda bad=bad: rolled_back_event(cluster, namespace, "prog", bad), 30,
+                     f"the RolledBack Event of version {bad}")
             # the rolled-back version is unloaded, though model.versions lists it
             wait_for(lambda bad=bad: version_state(cluster.md(namespace, "prog"), bad) != "Available", 60,
                      f"version {bad} unloaded")
