@@ -9,7 +9,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Debian packages the tests and benchmarks use (a real Prometheus server; wrk for REST load).
 APT_PACKAGES := prometheus wrk libb64-0d
 
-.PHONY: setup system-deps test-tools run serve test e2e bench lint docs crds chart image demo-models clean
+.PHONY: setup system-deps test-tools run serve test e2e bench bench-rollouts lint docs crds chart image demo-models clean
 
 setup: $(STAMP) system-deps
 

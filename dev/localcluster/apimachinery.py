@@ -49,6 +49,7 @@ class Resource:
     schema: Obj | None = None
     printer_columns: list[Obj] = field(default_factory=list)
     custom: bool = False
+    scale: Obj | None = None  # a custom resource's scale subresource (specReplicasPath, ...)
 
     @property
     def api_version(self) -> str:

@@ -124,6 +124,10 @@ class ContainerRunner:
             terminated["signal"] = -code
         if self.proc is not None:
             terminated["containerID"] = container_id(self.proc.pid)
+        if code != 0 and self.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            message = log_tail(self.worker.log_path(self.name))
+            if message:
+                terminated["message"] = message
         self.last_state, self.state, self.ready = {"terminated": terminated}, {"terminated": terminated}, False
         self._changed()
 
@@ -197,3 +201,17 @@ class ContainerRunner:
             self.worker.event("Normal", "Killing", f"Container {self.name} failed {kind} probe, will be restarted")
             self._kill.set()
 
+
+def log_tail(path: Any, max_bytes: int = 2048, max_lines: int = 80) -> str:
+    """The kubelet's termination message under FallbackToLogsOnError: the end of the container's
+    log, at most 2048 bytes and 80 lines."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            tail = f.read()
+    except OSError:
+        return ""
+    lines = tail.decode("utf-8", "replace").splitlines()[-max_lines:]
+    return "\n".join(lines).strip()

@@ -131,6 +131,9 @@ class HttpFront:
                 resources.append(entry)
                 if r.has_status:
                     resources.append({"name": f"{r.plural}/status", "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]})
+                if r.scale is not None or ("scale", r.plural) in SUBRESOURCES:
+                    resources.append({"name": f"{r.plural}/scale", "singularName": "", "namespaced": r.namespaced, "kind": "Scale",
+                                      "group": "autoscaling", "version": "v1", "verbs": ["get", "patch", "update"]})
             if not resources:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
             return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "/".join(x for x in gv if x), "resources": resources}
@@ -190,7 +193,8 @@ class HttpFront:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         name = rest[1] if len(rest) > 1 else ""
         sub = rest[2] if len(rest) > 2 else ""
-        if sub and not ((sub == "status" and r.has_status) or (sub, r.plural) in SUBRESOURCES):
+        if sub and not ((sub == "status" and r.has_status) or (sub == "scale" and r.scale is not None)
+                        or (sub, r.plural) in SUBRESOURCES):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         return r, ns, name, sub
 
@@ -385,10 +389,14 @@ class HttpFront:
         return {int(k): int(v) for k, v in ports.items()}
 
     async def _scale(self, request: web.Request, verb: str, r: Resource, ns: str, name: str) -> Obj:
-        """The scale subresource (autoscaling/v1 Scale): `kubectl scale` and HorizontalPodAutoscalers."""
+        """The scale subresource (autoscaling/v1 Scale): `kubectl scale` and HorizontalPodAutoscalers;
+        for a custom resource at the paths its CRD names (specReplicasPath, statusReplicasPath,
+        labelSelectorPath)."""
         obj = self.store.get(r.group, r.plural, ns, name)
         if obj is None:
             raise ApiError(404, "NotFound", f'{r.plural}.{r.group} "{name}" not found', {"name": name, "kind": r.plural})
+        paths = r.scale or {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas"}
+        spec_path = _path(paths["specReplicasPath"])
         if verb in ("update", "patch"):
             raw = await request.read()
             try:
@@ -396,14 +404,17 @@ class HttpFront:
                 replicas = int(body["spec"]["replicas"])
             except (ValueError, TypeError, KeyError):
                 raise ApiError(400, "BadRequest", "the body must be a Scale with spec.replicas") from None
-            obj = self.store.update(r, ns, name, {**obj, "spec": {**obj["spec"], "replicas": replicas}})
+            obj = self.store.update(r, ns, name, _with(obj, spec_path, replicas))
         elif verb != "get":
             raise ApiError(405, "MethodNotAllowed", f"{verb} is not supported on scale")
-        selector = ",".join(f"{k}={v}" for k, v in sorted(((obj["spec"].get("selector") or {}).get("matchLabels") or {}).items()))
+        if r.scale is not None:
+            selector = str(_at(obj, _path(r.scale.get("labelSelectorPath", ""))) or "")
+        else:
+            selector = ",".join(f"{k}={v}" for k, v in sorted(((obj["spec"].get("selector") or {}).get("matchLabels") or {}).items()))
         return {"kind": "Scale", "apiVersion": "autoscaling/v1",
                 "metadata": {k: obj["metadata"][k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in obj["metadata"]},
-                "spec": {"replicas": obj["spec"].get("replicas", 1)},
-                "status": {"replicas": (obj.get("status") or {}).get("replicas", 0), "selector": selector}}
+                "spec": {"replicas": _at(obj, spec_path) if _at(obj, spec_path) is not None else 1},
+                "status": {"replicas": _at(obj, _path(paths["statusReplicasPath"])) or 0, "selector": selector}}
 
     def _table(self, r: Resource, items: list[Obj], list_meta: Obj) -> Obj:
         columns = [{"name": "Name", "type": "string", "format": "name", "description": "name", "priority": 0}]
@@ -444,3 +455,26 @@ def _decode_body(raw: bytes, ctype: str) -> Any:
         return yaml.safe_load(raw) if ctype.endswith("yaml") else json.loads(raw or b"null")
     except (ValueError, yaml.YAMLError) as exc:
         raise ApiError(400, "BadRequest", f"cannot decode the body: {exc}") from None
+
+
+def _path(json_path: str) -> list[str]:
+    """A CRD scale path (".spec.replicas") as keys."""
+    return [k for k in json_path.split(".") if k]
+
+
+def _at(obj: Obj, keys: list[str]) -> Any:
+    for k in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(k)  # type: ignore[assignment]
+    return obj
+
+
+def _with(obj: Obj, keys: list[str], value: Any) -> Obj:
+    """A copy of obj with the value at keys replaced (intermediate maps created)."""
+    if not keys:
+        return obj
+    head, rest = keys[0], keys[1:]
+    found = obj.get(head)
+    inner: Obj = found if isinstance(found, dict) else {}
+    return {**obj, head: _with(inner, rest, value) if rest else value}

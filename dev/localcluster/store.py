@@ -317,6 +317,7 @@ class Store:
             names.get("singular", names["kind"].lower()), list(names.get("shortNames", [])),
             list(names.get("categories", [])), "status" in (version.get("subresources") or {}),
             (version.get("schema") or {}).get("openAPIV3Schema"), list(version.get("additionalPrinterColumns", [])), True,
+            (version.get("subresources") or {}).get("scale"),
         )
         status = {
             "acceptedNames": names,

@@ -38,7 +38,8 @@ def test_crd_is_a_valid_structural_crd() -> None:
     assert (CRD["spec"]["group"], names["kind"], names["plural"], names["shortNames"]) == (
         "serving.modeldeploy.io", "ModelDeployment", "modeldeployments", ["md"])
     version = CRD["spec"]["versions"][0]
-    assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
+    assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}, "scale": {
+        "specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas", "labelSelectorPath": ".status.selector"}}
     assert {c["name"] for c in version["additionalPrinterColumns"]} >= {"Ready", "Versions", "Labels", "Replicas", "Available"}
 
     def walk(node: dict[str, Any], path: str) -> None:

@@ -345,8 +345,9 @@ def test_audit_log_records_what_the_operator_calls(fake: FakeKubeAPI, operator: 
     allowed_resources = {(GROUP, PLURAL), ("", "configmaps"), ("", "services"), ("apps", "deployments"),
                          ("policy", "poddisruptionbudgets"), ("", "persistentvolumeclaims"), ("", "events"),
                          ("", "secrets"), ("discovery.k8s.io", "endpointslices"), ("networking.k8s.io", "networkpolicies"),
-                         ("autoscaling", "horizontalpodautoscalers")}
+                         ("autoscaling", "horizontalpodautoscalers"), ("", "pods")}
     assert {(g, r) for _, g, r, _ in rules} <= allowed_resources
+    assert {v for v, g, r, _ in rules if (g, r) == ("", "pods")} <= {"list", "watch"}  # pods: read-only
     fake.write_audit(tmp_path / "audit.json")
     assert (tmp_path / "audit.json").read_text().startswith("[")
 

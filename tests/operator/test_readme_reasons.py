@@ -12,6 +12,7 @@ from typing import Any
 from modeldeploy.controller import reconcile
 from modeldeploy.controller.context import OperatorContext, Settings
 from modeldeploy.decisions import rollout
+from modeldeploy.decisions.plan import failing_event
 from modeldeploy.decisions.status import Problem, Rollout, conditions_for, rollout_conditions
 from operator_support import ROOT, RecordingKube
 
@@ -62,6 +63,9 @@ def emitted() -> tuple[set[str], set[str]]:
     reasons = {c["reason"] for problem in [None, *(Problem(p, "m") for p in problems)] for r in ROLLOUTS
                for c in conditions_for(problem, r, 1)}
     reasons |= {c["reason"] for c in conditions_for(None, ROLLOUTS[1], 1, ["stable→2"])}  # a label move not applied yet
+    failing = {"pod": "p", "container": "c", "reason": "CrashLoopBackOff"}
+    reasons |= {c["reason"] for c in conditions_for(None, ROLLOUTS[1], 1, failing=failing)}  # a crash loop
+    events |= {e.reason for e in failing_event({"lastFailureInfo": failing}, {})}
     r_reasons, r_events = progressive_rollouts()
     return reasons | problems | r_reasons, events | problems | r_events
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from modeldeploy.api import v1alpha1 as api
 from modeldeploy.decisions.status import (
     Problem,
@@ -181,3 +182,38 @@ def test_label_moves_the_servers_have_not_applied_keep_progressing() -> None:
     st = compute_status(spec=spec, name="clf", generation=2, deployment=deployment(2, 2, 2, 2), problem=None, previous=None,
                         config_hash=None, now="T", served=caught_up)
     assert by_type(st["conditions"])["Progressing"] == ("False", "RolloutComplete")
+
+
+def _pod(name: str, state: dict, last: dict | None = None, deleting: bool = False) -> dict:
+    meta = {"name": name, **({"deletionTimestamp": "2026-12-06T00:00:00Z"} if deleting else {})}
+    return {"metadata": meta, "status": {"containerStatuses": [
+        {"name": "model-server", "state": state, "lastState": last or {}, "restartCount": 2}]}}
+
+
+CRASH = {"terminated": {"exitCode": 1, "reason": "Error", "message": "a\nlast line", "finishedAt": "T"}}
+
+
+@pytest.mark.parametrize(("pods", "want"), [
+    ([], None),
+    ([_pod("p", {"running": {}})], None),
+    ([_pod("p", {"running": {}}, CRASH)], None),  # crashed once, runs again: not failing
+    ([_pod("p", {"terminated": {"exitCode": 0, "reason": "Completed"}})], None),
+    ([_pod("p", {"waiting": {"reason": "ContainerCreating"}})], None),  # on its way
+    ([_pod("p", {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}}, CRASH)],
+     {"pod": "p", "container": "model-server", "reason": "CrashLoopBackOff", "restartCount": 2, "exitCode": 1,
+      "message": "a\nlast line", "time": "T"}),
+    ([_pod("p", {"waiting": {"reason": "ImagePullBackOff", "message": "pull access denied"}})],
+     {"pod": "p", "container": "model-server", "reason": "ImagePullBackOff", "restartCount": 2,
+      "message": "pull access denied"}),
+    ([_pod("p", CRASH)], {"pod": "p", "container": "model-server", "reason": "Error", "restartCount": 2,
+                          "exitCode": 1, "message": "a\nlast line", "time": "T"}),
+    ([_pod("p", CRASH, deleting=True)], None),  # going away: its crash is no news
+    ([_pod("b", CRASH), _pod("a", {"waiting": {"reason": "ErrImagePull"}})],
+     {"pod": "a", "container": "model-server", "reason": "ErrImagePull", "restartCount": 2}),  # first by name
+])
+def test_a_failing_container_is_found_as_the_kubelet_reports_it(pods: list, want: dict | None) -> None:
+    from modeldeploy.decisions.status import container_failure, failure_text
+
+    assert container_failure(pods) == want
+    if want and "exitCode" in want:
+        assert failure_text(want).endswith(f"{want['reason']} (exit code 1): last line")

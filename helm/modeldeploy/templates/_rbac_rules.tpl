@@ -36,6 +36,12 @@ Kubernetes RBAC cannot narrow a list/watch by label, so the watch's label select
 - apiGroups: [discovery.k8s.io]
   resources: [endpointslices]
   verbs: [list, watch]
+# The server pods (the Deployment's template labels), watched read-only: a container that crashes or
+# cannot start shows in status.lastFailureInfo and Degraded=ContainerFailing (the Deployment's own
+# status never says it).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [list, watch, create, patch]

@@ -128,7 +128,11 @@ def build_crd() -> dict[str, Any]:
                     "name": api.VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    # scale: `kubectl scale md`, and an HPA or KEDA aimed at the ModelDeployment itself,
+                    # set spec.replicas (without spec.autoscaling) and read status.replicas/selector
+                    "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.replicas",
+                                                           "statusReplicasPath": ".status.replicas",
+                                                           "labelSelectorPath": ".status.selector"}},
                     "additionalPrinterColumns": PRINTER_COLUMNS,
                     "schema": {
                         "openAPIV3Schema": {

@@ -496,10 +496,21 @@ class RolloutStatus(_Model):
     failed_checks: int = 0
     message: str = ""
     analysis: dict[str, Any] | None = Field(None, json_schema_extra={"type": "object", **PRESERVE})
-    baseline_p99_ms: float | None = Field(None, description="the old version's p99 (ms) at the last check that "
-                                          "measured it: the latency ratio's base once the old version answers nothing")
-    reason: str | None = Field(None, description="why a Failed rollout went back: RolledBack, Aborted, LoadFailed")
+    reason: str | None = Field(None, description="why a Failed rollout went back: RolledBack, Aborted, LoadFailed, "
+                               "Inconclusive")
     command: str | None = Field(None, description="the last promote/abort command acted on (verb@generation)")
+
+
+class FailureInfo(_Model):
+    """A server container that is failing (as KServe's lastFailureInfo): what the kubelet reports."""
+
+    pod: str
+    container: str
+    reason: str = Field(description="CrashLoopBackOff, ImagePullBackOff, Error, ... (the kubelet's)")
+    exit_code: int | None = Field(None, description="of its last termination")
+    message: str | None = Field(None, description="its last termination message: the end of its log")
+    restart_count: int = 0
+    time: str | None = Field(None, description="when it last terminated")
 
 
 class RoutingStatus(_Model):
@@ -567,6 +578,7 @@ class ModelDeploymentStatus(_Model):
     traffic_summary: str | None = Field(None, description="the split in force (printer column)")
     config_hash: str | None = None
     selector: str | None = Field(None, description="pod label selector (scale subresource)")
+    last_failure_info: FailureInfo | None = Field(None, description="a server container that is failing now")
 
 
 # The ModelDeployment's name names its Service, so it must be a DNS-1035 label.

@@ -20,6 +20,8 @@ import threading
 from collections import Counter
 from typing import Any
 
+from modeldeploy.decisions.render import OWNER_LABEL  # on every child and every server pod
+
 Obj = dict[str, Any]
 Key = tuple[str, str, str]  # (kind, namespace, name)
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -54,6 +56,7 @@ class Cache:
         self._written: dict[Key, str] = {}  # key -> resourceVersion of our last write's answer
         self._kinds: Counter[str] = Counter()
         self._slices: dict[tuple[str, str], set[Key]] = {}  # (namespace, service) -> EndpointSlice keys
+        self._pods: dict[tuple[str, str], set[Key]] = {}  # (namespace, ModelDeployment) -> Pod keys
         self._lock = threading.Lock()
 
     def seen(self, obj: Obj) -> bool:
@@ -81,8 +84,7 @@ class Cache:
             del self._objects[key]
             self._kinds[key[0]] -= 1
             self._written.pop(key, None)
-            if key[0] == "EndpointSlice":
-                self._slices.get(_service_of(old), set()).discard(key)
+            self._index(key, old, None)
 
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
         with self._lock:
@@ -92,6 +94,12 @@ class Cache:
         """The EndpointSlices of a Service (by their kubernetes.io/service-name label)."""
         with self._lock:
             keys = sorted(self._slices.get((namespace, service), ()))
+            return [self._objects[k] for k in keys if k in self._objects]
+
+    def pods(self, namespace: str, owner: str) -> list[Obj]:
+        """The server pods of a ModelDeployment (by their owner label)."""
+        with self._lock:
+            keys = sorted(self._pods.get((namespace, owner), ()))
             return [self._objects[k] for k in keys if k in self._objects]
 
     def count(self, kind: str) -> int:
@@ -105,12 +113,20 @@ class Cache:
         if old is None:
             self._kinds[key[0]] += 1
         self._objects[key] = _slim(obj)
-        if key[0] == "EndpointSlice":
-            if old is not None:
-                self._slices.get(_service_of(old), set()).discard(key)
-            self._slices.setdefault(_service_of(obj), set()).add(key)
+        self._index(key, old, obj)
+
+    def _index(self, key: Key, old: Obj | None, new: Obj | None) -> None:
+        """Keep the EndpointSlice and Pod indexes in step with a change from `old` to `new`."""
+        index, label = {"EndpointSlice": (self._slices, SERVICE_NAME_LABEL), "Pod": (self._pods, OWNER_LABEL)}.get(
+            key[0], (None, ""))
+        if index is None:
+            return
+        if old is not None:
+            index.get(_by_label(old, label), set()).discard(key)
+        if new is not None:
+            index.setdefault(_by_label(new, label), set()).add(key)
 
 
-def _service_of(obj: Obj) -> tuple[str, str]:
+def _by_label(obj: Obj, label: str) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
-    return (str(meta.get("namespace") or ""), str((meta.get("labels") or {}).get(SERVICE_NAME_LABEL) or ""))
+    return (str(meta.get("namespace") or ""), str((meta.get("labels") or {}).get(label) or ""))

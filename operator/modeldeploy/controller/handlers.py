@@ -8,7 +8,8 @@ the periodic re-check as a timer). So:
 - a ModelDeployment listed at start, created, changed (spec, metadata, deletion) or deleted: queued
   at once (its own status writes come back as echoes and queue nothing);
 - any event on a child we manage (Secret, ConfigMap, Deployment, Services, PDB, NetworkPolicy with
-  our managed-by label) or on our Services' EndpointSlices (pods becoming ready or going),
+  our managed-by label), on our Services' EndpointSlices (pods becoming ready or going) or on the
+  server pods (a container that crashes),
   a hand edit, a deletion, the Deployment controller's status: its owner queued after
   `child_event_delay` (0.1 s), so that the events of one change join into one run.
 
@@ -38,7 +39,10 @@ CHILDREN = [("", "v1", "configmaps", "ConfigMap"), ("apps", "v1", "deployments",
             ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
             # not rendered: the EndpointSlice controller makes them for our Services, with their
             # labels (so the managed-by selector finds them): which pods are ready, and where
-            ("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")]
+            ("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
+            # not rendered either: the Deployment's pods carry the template's labels; their container
+            # states tell a crash loop, which the Deployment's own status never shows
+            ("", "v1", "pods", "Pod")]
 
 
 class NoDiffBase(kopf.DiffBaseStorage):

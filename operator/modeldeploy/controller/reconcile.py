@@ -118,7 +118,8 @@ def observe(ctx: OperatorContext, body: Obj) -> Observed:
     measured = measure_autoscaler(ctx, body, spec, children, now_s)
     checked = measure_rollout(ctx, body, spec, now_s)
     return Observed(body, None if isinstance(parsed, plan.Problem) else parsed, problem, children, served, endpoints,
-                    pods, token, secrets.token_urlsafe(32), measured, checked, now_s)
+                    pods, token, secrets.token_urlsafe(32), measured, checked, now_s,
+                    tuple(ctx.cache.pods(namespace, name)))
 
 
 def ask_servers(ctx: OperatorContext, spec: api.ModelDeploymentSpec | None, namespace: str, name: str,

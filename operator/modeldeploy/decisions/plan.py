@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from modeldeploy.api import v1alpha1 as api
 from modeldeploy.decisions import autoscale, render, rollout, serverconfig, traffic
 from modeldeploy.decisions.records import Endpoint, PodReport, PushResult, VersionReport
-from modeldeploy.decisions.status import Problem, compute_status
+from modeldeploy.decisions.status import Problem, compute_status, container_failure, failure_text
 
 Obj = dict[str, Any]
 ChildKey = tuple[str, str]  # (kind, name)
@@ -59,6 +59,7 @@ class Observed:
     measured: autoscale.Measured | None = None  # the autoscaler's metric, when an evaluation was due
     rollout_measured: rollout.Measured | None = None  # a rollout's check, when one was due
     now: float = 0.0  # Unix seconds of this reconcile (rollout steps)
+    server_pods: tuple[Obj, ...] = ()  # the Deployment's pods as the API server has them (container states)
 
     @property
     def deleting(self) -> bool:
@@ -304,9 +305,10 @@ def report(observed: Observed, plan_: Plan, outcome: Outcome, now: str) -> Repor
         routing=routing, autoscaler=plan_.scaling.status if plan_.scaling and problem is None else previous.get("autoscaler"),
         progressive=rollout.status_of(plan_.rollout.state, observed.body) if plan_.rollout and problem is None
         else previous.get("rollout"),
+        failing=container_failure(observed.server_pods) if problem is None else None,
     )
     event = summary_event(problem, previous, generation, plan_.config_hash)
-    events = ((event,) if event else ()) + failed_version_event(status, previous)
+    events = ((event,) if event else ()) + failed_version_event(status, previous) + failing_event(status, previous)
     if plan_.scaling is not None and problem is None:
         events += tuple(Event(t, r, m) for t, r, m in plan_.scaling.events)
     if plan_.rollout is not None and problem is None:
@@ -324,6 +326,16 @@ def merge_patch(old: Obj, new: Obj) -> Obj:
         before = old.get(k)
         out[k] = merge_patch(before, v) if isinstance(v, dict) and isinstance(before, dict) else v
     return out
+
+
+def failing_event(status: Obj, previous: Obj) -> tuple[Event, ...]:
+    """A Warning when a server container starts failing, or fails for another reason (not at every
+    restart of the same crash loop)."""
+    now, was = status.get("lastFailureInfo"), previous.get("lastFailureInfo") or {}
+    if not now or (now.get("reason"), now.get("message"), now.get("pod")) == (was.get("reason"), was.get("message"),
+                                                                             was.get("pod")):
+        return ()
+    return (Event("Warning", "ContainerFailing", failure_text(now)),)
 
 
 def failed_version_event(status: Obj, previous: Obj) -> tuple[Event, ...]:

@@ -184,6 +184,8 @@ def render_pod_spec(spec: ModelDeploymentSpec, owner: Owner, defaults: Defaults)
     container: dict[str, Any] = {
         "name": "model-server",
         "image": spec.server.image or defaults.server_image,
+        # a crash's last log lines become its termination message, which status reports
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "imagePullPolicy": spec.server.image_pull_policy,
         "command": ["model-server"],
         "args": serverconfig.server_args(spec),

@@ -61,6 +61,47 @@ def _condition(ctype: str, ok: bool, reason: str, message: str, generation: int)
     return {"type": ctype, "status": "True" if ok else "False", "reason": reason, "message": message, "observedGeneration": generation}
 
 
+# Waiting reasons of a container that will not run without a change (the kubelet's names).
+FAILING_WAITING = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerError",
+                   "CreateContainerConfigError", "RunContainerError"}
+
+
+def container_failure(pods: list[Obj] | tuple[Obj, ...]) -> Obj | None:
+    """The first server container that is failing, as KServe's `lastFailureInfo`: a container
+    waiting for a reason it will not get over by itself (a crash loop, an image that cannot be
+    pulled), or one that exited with an error and is not running again; with its last termination
+    (reason, exit code, message: the log's last lines) and pod. None when every container runs."""
+    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name") or "")):
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        for c in (pod.get("status") or {}).get("containerStatuses") or []:
+            state, last = c.get("state") or {}, (c.get("lastState") or {}).get("terminated") or {}
+            waiting, terminated = state.get("waiting") or {}, state.get("terminated") or {}
+            ended = terminated or last
+            if waiting.get("reason") in FAILING_WAITING:
+                reason = str(waiting["reason"])
+            elif terminated and int(terminated.get("exitCode") or 0) != 0:
+                reason = str(terminated.get("reason") or "Error")
+            else:
+                continue
+            info: Obj = {"pod": pod["metadata"]["name"], "container": c.get("name", ""), "reason": reason,
+                         "restartCount": int(c.get("restartCount") or 0)}
+            if ended:
+                info.update(exitCode=int(ended.get("exitCode") or 0), message=str(ended.get("message") or "")[-1024:],
+                            time=ended.get("finishedAt"))
+            elif waiting.get("message"):
+                info["message"] = str(waiting["message"])[-1024:]
+            return {k: v for k, v in info.items() if v not in (None, "")}
+    return None
+
+
+def failure_text(f: Obj) -> str:
+    code = f" (exit code {f['exitCode']})" if "exitCode" in f else ""
+    message = str(f.get("message") or "").strip().splitlines()
+    last = f": {message[-1]}" if message else ""
+    return f"pod {f['pod']}, container {f['container']}: {f['reason']}{code}{last}"
+
+
 def pending_labels(spec: ModelDeploymentSpec | None, served: dict[int, VersionReport] | None) -> list[str]:
     """Labels the servers do not resolve as the spec says yet (`label→version`), from a server report."""
     if spec is None or served is None:
@@ -70,7 +111,7 @@ def pending_labels(spec: ModelDeploymentSpec | None, served: dict[int, VersionRe
 
 
 def conditions_for(problem: Problem | None, rollout: Rollout | None, generation: int, labels_pending: list[str] | None = None,
-                   failed: list[str] | None = None) -> list[Obj]:
+                   failed: list[str] | None = None, failing: Obj | None = None) -> list[Obj]:
     """Ready, Progressing, Degraded, and kstatus' own pair: `Reconciling` (= Progressing) and `Stalled`
     (= Degraded), which kstatus-based tools (Flux health checks, kpt, Config Sync) read to tell
     InProgress / Failed / Current; without them they would call a ModelDeployment Current as soon as
@@ -85,6 +126,11 @@ def conditions_for(problem: Problem | None, rollout: Rollout | None, generation:
         # A version the spec's labels need did not load: it gets no traffic (the table in force stays)
         msg = f"{'; '.join(failed)}; its labels and traffic stay where they were"
         primary = [_condition("Degraded", True, "VersionFailed", msg, generation) if c["type"] == "Degraded" else c for c in primary]
+    if failing and problem is None and not any(c["type"] == "Degraded" and c["status"] == "True" for c in primary):
+        # a server container that crashes or cannot start: say why, as the kubelet reported it
+        msg = failure_text(failing)
+        primary = [_condition("Degraded", True, "ContainerFailing", msg, generation) if c["type"] == "Degraded" else c
+                   for c in primary]
     by_type = {c["type"]: c for c in primary}
     aliases = [{**by_type["Progressing"], "type": "Reconciling"}, {**by_type["Degraded"], "type": "Stalled"}]
     return primary + aliases
@@ -217,6 +263,7 @@ def compute_status(
     routing: Obj | None = None,
     autoscaler: Obj | None = None,
     progressive: Obj | None = None,
+    failing: Obj | None = None,
 ) -> Obj:
     """The full status object (plain dict in the CRD's camelCase). `routing` is the routing table
     in force and its delivery (plan.routing_status)."""
@@ -226,7 +273,7 @@ def compute_status(
     else:
         pending = pending_labels(spec, served) if problem is None else []
     failed = list((routing or {}).get("failed") or [])
-    conds = conditions_for(problem, rollout, generation, pending, failed)
+    conds = conditions_for(problem, rollout, generation, pending, failed, failing)
     if autoscaler is not None and problem is None:
         conds.append(scaling_condition(autoscaler, generation))
     if progressive is not None and problem is None:
@@ -252,6 +299,8 @@ def compute_status(
         # Nothing of the broken generation was applied: the running pods still serve what the
         # last good generation configured, so status keeps describing that.
         status.update({k: previous[k] for k in SERVING_KEYS if k in previous})
+    if failing is not None:
+        status["lastFailureInfo"] = failing
     if autoscaler is not None:
         status["autoscaler"] = autoscaler
     if progressive is not None:
