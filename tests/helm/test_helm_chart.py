@@ -162,7 +162,8 @@ def test_operator_accepts_every_argument_the_chart_passes(name: str) -> None:
     """The rendered args parse with `modeldeploy operator`'s own argument parser."""
     import argparse
 
-    operator_main = pytest.importorskip("modeldeploy.cli.operator")
+    from modeldeploy.cli import operator as operator_main
+
     parser = argparse.ArgumentParser(exit_on_error=False)
     operator_main.add_arguments(parser)
     (container,) = one(objects(VALUE_SETS[name]), "Deployment")["spec"]["template"]["spec"]["containers"]

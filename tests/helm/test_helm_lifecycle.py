@@ -26,10 +26,8 @@ import helm_python as helm
 import pytest
 from chart_support import CHART, OperatorProcess
 from helm_python import _native
+from localcluster import fakeapi
 from support import condition, wait_for
-
-fakeapi = pytest.importorskip("localcluster.fakeapi")
-pytest.importorskip("kopf")
 
 RELEASE, NS, ML = "modeldeploy", "modeldeploy-system", "ml"
 GROUP, VERSION = "serving.modeldeploy.io", "v1alpha1"

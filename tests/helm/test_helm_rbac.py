@@ -30,11 +30,9 @@ from chart_support import (
     objects,
     one,
 )
+from localcluster import fakeapi
 from rbac_eval import Request, allowed, granted_permissions, grants_for, requests_from_audit, used_by
 from support import condition, wait_for
-
-fakeapi = pytest.importorskip("localcluster.fakeapi")
-kopf = pytest.importorskip("kopf")
 
 GROUP, VERSION = "serving.modeldeploy.io", "v1alpha1"
 SA = f"{RELEASE}-modeldeploy"
