@@ -214,3 +214,19 @@ def test_status_patches_remove_keys_that_left_nested_maps() -> None:
         return out
 
     assert apply(old, patch) == new
+
+
+def test_a_child_deleted_after_its_generation_was_applied_is_drift_not_a_creation() -> None:
+    """Issue: deleting a child (the PDB) gave the Event `Created`. A child missing once this generation
+    was applied is re-created with `DriftCorrected`; one missing on the first run is `Created`."""
+    first = plan.plan(observed(body(finalizers=[plan.FINALIZER])), DEFAULTS)
+    assert {a.event.reason for a in first.writes if a.event} == {"Created"}
+    b = body(finalizers=[plan.FINALIZER], status={"observedGeneration": 1, "configHash": first.config_hash})
+    children = live_children(b)
+    del children[("PodDisruptionBudget", "m")]
+    p = plan.plan(observed(b, children), DEFAULTS)
+    assert [(a.desired["kind"], a.verb, a.event.reason if a.event else None) for a in p.writes] == [
+        ("PodDisruptionBudget", "create", "DriftCorrected")]
+    b["metadata"]["generation"] = 2  # a new generation: whatever is missing is new
+    again = {a.desired["kind"]: a.event.reason for a in plan.plan(observed(b, children), DEFAULTS).writes if a.event}
+    assert again["PodDisruptionBudget"] == "Created"

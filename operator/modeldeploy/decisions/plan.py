@@ -196,8 +196,11 @@ def rendered_hash(obj: Obj | None) -> str | None:
     return (((obj or {}).get("metadata") or {}).get("annotations") or {}).get(render.RENDERED_HASH_ANNOTATION)
 
 
-def child_action(desired: Obj, live: Obj | None) -> ChildAction:
+def child_action(desired: Obj, live: Obj | None, applied_before: bool = False) -> ChildAction:
+    """`applied_before`: this generation was applied already, so a missing child was deleted since."""
     what = f"{desired['kind']} {desired['metadata']['name']}"
+    if live is None and applied_before:
+        return ChildAction("create", desired, None, Event("Normal", "DriftCorrected", f"re-created {what}, deleted since"))
     if live is None:
         return ChildAction("create", desired, None, Event("Normal", "Created", f"created {what}"))
     if render.in_sync(desired, live):
@@ -228,8 +231,9 @@ def plan(observed: Observed, defaults: render.Defaults) -> Plan:
     serving = render.Serving(decision.load_versions, decision.table.document(api.model_name(spec, owner.name)),
                              scaled.replicas)
     children = render.render_all(spec, owner, defaults, serving)
+    applied = previous.get("observedGeneration") == generation and previous.get("configHash") is not None
     actions = (secret_action(owner, observed),
-               *(child_action(c, observed.children.get((c["kind"], c["metadata"]["name"]))) for c in children))
+               *(child_action(c, observed.children.get((c["kind"], c["metadata"]["name"])), applied) for c in children))
     targets = tuple(ep for ep in observed.endpoints if ep.pod in decision.push_to)
     return Plan(finalizer=finalizer, children=actions, config_hash=render.config_hash_of(children),
                 traffic=decision, routing=serving.routing, push_to=targets if observed.token else (),

@@ -111,7 +111,8 @@ def pending_labels(spec: ModelDeploymentSpec | None, served: dict[int, VersionRe
 
 
 def conditions_for(problem: Problem | None, rollout: Rollout | None, generation: int, labels_pending: list[str] | None = None,
-                   failed: list[str] | None = None, failing: Obj | None = None) -> list[Obj]:
+                   failed: list[str] | None = None, failing: Obj | None = None,
+                   unavailable: list[str] | None = None) -> list[Obj]:
     """Ready, Progressing, Degraded, and kstatus' own pair: `Reconciling` (= Progressing) and `Stalled`
     (= Degraded), which kstatus-based tools (Flux health checks, kpt, Config Sync) read to tell
     InProgress / Failed / Current; without them they would call a ModelDeployment Current as soon as
@@ -131,6 +132,10 @@ def conditions_for(problem: Problem | None, rollout: Rollout | None, generation:
         msg = failure_text(failing)
         primary = [_condition("Degraded", True, "ContainerFailing", msg, generation) if c["type"] == "Degraded" else c
                    for c in primary]
+    if unavailable and problem is None and rollout is not None and rollout.complete and rollout.wanted:
+        # the pods are ready, but not every listed version is served yet: say which
+        msg = f"{rollout.ready}/{rollout.wanted} pods ready; not available yet: {', '.join(unavailable)}"
+        primary = [{**c, "message": msg} if c["type"] == "Ready" and c["status"] == "True" else c for c in primary]
     by_type = {c["type"]: c for c in primary}
     aliases = [{**by_type["Progressing"], "type": "Reconciling"}, {**by_type["Degraded"], "type": "Stalled"}]
     return primary + aliases
@@ -273,7 +278,9 @@ def compute_status(
     else:
         pending = pending_labels(spec, served) if problem is None else []
     failed = list((routing or {}).get("failed") or [])
-    conds = conditions_for(problem, rollout, generation, pending, failed, failing)
+    versions = version_states(spec, rollout, problem, served) if spec is not None else []
+    unavailable = [f"version {v['version']} {v['state']}" for v in versions if v["state"] not in ("Available", "Unloaded")]
+    conds = conditions_for(problem, rollout, generation, pending, failed, failing, unavailable)
     if autoscaler is not None and problem is None:
         conds.append(scaling_condition(autoscaler, generation))
     if progressive is not None and problem is None:
@@ -286,7 +293,7 @@ def compute_status(
         status.update(replicas=0, desiredReplicas=0, readyReplicas=0, updatedReplicas=0)
     if spec is not None:
         status["modelName"] = api.model_name(spec, name)
-        status["versions"] = version_states(spec, rollout, problem, served)
+        status["versions"] = versions
         status["versionsSummary"] = ",".join(str(v) for v in sorted(spec.model.versions)) if spec.model.versions else f"latest:{spec.model.latest_versions}"
         labels = dict(routing["labels"]) if routing is not None else dict(spec.version_labels or {})
         status["versionLabels"] = labels  # where the labels point in the table in force
