@@ -4,9 +4,9 @@ flips a user would type with `kubectl patch`, as verbs (as `kubectl argo rollout
 Without a rollout in progress they patch the spec (a merge patch, conditional on the
 resourceVersion read, so a concurrent edit is never overwritten):
 
-- promote: `versionLabels.stable` moves to the canary's version, the `canary` label and
-  `traffic.canary` are removed (every request then goes to the promoted version);
-- rollback: the `canary` label and `traffic.canary` are removed (stable stays).
+- promote: `versionLabels.stable` moves to the canary's version, the `canary` label is removed
+  and `traffic.canary` set to 0 (every request then goes to the promoted version);
+- rollback: the `canary` label is removed and `traffic.canary` set to 0 (stable stays).
 
 With a progressive rollout in progress (status.rollout.phase Progressing) the spec stays as it is
 (it is the desired end state): promote skips the remaining steps and abort (or rollback) rolls
@@ -56,9 +56,11 @@ def plan_patch(verb: str, md: Obj) -> tuple[Obj, str]:
         spec["traffic"] = {"canary": 0}
     if verb == "promote":
         spec["versionLabels"]["stable"] = labels["canary"]
-        what = f"stable -> version {labels['canary']} (was {labels.get('stable')}); canary label and traffic removed"
+        what = f"stable -> version {labels['canary']} (was {labels.get('stable')}); canary label removed"
     else:
-        what = f"canary label (version {labels['canary']}) and traffic removed; stable stays on version {labels.get('stable')}"
+        what = f"canary label (version {labels['canary']}) removed; stable stays on version {labels.get('stable')}"
+    if "traffic" in spec:
+        what += ", traffic.canary set to 0"
     return {"metadata": guard, "spec": spec}, what
 
 
