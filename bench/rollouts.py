@@ -214,11 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                         "spec": {"model": {"name": MODEL, "storage": {"hostPath": {"path": f"/models/{MODEL}"}},
                                            "versions": [1, 2, 3, 4]},
                                  "versionLabels": {"stable": 1}, "warmup": {"generate": {"batchSizes": [1]}},
-                                 "resources": {"cpu": "1", "memory": "1Gi"}, "replicas": 1, "rollout": ROLLOUT,
-                                 # one TensorFlow thread per call: on 2 shared cores, TF's own pools
-                                 # contending made a 4 ms call take 46 ms, hiding the model's cost
-                                 "server": {"extraArgs": ["--tensorflow_intra_op_parallelism=1",
-                                                          "--tensorflow_inter_op_parallelism=1"]}}})
+                                 "resources": {"cpu": "1", "memory": "1Gi"}, "replicas": 1, "rollout": ROLLOUT}})
         deadline = time.monotonic() + 180
         while not any(c.get("type") == "Ready" and c.get("status") == "True"
                       for c in ((cluster.md(NS, NAME) or {}).get("status") or {}).get("conditions") or []):

@@ -76,6 +76,7 @@ def test_a_healthy_version_is_promoted_through_every_step() -> None:
     assert out.state.step == -1  # waits for the version to load everywhere
     out = advance(PLAN, out.state, 2, candidate_ready=True)
     assert (out.state.step, out.weights) == (0, {"stable": 95, CANDIDATE_LABEL: 5})
+    assert out.state.began == 2 and State.from_status(out.state.as_status()).began == 2  # the 100% step's baseline
     weights, t, s = [], 2.0, out.state
     while s.phase == PROGRESSING:
         t += 20

@@ -17,16 +17,18 @@ from modeldeploy.decisions import autoscale, queries, rollout
 
 
 def rollout_check(r: api.Rollout, default_url: str, namespace: str, name: str, from_v: int, to_v: int,
-                  window_s: int, step_age_s: float, min_requests: int) -> rollout.Measured:
+                  window_s: int, baseline_age_s: float, min_requests: int) -> rollout.Measured:
     """Both versions over the same window. When the old version answered fewer than `min_requests`
-    there (a 100% step sends it nothing), it is measured over the window before the step started
-    (`offset`): the same Prometheus, the traffic it had last."""
+    there (a 100% step sends it nothing), it is measured over the window that ended
+    `baseline_age_s` ago (Prometheus' `offset`): the rollout's start, when it answered every request,
+    as the new version does at 100%. (The window before the 100% step itself would compare a
+    version's whole load with the other's share of it.)"""
     url = r.prometheus.url if r.prometheus else default_url
     window = f"{window_s}s"
     new = version_metrics(url, namespace, name, to_v, window)
     old = version_metrics(url, namespace, name, from_v, window)
-    if (old.requests or 0) < min_requests and step_age_s > 0:
-        earlier = version_metrics(url, namespace, name, from_v, window, offset_s=math.ceil(step_age_s))
+    if (old.requests or 0) < min_requests and baseline_age_s > 0:
+        earlier = version_metrics(url, namespace, name, from_v, window, offset_s=math.ceil(baseline_age_s))
         if (earlier.requests or 0) > (old.requests or 0):
             old = earlier
     return rollout.Measured(new, old)

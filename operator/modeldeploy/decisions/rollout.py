@@ -84,7 +84,7 @@ class VersionMetrics:
 class Measured:
     new: VersionMetrics
     old: VersionMetrics  # in the same window, or, when it had too few answers there (a 100% step), in
-    # the window before the step started
+    # the window before the rollout's first step, when it answered every request as the new one does now
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +107,8 @@ class State:
     failed_checks: int = 0
     message: str = ""
     analysis: dict[str, Any] = field(default_factory=dict)
-    reason: str = ""  # why it failed: RolledBack, Aborted, LoadFailed
+    reason: str = ""  # why it failed: RolledBack, Aborted, LoadFailed, Inconclusive
+    began: float = 0.0  # when its first step went live: before it, the old version served every request
 
     def as_status(self) -> dict[str, Any]:
         d = asdict(self)
@@ -115,7 +116,8 @@ class State:
                 "generation": d["generation"], "step": d["step"], "weight": d["weight"],
                 "stepStarted": d["step_started"], "lastCheck": d["last_check"],
                 "failedChecks": d["failed_checks"], "message": d["message"], "analysis": d["analysis"],
-                **({"reason": d["reason"]} if d["reason"] else {})}
+                **({"reason": d["reason"]} if d["reason"] else {}),
+                **({"began": d["began"]} if d["began"] else {})}
 
     @staticmethod
     def from_status(s: dict[str, Any] | None) -> State | None:
@@ -126,7 +128,7 @@ class State:
                          int(s.get("step", -1)), int(s.get("weight", 0)), float(s.get("stepStarted", 0)),
                          float(s.get("lastCheck", 0)), int(s.get("failedChecks", 0)), str(s.get("message", "")),
                          dict(s.get("analysis") or {}),
-                         str(s.get("reason") or ""))
+                         str(s.get("reason") or ""), float(s.get("began") or 0.0))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -217,7 +219,7 @@ def advance(plan: Plan, s: State, now: float, *, candidate_ready: bool, candidat
     if s.step < 0:
         if not candidate_ready:
             return _out(s)
-        first = replace(s, step=0, weight=plan.steps[0], step_started=now, last_check=now,
+        first = replace(s, step=0, weight=plan.steps[0], step_started=now, last_check=now, began=now,
                         message=f"step 1/{len(plan.steps)}: {plan.steps[0]}% to version {s.to_version}")
         return _out(first, ("Normal", "RolloutStep", first.message))
     if not step_live:
