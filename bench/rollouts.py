@@ -242,8 +242,6 @@ def main(argv: list[str] | None = None) -> int:
                     old_rule += [old_rule_failed(info["prometheus"], time.time() - (time.monotonic() - t), to, stable)
                                  for t in checks]
                     stable = to
-                elif r["phase"] == "Failed" and target is None:
-                    back_to(cluster, stable)
                 elif r["phase"] == "Failed":
                     back_to(cluster, stable)
                 else:
