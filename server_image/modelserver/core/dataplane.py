@@ -40,6 +40,7 @@ from modelserver.core.servable import (
     Signature,
     validate_inputs,
 )
+from modelserver.core.shadow import Shadower
 
 log = logging.getLogger("modelserver.core.dataplane")
 
@@ -153,6 +154,7 @@ class DataPlane:
         self.runner_for = runner_for
         self.on_finish = on_finish
         self.in_flight = 0
+        self.shadow = Shadower(self)  # mirrors what a route's shadow asks for (core/shadow.py)
 
     # ---- the lifecycle -------------------------------------------------------------------------
 
@@ -191,6 +193,13 @@ class DataPlane:
         ctx.version = servable.version  # known from here on, so errors count against their version
         return servable
 
+    def resolve_version(self, name: str, version: int, ctx: RequestContext) -> Servable:
+        """One version of a model, by number (a shadow run)."""
+        ctx.model = name
+        servable = self._manager().resolve(name, version=version)
+        ctx.version = servable.version
+        return servable
+
     def status(self, ref: ModelRef, ctx: RequestContext) -> list[VersionStatus]:
         if not ref.name:
             raise invalid_argument("Missing ModelSpec name")
@@ -227,6 +236,7 @@ class DataPlane:
                       output_filter: Sequence[str] = ()) -> Prediction:
         wanted = check_output_filter(sig, output_filter)
         outputs = await self.run(servable, sig, inputs, ctx)
+        self.shadow.maybe(servable, sig, inputs, outputs, ctx)
         if wanted:
             outputs = {n: outputs[n] for n in wanted}
         return Prediction(servable, sig, outputs)

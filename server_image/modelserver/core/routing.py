@@ -38,12 +38,23 @@ MAX_WEIGHT = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
+class Shadow:
+    """Mirror `percent` % of the requests the `source` label answers to the `label`'s version, after
+    answering them (the shadow's answers are compared and discarded: core/shadow.py)."""
+
+    label: str
+    percent: float
+    source: str = "stable"
+
+
+@dataclass(frozen=True, slots=True)
 class ModelRoute:
     """One model's labels and split (weights in label order; `cumulative` for the choice)."""
 
     labels: Mapping[str, int]
     weights: tuple[tuple[str, int], ...] = ()
     cumulative: tuple[int, ...] = ()
+    shadow: Shadow | None = None
 
     @property
     def total(self) -> int:
@@ -53,6 +64,8 @@ class ModelRoute:
         out: dict[str, Any] = {"labels": dict(self.labels)}
         if self.weights:
             out["weights"] = dict(self.weights)
+        if self.shadow is not None:
+            out["shadow"] = {"label": self.shadow.label, "percent": self.shadow.percent, "source": self.shadow.source}
         return out
 
 
@@ -68,12 +81,13 @@ class RoutingTable:
 EMPTY = RoutingTable(-1, {})
 
 
-def make_route(labels: Mapping[str, int], weights: Mapping[str, int] | list[tuple[str, int]]) -> ModelRoute:
+def make_route(labels: Mapping[str, int], weights: Mapping[str, int] | list[tuple[str, int]],
+               shadow: Shadow | None = None) -> ModelRoute:
     pairs = tuple((k, int(v)) for k, v in (weights.items() if isinstance(weights, Mapping) else weights) if v > 0)
     cumulative: list[int] = []
     for _, w in pairs:
         cumulative.append((cumulative[-1] if cumulative else 0) + w)
-    return ModelRoute(dict(labels), pairs, tuple(cumulative))
+    return ModelRoute(dict(labels), pairs, tuple(cumulative), shadow)
 
 
 def parse_table(doc: Any, source: str = "routing table") -> RoutingTable:
@@ -91,8 +105,8 @@ def parse_table(doc: Any, source: str = "routing table") -> RoutingTable:
         raise bad('"models" must be an object')
     out: dict[str, ModelRoute] = {}
     for name, entry in models.items():
-        if not isinstance(entry, dict) or set(entry) - {"labels", "weights"}:
-            raise bad(f'model {name!r}: expected an object with "labels" and "weights"')
+        if not isinstance(entry, dict) or set(entry) - {"labels", "weights", "shadow"}:
+            raise bad(f'model {name!r}: expected an object with "labels", "weights" and optionally "shadow"')
         labels = entry.get("labels", {})
         weights = entry.get("weights", {})
         if not isinstance(labels, dict) or not all(
@@ -107,8 +121,21 @@ def parse_table(doc: Any, source: str = "routing table") -> RoutingTable:
             raise bad(f"model {name!r}: weights name labels that the table does not define: {', '.join(unknown)}")
         if weights and not any(weights.values()):
             raise bad(f"model {name!r}: at least one weight must be positive")
-        out[name] = make_route(labels, list(weights.items()))
+        out[name] = make_route(labels, list(weights.items()), _shadow(entry.get("shadow"), labels, name, bad))
     return RoutingTable(gen, out)
+
+
+def _shadow(doc: Any, labels: Mapping[str, int], name: str, bad: Any) -> Shadow | None:
+    if doc is None:
+        return None
+    if not isinstance(doc, dict) or set(doc) - {"label", "percent", "source"} or "label" not in doc:
+        raise bad(f'model {name!r}: "shadow" must be an object with "label", "percent" and optionally "source"')
+    label, source, percent = doc["label"], doc.get("source", "stable"), doc.get("percent", 0)
+    if label not in labels or source not in labels:
+        raise bad(f"model {name!r}: the shadow's labels must be labels of the table")
+    if not isinstance(percent, int | float) or isinstance(percent, bool) or not 0 <= percent <= 100:
+        raise bad(f"model {name!r}: shadow percent must be a number from 0 to 100")
+    return Shadow(str(label), float(percent), str(source))
 
 
 def bucket(key: bytes, total: int) -> int:

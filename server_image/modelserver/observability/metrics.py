@@ -33,6 +33,10 @@ TF_QUEUE_BUCKETS_US: tuple[float, ...] = tuple(100 * 1.2**i for i in range(52))
 SECONDS_BUCKETS: tuple[float, ...] = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                       0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_SIZE_BUCKETS: tuple[float, ...] = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# Shadow comparisons: the largest absolute output difference per request (0, then decades from 1e-9),
+# and the shadow's time over the primary's on the same inputs (2^(1/8) apart, from 1/16 to 16).
+SHADOW_DIFF_BUCKETS: tuple[float, ...] = (0.0, *(10.0**e for e in range(-9, 4)))
+SHADOW_RATIO_BUCKETS: tuple[float, ...] = tuple(2 ** (k / 8) for k in range(-32, 33))
 
 TF_API = {"predict": "Predict", "classify": "Classify", "regress": "Regress",
           "multi_inference": "MultiInference", "get_model_metadata": "GetModelMetadata"}
@@ -97,6 +101,10 @@ class ServerMetrics:
     def __init__(self, thread_pool_name: str = "batch_threads") -> None:
         self._series: dict[tuple[Any, ...], _Series] = {}
         self._latency: dict[tuple[str, str], _Hist] = {}  # (model, version) -> OK inference answers
+        self._shadow_results: dict[tuple[str, str, str], int] = {}  # (model, shadow version, result) -> requests
+        self._shadow_diff: dict[tuple[str, str], _Hist] = {}
+        self._shadow_ratio: dict[tuple[str, str], _Hist] = {}
+        self._shadow_top1: dict[tuple[str, str, str], int] = {}  # (model, version, agree|disagree) -> rows
         self._batches: dict[tuple[str, str], _Hist] = {}
         self._padding: dict[tuple[str, str], _Hist] = {}
         self._warmup: dict[tuple[str, str, str], _Hist] = {}
@@ -137,6 +145,23 @@ class ServerMetrics:
             if q0 is not None:
                 s.queue_seconds.observe(c0 - q0)
                 s.tf_queue.observe((c0 - q0) * 1e6)
+
+    def record_shadow(self, obs: Any) -> None:
+        """Shadower hook (event loop thread): one mirrored request (core/shadow.Observation)."""
+        k = (obs.model, str(obs.version))
+        c = obs.comparison
+        result = "mismatched" if c is not None and c.mismatched else obs.result
+        rk = (*k, result)
+        self._shadow_results[rk] = self._shadow_results.get(rk, 0) + 1
+        if c is None:
+            return
+        if c.max_abs_diff is not None:
+            self._shadow_diff.setdefault(k, _Hist(SHADOW_DIFF_BUCKETS)).observe(c.max_abs_diff)
+        if c.rows:
+            for agreement, n in (("agree", c.agreed), ("disagree", c.rows - c.agreed)):
+                self._shadow_top1[(*k, agreement)] = self._shadow_top1.get((*k, agreement), 0) + n
+        if obs.primary_seconds and obs.shadow_seconds is not None:
+            self._shadow_ratio.setdefault(k, _Hist(SHADOW_RATIO_BUCKETS)).observe(obs.shadow_seconds / obs.primary_seconds)
 
     def record_batch(self, model_key: Hashable, rows: int, size: int) -> None:
         """Batcher observer: one executed batch of `rows` real rows padded to `size`."""
@@ -272,6 +297,7 @@ class _Collector:
         yield _merged_hist("modelserver_model_warmup_duration_seconds", "Warmup time per loaded version.",
                            ["model", "version"], SECONDS_BUCKETS,
                            list(m._warmup_s.items()))
+        yield from _shadow_families(m)
         depth = GaugeMetricFamily("modelserver_queue_depth", "Requests waiting in the batching queue.",
                                   labels=["model"])
         merged: dict[str, int] = {}
@@ -292,6 +318,27 @@ class _Collector:
             busy = GaugeMetricFamily("modelserver_batch_threads_busy", "Batch threads running a batch now.")
             busy.add_metric([], sum(source() for source in m._busy))
             yield busy
+
+
+def _shadow_families(m: ServerMetrics) -> Iterator[Metric]:
+    """The shadow's families (labels model and version: the shadow's version)."""
+    results = CounterMetricFamily("modelserver_shadow_requests", "Requests mirrored to a shadow version, by "
+                                  "result: compared, mismatched (outputs of other names or shapes), failed, dropped "
+                                  "(too many shadow runs in flight).", labels=["model", "version", "result"])
+    for (model, ver, result), n in sorted(m._shadow_results.items()):
+        results.add_metric([model, ver, result], n)
+    yield results
+    top1 = CounterMetricFamily("modelserver_shadow_top1_rows", "Rows of [rows, classes] outputs whose top-1 class "
+                               "the shadow and the primary agree or disagree on.", labels=["model", "version", "agreement"])
+    for (model, ver, agreement), n in sorted(m._shadow_top1.items()):
+        top1.add_metric([model, ver, agreement], n)
+    yield top1
+    yield _merged_hist("modelserver_shadow_max_abs_diff", "The largest absolute difference between the shadow's and "
+                       "the primary's numeric outputs, per mirrored request.", ["model", "version"],
+                       SHADOW_DIFF_BUCKETS, list(m._shadow_diff.items()))
+    yield _merged_hist("modelserver_shadow_latency_ratio", "The shadow version's time over the primary's on the same "
+                       "inputs (queue and model), per mirrored request.", ["model", "version"], SHADOW_RATIO_BUCKETS,
+                       list(m._shadow_ratio.items()))
 
 
 def _tf_hist(name: str, doc: str, labels: list[str],
@@ -335,6 +382,7 @@ def install(state: Any, thread_pool_name: str = "batch_threads") -> ServerMetric
         return None
     m = ServerMetrics(thread_pool_name)
     state.request_hooks.append(m.finish)
+    state.plane.shadow.hooks.append(m.record_shadow)
     m.set_in_flight_source(lambda: state.in_flight)
 
     async def handler(_request: web.Request) -> web.Response:
