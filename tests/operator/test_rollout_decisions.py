@@ -76,7 +76,6 @@ def test_a_healthy_version_is_promoted_through_every_step() -> None:
     assert out.state.step == -1  # waits for the version to load everywhere
     out = advance(PLAN, out.state, 2, candidate_ready=True)
     assert (out.state.step, out.weights) == (0, {"stable": 95, CANDIDATE_LABEL: 5})
-    assert out.state.began == 2 and State.from_status(out.state.as_status()).began == 2  # the 100% step's baseline
     weights, t, s = [], 2.0, out.state
     while s.phase == PROGRESSING:
         t += 20
@@ -174,6 +173,19 @@ def test_the_first_check_of_a_step_waits_for_a_whole_window() -> None:
     s = advance(plan, s, 10, candidate_ready=True, check=evaluate(plan, GOOD, OLD)).state
     assert s.weight == 25 and s.step_started == 10
     assert not check_due(plan, s, 19) and check_due(plan, s, 20)
+
+
+def test_a_100_percent_step_is_judged_by_the_absolute_bounds_alone() -> None:
+    """The old version answers nothing at 100%: nothing to compare with in the same window."""
+    slow = VersionMetrics(500, 0, lat(20, 500))
+    assert evaluate(PLAN, slow, OLD).passed is False  # at a split step: slower than the old version
+    c = evaluate(PLAN, slow, NONE, alone=True)
+    assert c.passed is True and c.verdicts["latency"]["test"] == "none"
+    bounded = Plan((5, 100), 60, 20, 0.01, 1.2, 100, max_latency_ms=15)
+    assert evaluate(bounded, slow, NONE, alone=True).passed is False  # maxLatencyMs still applies
+    failing = evaluate(PLAN, VersionMetrics(500, 25, lat(10, 500)), NONE, alone=True)
+    assert failing.passed is False and failing.verdicts["errors"]["test"] == "binomial"  # maxErrorRate alone
+    assert evaluate(PLAN, VersionMetrics(50, 0, lat(10, 50)), NONE, alone=True).passed is None  # too few answers
 
 
 def test_prometheus_buckets_become_per_bucket_counts() -> None:

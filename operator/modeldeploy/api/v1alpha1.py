@@ -498,8 +498,6 @@ class RolloutStatus(_Model):
     analysis: dict[str, Any] | None = Field(None, json_schema_extra={"type": "object", **PRESERVE})
     reason: str | None = Field(None, description="why a Failed rollout went back: RolledBack, Aborted, LoadFailed, "
                                "Inconclusive")
-    began: float | None = Field(None, description="when its first step went live (Unix seconds): the old version's "
-                                "baseline for a 100% step is the window before it")
     command: str | None = Field(None, description="the last promote/abort command acted on (verb@generation)")
 
 

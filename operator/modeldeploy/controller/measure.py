@@ -17,33 +17,23 @@ from modeldeploy.decisions import autoscale, queries, rollout
 
 
 def rollout_check(r: api.Rollout, default_url: str, namespace: str, name: str, from_v: int, to_v: int,
-                  window_s: int, baseline_age_s: float, min_requests: int) -> rollout.Measured:
-    """Both versions over the same window. When the old version answered fewer than `min_requests`
-    there (a 100% step sends it nothing), it is measured over the window that ended
-    `baseline_age_s` ago (Prometheus' `offset`): the rollout's start, when it answered every request,
-    as the new version does at 100%. (The window before the 100% step itself would compare a
-    version's whole load with the other's share of it.)"""
+                  window_s: int) -> rollout.Measured:
+    """Both versions over the same window."""
     url = r.prometheus.url if r.prometheus else default_url
     window = f"{window_s}s"
-    new = version_metrics(url, namespace, name, to_v, window)
-    old = version_metrics(url, namespace, name, from_v, window)
-    if (old.requests or 0) < min_requests and baseline_age_s > 0:
-        earlier = version_metrics(url, namespace, name, from_v, window, offset_s=math.ceil(baseline_age_s))
-        if (earlier.requests or 0) > (old.requests or 0):
-            old = earlier
-    return rollout.Measured(new, old)
+    return rollout.Measured(version_metrics(url, namespace, name, to_v, window),
+                            version_metrics(url, namespace, name, from_v, window))
 
 
-def version_metrics(url: str, namespace: str, name: str, version: int, window: str,
-                    offset_s: int = 0) -> rollout.VersionMetrics:
+def version_metrics(url: str, namespace: str, name: str, version: int, window: str) -> rollout.VersionMetrics:
     if not url:
         return rollout.VersionMetrics(None, None, None, "no Prometheus URL (spec.rollout.prometheus.url, or the "
                                       "operator's --prometheus-url)")
-    requests = prometheus.instant(url, queries.version_answers(namespace, name, version, window, offset_s))
+    requests = prometheus.instant(url, queries.version_answers(namespace, name, version, window))
     if requests.problem.startswith(("Prometheus unreachable", "Prometheus error", "Prometheus answered HTTP")):
         return rollout.VersionMetrics(None, None, None, requests.problem)
-    errors = prometheus.instant(url, queries.version_errors(namespace, name, version, window, offset_s)).value
-    buckets = prometheus.vector(url, queries.version_latency_buckets(namespace, name, version, window, offset_s))
+    errors = prometheus.instant(url, queries.version_errors(namespace, name, version, window)).value
+    buckets = prometheus.vector(url, queries.version_latency_buckets(namespace, name, version, window))
     return rollout.VersionMetrics(_number(requests.value), _number(errors), bucket_counts(buckets.samples))
 
 

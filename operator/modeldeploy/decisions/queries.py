@@ -36,26 +36,22 @@ def latency_ms(namespace: str, name: str, quantile: float, window: str, **extra:
             f"(rate({contract.LATENCY_METRIC}_bucket{sel}[{window}]))) * 1000")
 
 
-def _range(window: str, offset_s: int) -> str:
-    return f"[{window}] offset {offset_s}s" if offset_s > 0 else f"[{window}]"
-
-
-def version_answers(namespace: str, name: str, version: int, window: str, offset_s: int = 0) -> str:
+def version_answers(namespace: str, name: str, version: int, window: str) -> str:
     """Inference answers of one version in the window (any code)."""
     sel = selector(namespace, name, api=INFERENCE_APIS, version=str(version))
-    return f"sum(increase(modelserver_requests_total{sel}{_range(window, offset_s)}))"
+    return f"sum(increase(modelserver_requests_total{sel}[{window}]))"
 
 
-def version_errors(namespace: str, name: str, version: int, window: str, offset_s: int = 0) -> str:
+def version_errors(namespace: str, name: str, version: int, window: str) -> str:
     """Inference answers of one version in the window that were not OK (0 when there were none)."""
     sel = selector(namespace, name, api=INFERENCE_APIS, version=str(version))[:-1] + ',code!="OK"}'
-    return f"sum(increase(modelserver_requests_total{sel}{_range(window, offset_s)})) or vector(0)"
+    return f"sum(increase(modelserver_requests_total{sel}[{window}])) or vector(0)"
 
 
-def version_latency_buckets(namespace: str, name: str, version: int, window: str, offset_s: int = 0) -> str:
+def version_latency_buckets(namespace: str, name: str, version: int, window: str) -> str:
     """One version's OK answers per latency bucket in the window: one series per `le` (cumulative)."""
     sel = selector(namespace, name, version=str(version))
-    return f"sum by (le) (increase({contract.LATENCY_METRIC}_bucket{sel}{_range(window, offset_s)}))"
+    return f"sum by (le) (increase({contract.LATENCY_METRIC}_bucket{sel}[{window}]))"
 
 
 def requests_per_second(namespace: str, name: str, window: str, **extra: str) -> str:

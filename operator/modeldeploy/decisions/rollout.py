@@ -83,8 +83,7 @@ class VersionMetrics:
 @dataclass(frozen=True, slots=True)
 class Measured:
     new: VersionMetrics
-    old: VersionMetrics  # in the same window, or, when it had too few answers there (a 100% step), in
-    # the window before the rollout's first step, when it answered every request as the new one does now
+    old: VersionMetrics  # in the same window
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +107,6 @@ class State:
     message: str = ""
     analysis: dict[str, Any] = field(default_factory=dict)
     reason: str = ""  # why it failed: RolledBack, Aborted, LoadFailed, Inconclusive
-    began: float = 0.0  # when its first step went live: before it, the old version served every request
 
     def as_status(self) -> dict[str, Any]:
         d = asdict(self)
@@ -116,8 +114,7 @@ class State:
                 "generation": d["generation"], "step": d["step"], "weight": d["weight"],
                 "stepStarted": d["step_started"], "lastCheck": d["last_check"],
                 "failedChecks": d["failed_checks"], "message": d["message"], "analysis": d["analysis"],
-                **({"reason": d["reason"]} if d["reason"] else {}),
-                **({"began": d["began"]} if d["began"] else {})}
+                **({"reason": d["reason"]} if d["reason"] else {})}
 
     @staticmethod
     def from_status(s: dict[str, Any] | None) -> State | None:
@@ -128,7 +125,7 @@ class State:
                          int(s.get("step", -1)), int(s.get("weight", 0)), float(s.get("stepStarted", 0)),
                          float(s.get("lastCheck", 0)), int(s.get("failedChecks", 0)), str(s.get("message", "")),
                          dict(s.get("analysis") or {}),
-                         str(s.get("reason") or ""), float(s.get("began") or 0.0))
+                         str(s.get("reason") or ""))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -141,13 +138,26 @@ class Outcome:
     events: tuple[tuple[str, str, str], ...] = ()  # (type, reason, message)
 
 
-def evaluate(plan: Plan, new: VersionMetrics, old: VersionMetrics) -> Check:
+def evaluate(plan: Plan, new: VersionMetrics, old: VersionMetrics, alone: bool = False) -> Check:
     """One analysis: each metric's verdict (judgement), the check failing when any is High and
-    inconclusive when none is High and one is Inconclusive."""
+    inconclusive when none is High and one is Inconclusive. `alone`: the new version answers every
+    request at this step (100%), so there is no other version in the same window to compare with:
+    latency is judged by `maxLatencyMs` alone and errors by `maxErrorRate` alone. (A window of the
+    old version from before would be a comparison across time: on a shared node its tail moved by
+    2x between windows, rolling healthy versions back.)"""
+    if alone:
+        latency = (judgement.Verdict(judgement.PASS, "none", "not compared: the new version answers every request "
+                                     "at this step (maxLatencyMs, when set, still applies)")
+                   if (new.requests or 0) >= plan.min_requests else
+                   judgement.Verdict(judgement.INCONCLUSIVE, "none", f"too few answers: {new.requests or 0:g} "
+                                     f"(minRequests {plan.min_requests})"))
+        old = VersionMetrics(None, None, None, old.problem)
+    else:
+        latency = judgement.judge_latency(new.latency, old.latency, LATENCY_BOUNDS, max_ratio=plan.max_latency_ratio,
+                                          min_delta_ms=plan.min_latency_delta_ms, confidence=plan.confidence,
+                                          min_requests=plan.min_requests)
     verdicts = {
-        "latency": judgement.judge_latency(new.latency, old.latency, LATENCY_BOUNDS, max_ratio=plan.max_latency_ratio,
-                                           min_delta_ms=plan.min_latency_delta_ms, confidence=plan.confidence,
-                                           min_requests=plan.min_requests),
+        "latency": latency,
         "errors": judgement.judge_errors(new.errors, new.requests, old.errors, old.requests,
                                          max_rate=plan.max_error_rate, confidence=plan.confidence,
                                          min_requests=plan.min_requests),
@@ -219,7 +229,7 @@ def advance(plan: Plan, s: State, now: float, *, candidate_ready: bool, candidat
     if s.step < 0:
         if not candidate_ready:
             return _out(s)
-        first = replace(s, step=0, weight=plan.steps[0], step_started=now, last_check=now, began=now,
+        first = replace(s, step=0, weight=plan.steps[0], step_started=now, last_check=now,
                         message=f"step 1/{len(plan.steps)}: {plan.steps[0]}% to version {s.to_version}")
         return _out(first, ("Normal", "RolloutStep", first.message))
     if not step_live:
@@ -374,7 +384,7 @@ def step(spec: api.ModelDeploymentSpec, body: Obj, pods: Sequence[PodReport] | N
     ready, failed = candidate(pods, state.to_version)
     check = None
     if measured is not None and check_due(plan, state, now):
-        check = evaluate(plan, measured.new, measured.old)
+        check = evaluate(plan, measured.new, measured.old, alone=state.weight >= 100)
     out = advance(plan, state, now, candidate_ready=ready, candidate_failed=failed,
                           promoted_everywhere=promoted_everywhere(previous, state.to_version), check=check, command=verb,
                           step_live=state.step < 0 or split_live(previous, state))
