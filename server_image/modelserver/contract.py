@@ -49,3 +49,9 @@ LABEL_METADATA = "x-model-label"  # gRPC trailing metadata (the version is in th
 # finer than the decisions made on it (a 1.2x latency ratio, the autoscaler's 10% tolerance).
 LATENCY_METRIC = "modelserver_latency_seconds"
 LATENCY_BUCKETS_SECONDS: tuple[float, ...] = tuple(2 ** (k / 8) for k in range(-115, 48))
+
+# Shadow comparisons (core/shadow.py), read by rollout analysis: the largest absolute output
+# difference per mirrored request (0, then decades from 1e-9), and the shadow version's time over
+# the primary's on the same inputs (2^(1/8) apart, from 1/16 to 16).
+SHADOW_DIFF_BUCKETS: tuple[float, ...] = (0.0, *(10.0**e for e in range(-9, 4)))
+SHADOW_RATIO_BUCKETS: tuple[float, ...] = tuple(2 ** (k / 8) for k in range(-32, 33))

@@ -140,3 +140,41 @@ def test_a_point_estimate_alone_would_have_failed_healthy_windows() -> None:
         judged_high += j.judge_latency(new, old, BOUNDS, max_ratio=1.2, min_delta_ms=1, confidence=0.99,
                                        min_requests=20).result == j.HIGH
     assert ratio_above >= 30 and judged_high <= 3, (ratio_above, judged_high)
+
+
+def test_the_paired_latency_sign_test_matches_scipy_and_reads_the_median() -> None:
+    from modelserver.contract import SHADOW_RATIO_BUCKETS as R
+
+    one = R.index(1.0)
+    counts = [0.0] * (len(R) + 1)
+    counts[one] = 40  # ratios in (0.917, 1]: not slower
+    counts[one + 4] = 60  # ratios in (1.30, 1.41]: slower
+    v = j.judge_paired_latency(counts, R, max_ratio=1.2, confidence=0.99, min_requests=50)
+    assert v.figures["slowerPairs"] == 60
+    assert v.figures["pValue"] == pytest.approx(stats.binomtest(60, 100, 0.5, alternative="greater").pvalue)
+    assert v.result == j.PASS  # 60 of 100 is not significant at 1%
+    counts[one + 4] = 160
+    v = j.judge_paired_latency(counts, R, max_ratio=1.2, confidence=0.99, min_requests=50)
+    assert v.result == j.HIGH and 1.3 < v.figures["medianRatio"] <= 1.42
+    assert j.judge_paired_latency([0.0] * (len(R) + 1), R, max_ratio=1.2, confidence=0.99,
+                                  min_requests=50).result == j.INCONCLUSIVE
+
+
+@pytest.mark.parametrize(("agree", "disagree", "result"), [
+    (990, 10, j.PASS), (900, 100, j.HIGH), (985, 15, j.PASS),  # 1.5% against a 1% bound: not significant
+    (None, 5, j.INCONCLUSIVE), (10, 5, j.INCONCLUSIVE),
+])
+def test_top1_agreement(agree, disagree, result) -> None:  # type: ignore[no-untyped-def]
+    assert j.judge_agreement(agree, disagree, min_agreement=0.99, confidence=0.99, min_requests=100).result == result
+
+
+def test_divergence_counts_requests_above_the_bound() -> None:
+    from modelserver.contract import SHADOW_DIFF_BUCKETS as D
+
+    counts = [0.0] * (len(D) + 1)
+    counts[D.index(1e-6)] = 995  # tiny float noise
+    counts[D.index(1.0)] = 5
+    assert j.judge_divergence(counts, D, max_divergence=0.01, confidence=0.99, min_requests=100).result == j.PASS
+    counts[D.index(1.0)] = 50
+    v = j.judge_divergence(counts, D, max_divergence=0.01, confidence=0.99, min_requests=100)
+    assert v.result == j.HIGH and v.figures["diverging"] == 50

@@ -228,13 +228,13 @@ def test_the_reconcile_glue_starts_resumes_and_retries() -> None:
     failed = State(FAILED, 3, 4, 2, step=0, message="version 4 rolled back after 2 failed checks")
     b = _md(2, 4, {"routing": routing, "rollout": failed.as_status()})
     held = step(b, 100)
-    assert held.state.phase == FAILED and held.override == ({"stable": 3}, {"stable": 100}) and not held.events
+    assert held.state.phase == FAILED and held.override == ({"stable": 3}, {"stable": 100}, None) and not held.events
     assert held.unload == {4} and first.unload == frozenset()
     from modeldeploy.decisions import traffic
     spec = plan_mod.parse_spec(b)
     in_force = traffic.Table.from_status(routing)
     assert traffic.decide(spec, 2, in_force, pods, held.override, held.unload).load_versions == (3,)  # the new one goes
-    labelled = ({"stable": 3, "canary": 4}, {"stable": 100})  # unless a label still points at it
+    labelled = ({"stable": 3, "canary": 4}, {"stable": 100}, None)  # unless a label still points at it
     assert traffic.decide(spec, 2, in_force, pods, labelled, held.unload).load_versions == (3, 4)
     retry = step(_md(3, 4, {"routing": routing, "rollout": failed.as_status()}), 100)  # a new spec change
     assert retry.state.phase == PROGRESSING and retry.state.generation == 3 and retry.events[0][1] == "RolloutStarted"
@@ -282,3 +282,78 @@ def test_the_next_check_is_due_after_the_interval_and_a_whole_window() -> None:
     assert seconds_to_next_check(plan, s, 100) == 30 and seconds_to_next_check(plan, s, 140) == 0
     s = advance(plan, s, 130, candidate_ready=True, check=evaluate(plan, GOOD, OLD)).state
     assert seconds_to_next_check(plan, s, 130) == 20
+
+
+def _shadow(compared: float, ratio: float = 1.0, diff: float = 0.0, failed: float = 0, agree: float | None = None,
+            disagree: float | None = None) -> "ShadowMetrics":
+    from modeldeploy.decisions.rollout import DIFF_BOUNDS, RATIO_BOUNDS, ShadowMetrics
+
+    ratios = [0.0] * (len(RATIO_BOUNDS) + 1)
+    rng = np.random.default_rng(5)
+    for x in rng.lognormal(math.log(ratio), 0.05, int(compared)):
+        ratios[bisect.bisect_left(RATIO_BOUNDS, x)] += 1
+    diffs = [0.0] * (len(DIFF_BOUNDS) + 1)
+    diffs[bisect.bisect_left(DIFF_BOUNDS, diff)] += compared
+    return ShadowMetrics({"compared": compared, "failed": failed}, tuple(ratios), tuple(diffs), agree, disagree)
+
+
+SHADOW_PLAN = Plan((20, 100), 60, 20, 0.01, 1.2, 100, shadow_percent=10, shadow_seconds=40, max_divergence=0.01,
+                   min_top1_agreement=0.99)
+
+
+@pytest.mark.parametrize(("m", "passed", "words"), [
+    (None, None, "no shadow data"),
+    (_shadow(50), None, "too few pairs"),
+    (_shadow(500), True, ""),
+    (_shadow(500, ratio=1.5), False, "pairedLatency: slower"),
+    (_shadow(500, ratio=1.1), True, ""),  # slower on every pair, but by less than 1.2x
+    (_shadow(500, diff=0.5), False, "divergence: 500 of 500 requests differ by more than 0.01"),
+    (_shadow(500, diff=1e-7), True, ""),
+    (_shadow(500, failed=30), False, "shadowErrors: more errors"),
+    (_shadow(500, agree=900, disagree=100), False, "top1Agreement: disagrees"),
+    (_shadow(500, agree=995, disagree=5), True, ""),
+])
+def test_shadow_checks(m, passed, words) -> None:  # type: ignore[no-untyped-def]
+    from modeldeploy.decisions.rollout import evaluate_shadow
+
+    c = evaluate_shadow(SHADOW_PLAN, m)
+    reasons = "; ".join(c.failures) + "; ".join(str(v["reason"]) for v in c.verdicts.values())
+    assert c.passed == passed and (words in reasons if words else not c.failures), c.verdicts
+
+
+def test_a_shadow_phase_comes_before_the_first_step_and_can_roll_back_unseen() -> None:
+    from modeldeploy.decisions.rollout import evaluate_shadow
+
+    s = start(3, 4, 1, 0).state
+    out = advance(SHADOW_PLAN, s, 1, candidate_ready=True)
+    assert out.state.shadowing and out.state.weight == 0 and out.weights == {"stable": 100}
+    assert out.events[0][1] == "RolloutShadow" and "shadowing 10% of version 3's requests to version 4" in out.state.message
+    s = out.state
+    assert not check_due(SHADOW_PLAN, s, 15) and check_due(SHADOW_PLAN, s, 21)
+    good = evaluate_shadow(SHADOW_PLAN, _shadow(500))
+    s = advance(SHADOW_PLAN, s, 21, candidate_ready=True, check=good).state
+    assert s.shadowing and "checks passing" in s.message  # held for shadow_seconds
+    out = advance(SHADOW_PLAN, s, 41, candidate_ready=True, check=good)
+    assert not out.state.shadowing and out.state.weight == 20 and out.events[0][1] == "RolloutStep"
+    assert State.from_status(out.state.as_status()) == out.state
+    # a diverging version never reaches a user: rolled back while it shadows
+    s = advance(SHADOW_PLAN, start(3, 4, 1, 0).state, 1, candidate_ready=True).state
+    bad = evaluate_shadow(SHADOW_PLAN, _shadow(500, diff=2.0))
+    s = advance(SHADOW_PLAN, s, 21, candidate_ready=True, check=bad).state
+    out = advance(SHADOW_PLAN, s, 41, candidate_ready=True, check=bad)
+    assert out.state.phase == FAILED and out.state.weight == 0 and "divergence" in out.events[0][2]
+
+
+def test_the_step_routes_the_shadow_while_it_runs() -> None:
+    from modeldeploy.decisions import plan as plan_mod
+    from modeldeploy.decisions import rollout as rollouts
+    from modeldeploy.decisions.records import PodReport
+
+    pods = [PodReport("p0", versions={3: "AVAILABLE", 4: "AVAILABLE"})]
+    routing = {"labels": {"stable": 3}, "weights": {"stable": 100}, "delivery": "Push", "livePods": 1, "readyPods": 1}
+    b = _md(2, 4, {"routing": routing})
+    b["spec"]["rollout"]["shadow"] = {"percent": 25}
+    out = rollouts.step(plan_mod.parse_spec(b), b, pods, None, 0)
+    assert out.state is not None and out.state.shadowing
+    assert out.override == ({"stable": 3, CANDIDATE_LABEL: 4}, {"stable": 100},
+                            {"label": CANDIDATE_LABEL, "percent": 25.0, "source": "stable"})

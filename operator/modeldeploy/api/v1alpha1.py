@@ -147,6 +147,20 @@ class Analysis(_Model):
     interval_seconds: int | None = Field(None, ge=1, le=3600, description="between checks (default: stepSeconds, at most 60)")
     inconclusive_seconds: int | None = Field(
         600, ge=1, description="a step whose checks stay Inconclusive this long is rolled back (null: wait forever)")
+    max_divergence: float | None = Field(
+        None, ge=0, description="shadow: the largest absolute output difference that at most 1% of mirrored requests "
+        "may exceed (none: not checked)")
+    min_top1_agreement: float | None = Field(
+        None, ge=0, le=1, description="shadow: the share of rows whose top-1 class both versions agree on")
+
+
+class Shadow(_Model):
+    """Before any user request goes to the new version: the server mirrors `percent` % of the stable
+    version's answered predictions to it, compares its answers and its time on the same inputs, and
+    discards them; the rollout's checks judge that for `seconds` before the first step."""
+
+    percent: float = Field(10, gt=0, le=100, description="of the stable version's requests mirrored")
+    seconds: int | None = Field(None, ge=1, le=86400, description="how long (default: stepSeconds)")
 
 
 class Rollout(_Model):
@@ -160,6 +174,7 @@ class Rollout(_Model):
     step_seconds: int = Field(300, ge=1, le=86400)
     analysis: Analysis = Field(default_factory=lambda: Analysis.model_validate({}), json_schema_extra={"default": {}})
     prometheus: Prometheus | None = Field(None, description="default: the operator's --prometheus-url")
+    shadow: Shadow | None = Field(None, description="judge the new version on mirrored requests before the first step")
 
     @field_validator("steps")
     @classmethod
@@ -513,12 +528,19 @@ class FailureInfo(_Model):
     time: str | None = Field(None, description="when it last terminated")
 
 
+class RoutingShadow(_Model):
+    label: str = Field(description="the label whose version gets the mirrored requests")
+    percent: float = Field(description="of the source label's answered requests")
+    source: str = "stable"
+
+
 class RoutingStatus(_Model):
     """The routing table in force (labels and weights), how it is delivered, and where it is live."""
 
     generation: int = Field(description="the ModelDeployment generation the table was made from")
     labels: dict[str, int] = Field(default_factory=dict, json_schema_extra={"additionalProperties": {"type": "integer"}})
     weights: dict[str, int] = Field(default_factory=dict, json_schema_extra={"additionalProperties": {"type": "integer"}})
+    shadow: RoutingShadow | None = Field(None, description="requests mirrored to another label (a rollout's shadow)")
     delivery: Literal["Push", "ConfigMap"] = Field(
         "Push", description="Push: sent to every ready pod's admin port and confirmed; ConfigMap: the pods "
                             "cannot be reached, routing.json carries it (live after the kubelet's refresh)")

@@ -17,12 +17,30 @@ from modeldeploy.decisions import autoscale, queries, rollout
 
 
 def rollout_check(r: api.Rollout, default_url: str, namespace: str, name: str, from_v: int, to_v: int,
-                  window_s: int) -> rollout.Measured:
-    """Both versions over the same window."""
+                  window_s: int, shadowing: bool = False) -> rollout.Measured:
+    """Both versions over the same window; while the rollout shadows, what the shadow runs saw."""
     url = r.prometheus.url if r.prometheus else default_url
     window = f"{window_s}s"
     return rollout.Measured(version_metrics(url, namespace, name, to_v, window),
-                            version_metrics(url, namespace, name, from_v, window))
+                            version_metrics(url, namespace, name, from_v, window),
+                            shadow_metrics(url, namespace, name, to_v, window) if shadowing else None)
+
+
+def shadow_metrics(url: str, namespace: str, name: str, version: int, window: str) -> rollout.ShadowMetrics:
+    if not url:
+        return rollout.ShadowMetrics({}, problem="no Prometheus URL (spec.rollout.prometheus.url, or the operator's "
+                                     "--prometheus-url)")
+    results = prometheus.vector(url, queries.shadow_by(namespace, name, version, window, "requests_total", "result"))
+    if results.problem.startswith(("Prometheus unreachable", "Prometheus error", "Prometheus answered HTTP")):
+        return rollout.ShadowMetrics({}, problem=results.problem)
+    top1 = {labels.get("agreement", ""): v for labels, v in prometheus.vector(
+        url, queries.shadow_by(namespace, name, version, window, "top1_rows_total", "agreement")).samples}
+    ratios = prometheus.vector(url, queries.shadow_by(namespace, name, version, window, "latency_ratio_bucket", "le"))
+    diffs = prometheus.vector(url, queries.shadow_by(namespace, name, version, window, "max_abs_diff_bucket", "le"))
+    return rollout.ShadowMetrics(
+        {labels.get("result", ""): v for labels, v in results.samples},
+        bucket_counts(ratios.samples, rollout.RATIO_BOUNDS), bucket_counts(diffs.samples, rollout.DIFF_BOUNDS),
+        top1.get("agree"), top1.get("disagree"))
 
 
 def version_metrics(url: str, namespace: str, name: str, version: int, window: str) -> rollout.VersionMetrics:
@@ -37,11 +55,11 @@ def version_metrics(url: str, namespace: str, name: str, version: int, window: s
     return rollout.VersionMetrics(_number(requests.value), _number(errors), bucket_counts(buckets.samples))
 
 
-def bucket_counts(samples: tuple[tuple[dict[str, str], float], ...]) -> tuple[float, ...] | None:
-    """Cumulative `le` series -> per-bucket counts over rollout.LATENCY_BOUNDS (+Inf last); None
+def bucket_counts(samples: tuple[tuple[dict[str, str], float], ...],
+                  bounds: tuple[float, ...] = rollout.LATENCY_BOUNDS) -> tuple[float, ...] | None:
+    """Cumulative `le` series -> per-bucket counts over `bounds` (+Inf last); None
     when there are none. `increase` extrapolates, so counts may be fractional and a cumulative
     count may dip by a hair below the previous bucket's: such dips count as zero."""
-    bounds = rollout.LATENCY_BOUNDS
     cumulative = [0.0] * (len(bounds) + 1)
     found = False
     for labels, value in samples:
@@ -65,8 +83,8 @@ def bucket_counts(samples: tuple[tuple[dict[str, str], float], ...]) -> tuple[fl
 
 def _index(bounds: tuple[float, ...], bound: float) -> int | None:
     """The bucket whose upper bound is `bound` (Prometheus prints them rounded)."""
-    i = bisect.bisect_left(bounds, bound * (1 - 1e-9))
-    return i if i < len(bounds) and abs(bounds[i] - bound) <= 1e-6 * bounds[i] else None
+    i = bisect.bisect_left(bounds, bound * (1 - 1e-9) if bound > 0 else bound)
+    return i if i < len(bounds) and abs(bounds[i] - bound) <= 1e-6 * abs(bounds[i]) else None
 
 
 def _number(v: float | None) -> float | None:

@@ -23,6 +23,9 @@ automated canary analysis) gives one: `Pass`, `High` (worse, and it matters), `L
   both tests are significant (only the first when the old version has no data).
 - **An absolute latency bound** (`judge_latency_bound`): "p99 <= X" means at most 1% of answers
   are slower than X: the exact binomial test on the count above X.
+- **Shadow** (the same requests answered by both versions): the paired time ratio by the sign test
+  and its median (`judge_paired_latency`), the output divergence by the binomial test on requests
+  above the bound (`judge_divergence`), top-1 agreement by the binomial test (`judge_agreement`).
 
 Buckets are per-bucket counts (not cumulative) over `bounds` (the upper bounds, increasing; the
 last count is the +Inf bucket). NaN or negative counts are treated as no data.
@@ -189,6 +192,21 @@ def judge_latency(new: Sequence[float] | None, old: Sequence[float] | None, boun
     return Verdict(PASS, "mann-whitney-u", f"{why}: {text}, p={rank.p_greater:.2g}", figures)
 
 
+def count_above(counts: Sequence[float], bounds: Sequence[float], limit: float) -> float:
+    """How many binned values exceed `limit`: those in buckets wholly above it, and the share of
+    the bucket that holds it above it (linearly, as histogram_quantile interpolates)."""
+    above = 0.0
+    lower = 0.0
+    for i, c in enumerate(counts):
+        upper = bounds[i] if i < len(bounds) else math.inf
+        if lower >= limit:
+            above += c
+        elif upper > limit and math.isfinite(upper):
+            above += c * (upper - limit) / (upper - lower)
+        lower = upper
+    return above
+
+
 def judge_latency_bound(new: Sequence[float] | None, bounds: Sequence[float], *, max_p99_ms: float,
                         confidence: float, min_requests: int) -> Verdict:
     """"p99 <= max_p99_ms": High when significantly more than 1% of answers are slower than it."""
@@ -197,17 +215,7 @@ def judge_latency_bound(new: Sequence[float] | None, bounds: Sequence[float], *,
     if a is None or n < min_requests:
         return Verdict(INCONCLUSIVE, "binomial", f"too few answers: {n:g} (minRequests {min_requests})",
                        {"newRequests": n})
-    limit = max_p99_ms / 1000
-    # answers in buckets wholly above the limit are surely slower; the bucket holding it is split linearly
-    above = 0.0
-    lower = 0.0
-    for i, c in enumerate(a):
-        upper = bounds[i] if i < len(bounds) else math.inf
-        if lower >= limit:
-            above += c
-        elif upper > limit and math.isfinite(upper):
-            above += c * (upper - limit) / (upper - lower)
-        lower = upper
+    above = count_above(a, bounds, max_p99_ms / 1000)
     p = binomial_sf(math.floor(above), int(n), 0.01)
     p99 = quantile(a, bounds, 0.99)
     figures: dict[str, float | None] = {"newRequests": n, "newP99Ms": None if p99 is None else p99 * 1000,
@@ -216,6 +224,65 @@ def judge_latency_bound(new: Sequence[float] | None, bounds: Sequence[float], *,
     if p < 1 - confidence:
         return Verdict(HIGH, "binomial", f"{text}, p={p:.2g}", figures)
     return Verdict(PASS, "binomial", f"{text}, p={p:.2g}", figures)
+
+
+# -- shadow: the same requests answered by both versions --
+def judge_paired_latency(ratios: Sequence[float] | None, bounds: Sequence[float], *, max_ratio: float,
+                         confidence: float, min_requests: int) -> Verdict:
+    """The shadow's time over the primary's on the same inputs, per request (binned over `bounds`,
+    1 among them). The sign test (is the shadow slower on more than half of the pairs?) says
+    whether it is slower at all; the median ratio says by how much: High when significant and the
+    median is above `max_ratio`."""
+    r = clean(ratios)
+    n = sum(r) if r else 0.0
+    if r is None or n < min_requests:
+        return Verdict(INCONCLUSIVE, "sign", f"too few pairs: {n:g} (minRequests {min_requests})", {"pairs": n})
+    slower = sum(c for i, c in enumerate(r) if i > 0 and i - 1 < len(bounds) and bounds[i - 1] >= 1.0)
+    p = binomial_sf(math.floor(slower), int(n), 0.5)
+    median = quantile(r, bounds, 0.5)
+    assert median is not None
+    figures: dict[str, float | None] = {"pairs": n, "slowerPairs": slower, "medianRatio": median,
+                                        "maxRatio": max_ratio, "pValue": p}
+    text = (f"slower on {slower:.0f} of {n:.0f} identical requests, median x{median:.3g} "
+            f"(bound x{max_ratio:g}), p={p:.2g}")
+    if p < 1 - confidence and median > max_ratio:
+        return Verdict(HIGH, "sign", f"slower: {text}", figures)
+    return Verdict(PASS, "sign", text, figures)
+
+
+def judge_divergence(diffs: Sequence[float] | None, bounds: Sequence[float], *, max_divergence: float,
+                     confidence: float, min_requests: int) -> Verdict:
+    """The largest absolute output difference per mirrored request: High when significantly more
+    than 1% of requests differ by more than `max_divergence`."""
+    d = clean(diffs)
+    n = sum(d) if d else 0.0
+    if d is None or n < min_requests:
+        return Verdict(INCONCLUSIVE, "binomial", f"too few compared requests: {n:g} (minRequests {min_requests})",
+                       {"compared": n})
+    above = count_above(d, bounds, max_divergence)
+    p = binomial_sf(math.floor(above), int(n), 0.01)
+    p99 = quantile(d, bounds, 0.99)
+    figures: dict[str, float | None] = {"compared": n, "diverging": above, "p99Diff": p99,
+                                        "maxDivergence": max_divergence, "pValue": p}
+    text = f"{above:.0f} of {n:.0f} requests differ by more than {max_divergence:g} (1% allowed), p={p:.2g}"
+    return Verdict(HIGH if p < 1 - confidence else PASS, "binomial", text, figures)
+
+
+def judge_agreement(agree: float | None, disagree: float | None, *, min_agreement: float, confidence: float,
+                    min_requests: int) -> Verdict:
+    """Rows whose top-1 class both versions agree on: High when the disagreements are
+    significantly more than `1 - min_agreement` of the rows."""
+    a, b = _count(agree), _count(disagree)
+    if a is None or b is None or a + b < min_requests:
+        return Verdict(INCONCLUSIVE, "binomial", f"too few rows: {(a or 0) + (b or 0)} (minRequests {min_requests})",
+                       {"rows": (a or 0) + (b or 0)})
+    n = a + b
+    p = binomial_sf(b, n, 1 - min_agreement)
+    figures: dict[str, float | None] = {"rows": n, "agreement": a / n, "minAgreement": min_agreement, "pValue": p}
+    text = f"top-1 agreement {a / n:.2%} of {n} rows (bound {min_agreement:.2%}), p={p:.2g}"
+    if a / n < min_agreement and p < 1 - confidence:
+        return Verdict(HIGH, "binomial", f"disagrees: {text}", figures)
+    return Verdict(PASS, "binomial", text, figures)
 
 
 def judge_errors(new_errors: float | None, new_requests: float | None, old_errors: float | None,

@@ -48,6 +48,13 @@ def version_errors(namespace: str, name: str, version: int, window: str) -> str:
     return f"sum(increase(modelserver_requests_total{sel}[{window}])) or vector(0)"
 
 
+def shadow_by(namespace: str, name: str, version: int, window: str, series: str, by: str) -> str:
+    """A shadow metric of one (shadow) version in the window, one series per `by` label value
+    (`series`: requests_total, top1_rows_total, or a histogram's _bucket)."""
+    sel = selector(namespace, name, version=str(version))
+    return f"sum by ({by}) (increase(modelserver_shadow_{series}{sel}[{window}]))"
+
+
 def version_latency_buckets(namespace: str, name: str, version: int, window: str) -> str:
     """One version's OK answers per latency bucket in the window: one series per `le` (cumulative)."""
     sel = selector(namespace, name, version=str(version))

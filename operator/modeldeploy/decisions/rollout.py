@@ -44,6 +44,7 @@ from modeldeploy.decisions.records import PodReport
 
 CANDIDATE_LABEL = "candidate"
 LATENCY_BOUNDS = contract.LATENCY_BUCKETS_SECONDS  # the server's per-version latency histogram
+DIFF_BOUNDS, RATIO_BOUNDS = contract.SHADOW_DIFF_BUCKETS, contract.SHADOW_RATIO_BUCKETS  # the shadow's histograms
 PROGRESSING, PROMOTING, SUCCEEDED, FAILED = "Progressing", "Promoting", "Succeeded", "Failed"
 
 
@@ -63,6 +64,10 @@ class Plan:
     min_latency_delta_ms: float = 1.0
     confidence: float = 0.99
     inconclusive_seconds: int | None = 600  # a step Inconclusive this long is rolled back (None: wait)
+    shadow_percent: float = 0.0  # of the stable version's requests mirrored before the first step (0: none)
+    shadow_seconds: int = 0
+    max_divergence: float | None = None
+    min_top1_agreement: float | None = None
 
     @property
     def window(self) -> int:
@@ -81,9 +86,22 @@ class VersionMetrics:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowMetrics:
+    """What the pods' shadow runs observed over the check's window (None: no data)."""
+
+    results: dict[str, float]  # compared | mismatched | failed | dropped -> mirrored requests
+    ratios: tuple[float, ...] | None = None  # per-bucket counts over RATIO_BOUNDS
+    diffs: tuple[float, ...] | None = None  # per-bucket counts over DIFF_BOUNDS
+    agree: float | None = None  # rows of [rows, classes] outputs
+    disagree: float | None = None
+    problem: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Measured:
     new: VersionMetrics
     old: VersionMetrics  # in the same window
+    shadow: ShadowMetrics | None = None  # while the rollout shadows
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +125,11 @@ class State:
     message: str = ""
     analysis: dict[str, Any] = field(default_factory=dict)
     reason: str = ""  # why it failed: RolledBack, Aborted, LoadFailed, Inconclusive
+    shadow_started: float | None = None  # when the new version began to get mirrored requests
+
+    @property
+    def shadowing(self) -> bool:
+        return self.phase == PROGRESSING and self.step < 0 and self.shadow_started is not None
 
     def as_status(self) -> dict[str, Any]:
         d = asdict(self)
@@ -114,7 +137,8 @@ class State:
                 "generation": d["generation"], "step": d["step"], "weight": d["weight"],
                 "stepStarted": d["step_started"], "lastCheck": d["last_check"],
                 "failedChecks": d["failed_checks"], "message": d["message"], "analysis": d["analysis"],
-                **({"reason": d["reason"]} if d["reason"] else {})}
+                **({"reason": d["reason"]} if d["reason"] else {}),
+                **({"shadowStarted": d["shadow_started"]} if d["shadow_started"] is not None else {})}
 
     @staticmethod
     def from_status(s: dict[str, Any] | None) -> State | None:
@@ -125,7 +149,8 @@ class State:
                          int(s.get("step", -1)), int(s.get("weight", 0)), float(s.get("stepStarted", 0)),
                          float(s.get("lastCheck", 0)), int(s.get("failedChecks", 0)), str(s.get("message", "")),
                          dict(s.get("analysis") or {}),
-                         str(s.get("reason") or ""))
+                         str(s.get("reason") or ""),
+                         None if s.get("shadowStarted") is None else float(s["shadowStarted"]))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -174,6 +199,37 @@ def evaluate(plan: Plan, new: VersionMetrics, old: VersionMetrics, alone: bool =
     inconclusive = any(v.result == judgement.INCONCLUSIVE for v in verdicts.values())
     passed = False if failures else (None if inconclusive else True)
     return Check(passed, failures, {name: v.as_status() for name, v in verdicts.items()})
+
+
+def evaluate_shadow(plan: Plan, m: ShadowMetrics | None) -> Check:
+    """A check while the rollout shadows: the new version judged on the stable version's requests,
+    mirrored to it: its time on the same inputs, its output divergence and top-1 agreement (when
+    bounded), and its failures on them (by maxErrorRate)."""
+    if m is None or m.problem:
+        why = (m.problem if m is not None else "") or "no shadow data"
+        return Check(None, (), {"shadow": judgement.Verdict(judgement.INCONCLUSIVE, "", why).as_status()})
+    compared = m.results.get("compared", 0.0) + m.results.get("mismatched", 0.0)
+    verdicts = {
+        "pairedLatency": judgement.judge_paired_latency(m.ratios, RATIO_BOUNDS, max_ratio=plan.max_latency_ratio,
+                                                        confidence=plan.confidence, min_requests=plan.min_requests),
+        "shadowErrors": judgement.judge_errors(m.results.get("failed", 0.0) + m.results.get("mismatched", 0.0),
+                                               compared + m.results.get("failed", 0.0), None, None,
+                                               max_rate=plan.max_error_rate, confidence=plan.confidence,
+                                               min_requests=plan.min_requests),
+    }
+    if plan.max_divergence is not None:
+        verdicts["divergence"] = judgement.judge_divergence(m.diffs, DIFF_BOUNDS, max_divergence=plan.max_divergence,
+                                                            confidence=plan.confidence, min_requests=plan.min_requests)
+    if plan.min_top1_agreement is not None and not (m.agree or m.disagree) and compared >= plan.min_requests:
+        verdicts["top1Agreement"] = judgement.Verdict(judgement.PASS, "none", "not applicable: the model's outputs "
+                                                      "have no [rows, classes] tensor")
+    elif plan.min_top1_agreement is not None:
+        verdicts["top1Agreement"] = judgement.judge_agreement(m.agree, m.disagree, min_agreement=plan.min_top1_agreement,
+                                                              confidence=plan.confidence, min_requests=plan.min_requests)
+    failures = tuple(f"{name}: {v.reason}" for name, v in verdicts.items() if v.failed)
+    inconclusive = any(v.result == judgement.INCONCLUSIVE for v in verdicts.values())
+    return Check(False if failures else (None if inconclusive else True), failures,
+                 {name: v.as_status() for name, v in verdicts.items()})
 
 
 def _result(check: Check) -> str:
@@ -227,15 +283,55 @@ def advance(plan: Plan, s: State, now: float, *, candidate_ready: bool, candidat
     if command == "promote":
         return _promote(s, now, "promoted by the user: remaining steps skipped")
     if s.step < 0:
-        if not candidate_ready:
-            return _out(s)
-        first = replace(s, step=0, weight=plan.steps[0], step_started=now, last_check=now,
-                        message=f"step 1/{len(plan.steps)}: {plan.steps[0]}% to version {s.to_version}")
-        return _out(first, ("Normal", "RolloutStep", first.message))
+        return _before_steps(plan, s, now, candidate_ready, check)
     if not step_live:
         return _out(replace(s, step_started=now, last_check=now,
-                            message=f"step {s.step + 1}/{len(plan.steps)}: {s.weight}% to version {s.to_version}, "
-                            "waiting for the split to be live on every pod"))
+                            message=f"{_where(plan, s)}, waiting for the split to be live on every pod"))
+    judged = _judge(plan, s, now, check)
+    if isinstance(judged, Outcome):
+        return judged
+    s = judged
+    if now - s.step_started < plan.step_seconds:
+        return _out(replace(s, message=f"{_where(plan, s)}, checks passing"))
+    if s.step + 1 >= len(plan.steps) or plan.steps[s.step] >= 100:
+        return _promote(s, now, f"all {len(plan.steps)} steps passed")
+    return _first_step(plan, s, now, s.step + 1)
+
+
+def _where(plan: Plan, s: State) -> str:
+    if s.shadowing:
+        return f"shadowing {plan.shadow_percent:g}% of version {s.from_version}'s requests to version {s.to_version}"
+    return f"step {s.step + 1}/{len(plan.steps)}: {s.weight}% to version {s.to_version}"
+
+
+def _first_step(plan: Plan, s: State, now: float, index: int = 0) -> Outcome:
+    nxt = replace(s, step=index, weight=plan.steps[index], step_started=now, last_check=now,
+                  message=f"step {index + 1}/{len(plan.steps)}: {plan.steps[index]}% to version {s.to_version}")
+    return _out(nxt, ("Normal", "RolloutStep", nxt.message))
+
+
+def _before_steps(plan: Plan, s: State, now: float, candidate_ready: bool, check: Check | None) -> Outcome:
+    """Loading the new version, then (with a shadow) judging it on mirrored requests that no user
+    sees answered: for `shadow_seconds`, its checks passing, before the first step."""
+    if not candidate_ready:
+        return _out(s)
+    if plan.shadow_percent <= 0:
+        return _first_step(plan, s, now)
+    if not s.shadowing:
+        sh = replace(s, shadow_started=now, step_started=now, last_check=now)
+        sh = replace(sh, message=f"{_where(plan, sh)} (answers compared and discarded)")
+        return _out(sh, ("Normal", "RolloutShadow", sh.message))
+    judged = _judge(plan, s, now, check)
+    if isinstance(judged, Outcome):
+        return judged
+    if now - (judged.shadow_started or 0.0) < plan.shadow_seconds:
+        return _out(replace(judged, message=f"{_where(plan, judged)}, checks passing"))
+    return _first_step(plan, judged, now)
+
+
+def _judge(plan: Plan, s: State, now: float, check: Check | None) -> Outcome | State:
+    """A check's effect: an Outcome that ends this call (no check due, waiting for data, a failed
+    check, a rollback), or the state to go on with (the check passed)."""
     if check is None:
         return _out(s)
     s = replace(s, last_check=now, analysis={"result": _result(check), "failures": list(check.failures),
@@ -245,8 +341,7 @@ def advance(plan: Plan, s: State, now: float, *, candidate_ready: bool, candidat
         if plan.inconclusive_seconds is not None and waited >= plan.inconclusive_seconds:
             return _rollback(s, now, "Inconclusive", f"version {s.to_version} rolled back: its checks stayed "
                              f"inconclusive for {waited:.0f} s ({_why_inconclusive(check)})")
-        return _out(replace(s, message=f"step {s.step + 1}/{len(plan.steps)}: {s.weight}% to version {s.to_version}, "
-                            f"waiting for data: {_why_inconclusive(check)}"))
+        return _out(replace(s, message=f"{_where(plan, s)}, waiting for data: {_why_inconclusive(check)}"))
     if not check.passed:
         failed = s.failed_checks + 1
         s = replace(s, failed_checks=failed, message=f"check failed ({failed}/{plan.failure_threshold}): "
@@ -255,28 +350,20 @@ def advance(plan: Plan, s: State, now: float, *, candidate_ready: bool, candidat
             return _rollback(s, now, "RolledBack", f"version {s.to_version} rolled back after {failed} failed "
                              f"checks: {'; '.join(check.failures)}")
         return _out(s, ("Warning", "RolloutCheckFailed", s.message))
-    if now - s.step_started < plan.step_seconds:
-        return _out(replace(s, message=f"step {s.step + 1}/{len(plan.steps)}: {s.weight}% to version "
-                            f"{s.to_version}, checks passing"))
-    if s.step + 1 >= len(plan.steps) or plan.steps[s.step] >= 100:
-        return _promote(s, now, f"all {len(plan.steps)} steps passed")
-    nxt = s.step + 1
-    s = replace(s, step=nxt, weight=plan.steps[nxt], step_started=now,
-                message=f"step {nxt + 1}/{len(plan.steps)}: {plan.steps[nxt]}% to version {s.to_version}")
-    return _out(s, ("Normal", "RolloutStep", s.message))
+    return s
 
 
 def check_due(plan: Plan, s: State, now: float) -> bool:
     """Every interval, and the first time once a whole window has passed since the step's split went
     live: an earlier window would mix in the previous step's traffic, and the new version's series,
     which start with its first request, would have too few samples to give a rate."""
-    return (s.phase == PROGRESSING and s.step >= 0 and now - s.last_check >= plan.interval_seconds
+    return (s.phase == PROGRESSING and (s.step >= 0 or s.shadowing) and now - s.last_check >= plan.interval_seconds
             and now - s.step_started >= plan.window)
 
 
 def seconds_to_next_check(plan: Plan, s: State, now: float) -> float | None:
     """When the next check falls due (0: now); None when no check is pending (not stepping)."""
-    if s.phase != PROGRESSING or s.step < 0:
+    if s.phase != PROGRESSING or (s.step < 0 and not s.shadowing):
         return None
     return max(0.0, s.last_check + plan.interval_seconds - now, s.step_started + plan.window - now)
 
@@ -303,13 +390,16 @@ def plan_of(r: api.Rollout) -> Plan:
     return Plan(tuple(r.steps), r.step_seconds, interval, a.max_error_rate, a.max_latency_ratio, a.min_requests,
                 a.failure_threshold, a.max_latency_ms, window_seconds=MIN_WINDOW_SECONDS,
                 min_latency_delta_ms=a.min_latency_delta_ms, confidence=a.confidence,
-                inconclusive_seconds=a.inconclusive_seconds)
+                inconclusive_seconds=a.inconclusive_seconds,
+                shadow_percent=r.shadow.percent if r.shadow else 0.0,
+                shadow_seconds=(r.shadow.seconds or r.step_seconds) if r.shadow else 0,
+                max_divergence=a.max_divergence, min_top1_agreement=a.min_top1_agreement)
 
 
 @dataclass(frozen=True, slots=True)
 class Step:
     state: State | None  # None: no rollout (status.rollout cleared)
-    override: tuple[Mapping[str, int], Mapping[str, int]] | None  # labels, weights to route by
+    override: tuple[Mapping[str, int], Mapping[str, int], Mapping[str, Any] | None] | None  # labels, weights, shadow
     events: tuple[tuple[str, str, str], ...] = ()
     unload: frozenset[int] = frozenset()  # a rolled-back version: unloaded though the spec lists it
 
@@ -384,7 +474,8 @@ def step(spec: api.ModelDeploymentSpec, body: Obj, pods: Sequence[PodReport] | N
     ready, failed = candidate(pods, state.to_version)
     check = None
     if measured is not None and check_due(plan, state, now):
-        check = evaluate(plan, measured.new, measured.old, alone=state.weight >= 100)
+        check = (evaluate_shadow(plan, measured.shadow) if state.shadowing else
+                 evaluate(plan, measured.new, measured.old, alone=state.weight >= 100))
     out = advance(plan, state, now, candidate_ready=ready, candidate_failed=failed,
                           promoted_everywhere=promoted_everywhere(previous, state.to_version), check=check, command=verb,
                           step_live=state.step < 0 or split_live(previous, state))
@@ -392,7 +483,9 @@ def step(spec: api.ModelDeploymentSpec, body: Obj, pods: Sequence[PodReport] | N
         events += (("Normal", "RolloutCommand", f"{verb} by the user: {out.state.message}"),)
     new_state = out.state
     keep = {k: v for k, v in (spec.version_labels or {}).items() if k not in ("stable", CANDIDATE_LABEL)}
-    override = None if new_state.phase == SUCCEEDED else ({**keep, **out.labels}, out.weights)
+    shadow = ({"label": CANDIDATE_LABEL, "percent": plan.shadow_percent, "source": "stable"}
+              if new_state.shadowing else None)
+    override = None if new_state.phase == SUCCEEDED else ({**keep, **out.labels}, out.weights, shadow)
     unload = frozenset({new_state.to_version}) if new_state.phase == FAILED else frozenset()
     return Step(new_state, override, events + out.events, unload)
 

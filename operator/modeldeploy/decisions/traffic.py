@@ -31,6 +31,8 @@ from modeldeploy.api import v1alpha1 as api
 from modeldeploy.decisions.records import PodReport, VersionReport
 
 STABLE, CANARY = "stable", "canary"
+# A rollout's table: labels, weights, and the shadow (None: no requests mirrored)
+Override = tuple[Mapping[str, int], Mapping[str, int], Mapping[str, Any] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +42,14 @@ class Table:
     generation: int
     labels: Mapping[str, int]
     weights: Mapping[str, int] = field(default_factory=dict)
+    shadow: Mapping[str, Any] | None = None  # {"label", "percent", "source"}: mirrored requests (a rollout's)
 
     def same_routes(self, other: Table | None) -> bool:
-        return other is not None and dict(self.labels) == dict(other.labels) and dict(self.weights) == dict(other.weights)
+        return (other is not None and dict(self.labels) == dict(other.labels) and dict(self.weights) == dict(other.weights)
+                and (dict(self.shadow) if self.shadow else None) == (dict(other.shadow) if other.shadow else None))
+
+    def with_generation(self, generation: int) -> Table:
+        return Table(generation, self.labels, self.weights, self.shadow)
 
     def versions(self) -> set[int]:
         return set(self.labels.values())
@@ -51,19 +58,26 @@ class Table:
         """The server's routing document (routing.json, and the admin push)."""
         weights = [(k, w) for k, w in self.weights.items()]
         weights.sort(key=lambda kw: (kw[0] != STABLE, kw[0] == CANARY, kw[0]))  # stable first, canary last
-        return {"generation": self.generation,
-                "models": {model: {"labels": dict(sorted(self.labels.items())), "weights": dict(weights)}}}
+        entry: dict[str, Any] = {"labels": dict(sorted(self.labels.items())), "weights": dict(weights)}
+        if self.shadow:
+            entry["shadow"] = dict(self.shadow)
+        return {"generation": self.generation, "models": {model: entry}}
 
     def as_status(self) -> dict[str, Any]:
-        return {"generation": self.generation, "labels": dict(self.labels), "weights": dict(self.weights)}
+        out = {"generation": self.generation, "labels": dict(self.labels), "weights": dict(self.weights)}
+        if self.shadow:
+            out["shadow"] = dict(self.shadow)
+        return out
 
     @staticmethod
     def from_status(s: Mapping[str, Any] | None) -> Table | None:
         if not s or "generation" not in s:
             return None
         try:
+            shadow = s.get("shadow")
             return Table(int(s["generation"]), {str(k): int(v) for k, v in (s.get("labels") or {}).items()},
-                         {str(k): int(v) for k, v in (s.get("weights") or {}).items()})
+                         {str(k): int(v) for k, v in (s.get("weights") or {}).items()},
+                         dict(shadow) if isinstance(shadow, Mapping) else None)
         except (TypeError, ValueError):
             return None
 
@@ -100,18 +114,19 @@ def spec_table(spec: api.ModelDeploymentSpec, generation: int) -> Table:
 
 
 def decide(spec: api.ModelDeploymentSpec, generation: int, in_force: Table | None,
-           pods: Sequence[PodReport] | None, override: tuple[Mapping[str, int], Mapping[str, int]] | None = None,
+           pods: Sequence[PodReport] | None, override: Override | None = None,
            unload: frozenset[int] = frozenset()) -> Decision:
     """The table to put in force, the versions to load, and where to push (`pods`: the ready
     pods' reports; None when the pods cannot be asked, so delivery is by ConfigMap). `override`
-    (labels, weights) replaces the spec's table while a progressive rollout runs (rollout.py);
+    (labels, weights, shadow) replaces the spec's table while a progressive rollout runs (rollout.py);
     `unload`: spec versions to drop anyway (a rolled-back one) unless a label still points at them."""
-    wanted = spec_table(spec, generation) if override is None else Table(generation, dict(override[0]), dict(override[1]))
+    wanted = (spec_table(spec, generation) if override is None else
+              Table(generation, dict(override[0]), dict(override[1]), dict(override[2]) if override[2] else None))
     if in_force is not None and wanted.same_routes(in_force):
-        wanted = Table(in_force.generation, wanted.labels, wanted.weights)  # nothing moved: keep its generation
+        wanted = wanted.with_generation(in_force.generation)  # nothing moved: keep its generation
     elif in_force is not None and wanted.generation <= in_force.generation:
         # a new table without a new spec generation (a rollout step): generations only go up
-        wanted = Table(in_force.generation + 1, wanted.labels, wanted.weights)
+        wanted = wanted.with_generation(in_force.generation + 1)
     spec_versions = set(spec.model.versions or ()) - unload
     if pods is None:  # each server keeps a labelled version loaded until its label moves
         return Decision(wanted, _versions(spec, spec_versions | wanted.versions()), delivery="ConfigMap")

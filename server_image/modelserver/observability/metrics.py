@@ -20,7 +20,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from modelserver.contract import LATENCY_BUCKETS_SECONDS, LATENCY_METRIC, METRICS_PATH
+from modelserver.contract import (
+    LATENCY_BUCKETS_SECONDS,
+    LATENCY_METRIC,
+    METRICS_PATH,
+    SHADOW_DIFF_BUCKETS,
+    SHADOW_RATIO_BUCKETS,
+)
 from modelserver.core.request_context import RequestContext
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -33,10 +39,7 @@ TF_QUEUE_BUCKETS_US: tuple[float, ...] = tuple(100 * 1.2**i for i in range(52))
 SECONDS_BUCKETS: tuple[float, ...] = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                       0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_SIZE_BUCKETS: tuple[float, ...] = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-# Shadow comparisons: the largest absolute output difference per request (0, then decades from 1e-9),
-# and the shadow's time over the primary's on the same inputs (2^(1/8) apart, from 1/16 to 16).
-SHADOW_DIFF_BUCKETS: tuple[float, ...] = (0.0, *(10.0**e for e in range(-9, 4)))
-SHADOW_RATIO_BUCKETS: tuple[float, ...] = tuple(2 ** (k / 8) for k in range(-32, 33))
+
 
 TF_API = {"predict": "Predict", "classify": "Classify", "regress": "Regress",
           "multi_inference": "MultiInference", "get_model_metadata": "GetModelMetadata"}
