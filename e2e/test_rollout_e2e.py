@@ -34,9 +34,9 @@ class Traffic(ClientThreads):
     """Two clients sending unlabelled predictions, one in five with x = 150 (which version 3 refuses);
     every answer's version, and every failure, with the time the request was sent."""
 
-    def __init__(self, cluster: Cluster, ns: str, service: str):
+    def __init__(self, cluster: Cluster, ns: str, service: str, model: str = MODEL):
         super().__init__(2)
-        self.url = f"{cluster.service_url(ns, service)}/v1/models/{MODEL}:predict"
+        self.url = f"{cluster.service_url(ns, service)}/v1/models/{model}:predict"
         self.answers: list[tuple[float, int]] = []
         self._sent = [0, 0]  # requests per thread
 
@@ -152,3 +152,42 @@ def test_the_rollout_state_survives_an_operator_restart(cluster: Cluster, namesp
         assert sorted(m for r, m in events if r == "RolloutStep") == [
             "step 1/3: 20% to version 2", "step 2/3: 50% to version 2", "step 3/3: 100% to version 2"], events
     assert json.dumps(st)  # plain data in status
+
+
+def test_a_shadow_judges_the_new_version_before_any_user_sees_it(cluster: Cluster, namespace: str,
+                                                                  operator: OperatorProcess) -> None:
+    """rollout.shadow: half_plus_two 1 -> 123 (the same answers) passes its shadow phase and then
+    steps; rollout 1 -> 2 (x + 3 instead of 0.5x + 2) diverges and is rolled back while it shadows:
+    no user request is ever answered by version 2."""
+    prometheus = cluster.prometheus()
+    shadow = {"percent": 50, "seconds": 6}
+    same = rollout_md("same", namespace, prometheus)
+    same["spec"]["model"] = {"name": "half_plus_two", "storage": {"hostPath": {"path": "/models/half_plus_two"}},
+                             "versions": [1, 123]}
+    same["spec"]["rollout"] = {**same["spec"]["rollout"], "steps": [50, 100], "shadow": shadow}
+    same["spec"]["rollout"]["analysis"]["maxDivergence"] = 0.001
+    cluster.create(same)
+    wait_for(lambda: condition(cluster.md(namespace, "same"), "Ready").get("status") == "True", READY_TIMEOUT, "Ready")
+    with Traffic(cluster, namespace, "same", model="half_plus_two") as traffic:
+        wait_for(lambda: len(traffic.answers) >= 30, 60, "traffic flowing")
+        ok = roll(cluster, namespace, "same", 123, traffic, "Succeeded")
+        assert ok["failedChecks"] == 0 and 50 in ok["weights"], ok
+    events = cluster.events(namespace, "same")
+    assert ("Normal", "RolloutShadow") in events and ("Normal", "RolloutStep") in events
+
+    diverging = rollout_md("diverging", namespace, prometheus)
+    diverging["spec"]["rollout"] = {**diverging["spec"]["rollout"], "shadow": shadow}
+    diverging["spec"]["rollout"]["analysis"]["maxDivergence"] = 0.001
+    cluster.create(diverging)
+    wait_for(lambda: condition(cluster.md(namespace, "diverging"), "Ready").get("status") == "True", READY_TIMEOUT,
+             "Ready")
+    with Traffic(cluster, namespace, "diverging") as traffic:
+        wait_for(lambda: len(traffic.answers) >= 30, 60, "traffic flowing")
+        t0 = time.monotonic()
+        st = roll(cluster, namespace, "diverging", 2, traffic, "Failed")
+        assert "divergence" in st["message"] and st["weight"] == 0, st
+        wait_for(lambda: len(traffic.since(t0)[0]) >= 30, 60, "traffic after the rollback")
+        versions, failures = traffic.since(t0)
+        assert set(versions) == {1}, set(versions)  # no user ever got version 2's answer
+        # version 3 refuses one request in five of the Traffic's; versions 1 and 2 answer them all
+        assert not failures, failures[:5]

@@ -514,6 +514,8 @@ class RolloutStatus(_Model):
     reason: str | None = Field(None, description="why a Failed rollout went back: RolledBack, Aborted, LoadFailed, "
                                "Inconclusive")
     command: str | None = Field(None, description="the last promote/abort command acted on (verb@generation)")
+    shadow_started: float | None = Field(None, description="when the new version began to get mirrored requests "
+                                         "(Unix seconds; while it shadows, before the first step)")
 
 
 class FailureInfo(_Model):
