@@ -219,9 +219,15 @@ def operator_section(data: Mapping[str, Any]) -> str:
 
 def with_operator_section(text: str, section: str) -> str:
     """`text` (RESULTS.md) with its operator section replaced by `section`, or added before Reproduce."""
-    if SECTION_START in text and SECTION_END in text:
-        head, rest = text.split(SECTION_START, 1)
-        text = head + section + rest.split(SECTION_END, 1)[1]
+    return with_section(text, section, SECTION_START, SECTION_END)
+
+
+def with_section(text: str, section: str, start: str, end: str) -> str:
+    """`text` (RESULTS.md) with the section between the markers `start` and `end` replaced by
+    `section` (which carries the markers), or added before Reproduce."""
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         marker = "## Reproduce"
         text = text.replace(marker, section + "\n\n" + marker, 1) if marker in text else text.rstrip() + "\n\n" + section + "\n"

@@ -192,6 +192,36 @@ def summarize(kind: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
             "answersMedian": statistics.median(reqs) if reqs else None, "answersMax": max(reqs, default=None)}
 
 
+ROLLOUT_START, ROLLOUT_END = "<!-- rollout-judgement -->", "<!-- /rollout-judgement -->"
+
+
+def section(out: dict[str, Any]) -> str:
+    """The "Rollout judgement" section of RESULTS.md, from one run's JSON."""
+    r = out["rollout"]
+    L = [ROLLOUT_START, "## Rollout judgement (bench/rollouts.py, `make bench-rollouts`)", "",
+         f"Run {out['when']}: repeated progressive rollouts on the local cluster (steps {r['steps']}, "
+         f"stepSeconds {r['stepSeconds']}, checks every {r['analysis']['intervalSeconds']} s over 10 s windows, "
+         f"minRequests {r['analysis']['minRequests']}, failureThreshold {r['analysis']['failureThreshold']}, "
+         "defaults otherwise: maxLatencyRatio 1.2, minLatencyDeltaMs 1, maxErrorRate 0.01, confidence 0.99) under "
+         "two closed-loop REST clients, of versions built by the bench: healthy (the same cost as stable), 50% "
+         "slower per request, or answering 5% errors. Goal: no healthy version rolled back, every bad one rolled "
+         "back. Seconds: from the spec change to the verdict; answers: what the new version answered until then.",
+         "", "| versions | rollouts | rolled back | rate | median s to verdict | max s | median answers |",
+         "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in out["summary"]:
+        L.append(f"| {row['kind']} | {row['rollouts']} | {row['rolledBack']} | {(row['rate'] or 0):.0%} | "
+                 f"{row['secondsMedian'] or 0:.1f} | {row['secondsMax'] or 0:.1f} | {row['answersMedian'] or 0:,.0f} |")
+    b = out["oldRuleOnHealthyWindows"]
+    L += ["", f"The rule before (the new p99 against 1.2x the old p99, read from `modelserver_request_duration_seconds` "
+          f"buckets 2-2.5x apart, no test), asked of the same healthy rollouts' check windows: "
+          f"{b['failedByOldRule']} of {b['windows']} checks failed. Requests that failed in transport or with a "
+          f"5xx during the run: {out['transportFailures']}."]
+    if out.get("note"):
+        L += ["", out["note"]]
+    L += ["", ROLLOUT_END]
+    return "\n".join(L)
+
+
 def main(argv: list[str] | None = None) -> int:
     from e2e_support import MD_API, Cluster, LocalRun, wait_local_ready
 
@@ -200,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slow", type=int, default=10)
     ap.add_argument("--errors", type=int, default=10)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "rollouts.json")
+    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md",
+                    help="the RESULTS.md whose Rollout judgement section this run replaces ('' : none)")
+    ap.add_argument("--note", default="", help="a paragraph for the section (what else this run showed)")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="rollouts-"))
     iterations = build_models(work / "models")
@@ -258,8 +291,13 @@ def main(argv: list[str] | None = None) -> int:
            "rollouts": {k: [{**{key: r.get(key) for key in ("phase", "reason", "seconds", "answers", "message")},
                             "latency": latency_reason(r)} for r in v]
                         for k, v in rows.items()}}
+    out["note"] = args.note
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
+    if str(args.results):
+        from report import with_section
+
+        args.results.write_text(with_section(args.results.read_text(), section(out), ROLLOUT_START, ROLLOUT_END))
     print("\nkind      rollouts  rolled back  rate   median s  max s  median answers")
     for s in summary:
         print(f"{s['kind']:9s} {s['rollouts']:8d} {s['rolledBack']:12d} {s['rate'] or 0:5.0%} "
