@@ -28,8 +28,13 @@ CANARY_10 = make_route({"stable": 1, "canary": 2}, [("stable", 90), ("canary", 1
 
 @pytest.mark.parametrize(("doc", "words"), [
     ([], "expected an object"),
-    ({"generation": -1, "models": {}}, "non-negative"),
-    ({"generation": True, "models": {}}, "non-negative"),
+    ({"generation": -1, "models": {}}, "integer from 0"),
+    ({"generation": True, "models": {}}, "integer from 0"),
+    ({"generation": 10**4000, "models": {}}, "integer from 0"),  # beyond int64: a table nothing could follow
+    ({"models": {"m": {"labels": {"café": 1}}}}, "label names"),  # labels go into gRPC metadata: ASCII
+    ({"models": {"m": {"labels": {"\ud800": 1}}}}, "label names"),
+    ({"models": {"m": {"labels": {"a b": 1}}}}, "label names"),
+    ({"models": {"m": {"labels": {"stable": 2**63}}}}, "versions > 0"),
     ({"models": {"m": {"labels": {"stable": 0}}}}, "versions > 0"),
     ({"models": {"m": {"labels": {"": 1}}}}, "versions > 0"),
     ({"models": {"m": {"labels": {"stable": 1}, "weights": {"canary": 10}}}}, "does not define: canary"),

@@ -1,7 +1,9 @@
 """Errors with TF Serving's status codes, and their HTTP mapping.
 
 Every client-visible failure in the server is a ServingError carrying a gRPC status code; the
-REST layer maps it to an HTTP status exactly as TF Serving does (see `http_status`).
+REST layer maps it to an HTTP status exactly as TF Serving does (see `http_status`). What goes on
+the wire is `wire_message(exc.message)`: at most MAX_WIRE_MESSAGE_BYTES of UTF-8, always
+encodable (a message may quote client text, e.g. 100,000 unknown input names or a lone surrogate).
 """
 
 from __future__ import annotations
@@ -45,6 +47,23 @@ class ServingError(Exception):
 
     def __repr__(self) -> str:
         return f"ServingError({self.code.name}, {self.message!r})"
+
+
+# gRPC sends the message in a trailer, percent-encoded (up to 3 bytes per byte), and clients
+# refuse metadata beyond 8 KiB (grpc.max_metadata_size): 2 KiB of UTF-8 stays under it.
+MAX_WIRE_MESSAGE_BYTES = 2048
+
+
+def wire_message(message: str) -> str:
+    """`message` as a client receives it: valid UTF-8 (a lone surrogate written as `\\udXXX`),
+    cut to MAX_WIRE_MESSAGE_BYTES with the number of bytes left out."""
+    if len(message) <= MAX_WIRE_MESSAGE_BYTES // 4 and message.isascii():
+        return message
+    data = message.encode("utf-8", "backslashreplace")
+    if len(data) <= MAX_WIRE_MESSAGE_BYTES:
+        return data.decode("utf-8")
+    head = data[:MAX_WIRE_MESSAGE_BYTES - 40].decode("utf-8", "ignore")
+    return f"{head}... ({len(data) - len(head.encode())} more bytes)"
 
 
 def http_status(code: grpc.StatusCode) -> int:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,10 @@ from modelserver.config.files import read_json
 from modelserver.core.errors import invalid_argument
 
 MAX_WEIGHT = 1_000_000
+INT64_MAX = 2**63 - 1  # generations and versions are int64 (as metadata.generation and TF Serving versions)
+# A label travels in gRPC metadata and HTTP headers: ASCII letters, digits, '_', '.', '-' (a
+# superset of the operator's versionLabels keys).
+LABEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +103,8 @@ def parse_table(doc: Any, source: str = "routing table") -> RoutingTable:
     if not isinstance(doc, dict) or set(doc) - {"generation", "models"}:
         raise bad('expected an object with "generation" and "models"')
     gen = doc.get("generation", 0)
-    if not isinstance(gen, int) or isinstance(gen, bool) or gen < 0:
-        raise bad('"generation" must be a non-negative integer')
+    if not isinstance(gen, int) or isinstance(gen, bool) or not 0 <= gen <= INT64_MAX:
+        raise bad(f'"generation" must be an integer from 0 to {INT64_MAX}')
     models = doc.get("models", {})
     if not isinstance(models, dict):
         raise bad('"models" must be an object')
@@ -110,9 +115,9 @@ def parse_table(doc: Any, source: str = "routing table") -> RoutingTable:
         labels = entry.get("labels", {})
         weights = entry.get("weights", {})
         if not isinstance(labels, dict) or not all(
-                isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool) and v > 0
-                for k, v in labels.items()):
-            raise bad(f"model {name!r}: labels must map label names to versions > 0")
+                isinstance(k, str) and LABEL_NAME.fullmatch(k) and isinstance(v, int) and not isinstance(v, bool)
+                and 0 < v <= INT64_MAX for k, v in labels.items()):
+            raise bad(f"model {name!r}: labels must map label names ({LABEL_NAME.pattern}) to versions > 0")
         if not isinstance(weights, dict) or not all(
                 isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_WEIGHT for v in weights.values()):
             raise bad(f"model {name!r}: weights must map labels to integers from 0 to {MAX_WEIGHT}")

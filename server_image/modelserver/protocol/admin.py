@@ -19,6 +19,7 @@ admits only its own pods to this port. Without `--admin_token_file` the admin po
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -26,14 +27,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+import grpc
 from aiohttp import web
 
 from modelserver.contract import ADMIN_MODELS_PATH, ADMIN_ROUTING_PATH
-from modelserver.core.errors import ServingError, invalid_argument
+from modelserver.core.errors import ServingError, invalid_argument, wire_message
 from modelserver.core.manager import Manager
 from modelserver.core.routing import parse_table
 
 log = logging.getLogger("modelserver.protocol.admin")
+
+BODY_TIMEOUT_S = 10.0  # a routing document (at most 1 MiB) arrives within this
 
 
 def models_json(manager: Manager) -> dict[str, Any]:
@@ -79,7 +83,8 @@ class TokenFile:
             token = self.read()
         except (OSError, ValueError):
             token = self._token
-        return hmac.compare_digest(header[len("Bearer "):].strip().encode(), token)
+        # aiohttp hands undecodable header bytes over as surrogates: compared as the bytes sent
+        return hmac.compare_digest(header[len("Bearer "):].strip().encode("utf-8", "surrogateescape"), token)
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:
@@ -103,14 +108,21 @@ def make_admin_app(manager: Manager, token: TokenFile) -> web.Application:
     async def put_routing(request: web.Request) -> web.Response:
         try:
             try:
-                doc = json.loads(await request.read())
-            except (ValueError, UnicodeDecodeError) as exc:
+                async with asyncio.timeout(BODY_TIMEOUT_S):
+                    raw = await request.read()
+            except TimeoutError:
+                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "routing document not received within "
+                                   f"{BODY_TIMEOUT_S:.0f} s") from None
+            try:
+                doc = json.loads(raw)
+            except (ValueError, RecursionError) as exc:  # UnicodeDecodeError included
                 raise invalid_argument(f"routing document is not JSON: {exc}") from None
             table = parse_table(doc, "routing document")
             manager.apply_routing(table)
         except ServingError as exc:
-            log.warning("routing push refused: %s", exc.message)
-            return _json({"error": exc.message}, exc.http_status)
+            message = wire_message(exc.message)
+            log.warning("routing push refused: %s", message)
+            return _json({"error": message}, exc.http_status)
         log.info("routing generation %d in force (pushed): %s", table.generation,
                  json.dumps(table.as_json()["models"], sort_keys=True))
         return _json(manager.routing.as_json())
