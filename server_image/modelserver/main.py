@@ -81,6 +81,25 @@ def configure_tensorflow(flags: Flags) -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
 
 
+def raise_open_files_limit() -> tuple[int, int] | None:
+    """Raises this process's soft limit on open files to its hard limit (every connection is a
+    descriptor: at the usual soft limit of 1,024, a thousand idle connections stop the server
+    accepting any other). Returns (old, new), or None when it was already there or cannot move."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft >= hard:
+        return None
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return None
+    return soft, target
+
+
 def check_admin_and_routing_flags(flags: Flags) -> None:
     """A routing file that cannot be read or parsed, or an admin port without a usable token,
     is a start-up error (ConfigError), like any other config file."""
@@ -136,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"model-server: {exc}\n")
         return 1
+    raised = raise_open_files_limit()
+    if raised is not None:
+        log.info("open files limit raised from %d to %d (RLIMIT_NOFILE)", *raised)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     configure_tensorflow(flags)
     # Imported here, after TensorFlow is configured: the server's modules import TensorFlow.

@@ -256,13 +256,13 @@ class ModelServer:
         if not (flags.port or flags.grpc_socket_path):
             return
         try:
-            options = server_options(flags.grpc_channel_arguments)
+            options = server_options(flags.grpc_channel_arguments, flags.max_request_tensor_bytes)
         except ValueError as exc:
             raise StartError(str(exc)) from None
         server = grpc.aio.server(options=options)
         add_services(server, self.state)
         if flags.enable_profiler:  # TensorBoard's profile capture, on the gRPC port as in TF Serving
-            profiler.add_service(server)
+            profiler.add_service(server, flags.profiler_dir, flags.profiler_max_duration_seconds)
         self._add_close(lambda: server.stop(self._grpc_grace))
         host = f"[{flags.bind_address}]" if ":" in flags.bind_address else flags.bind_address
         addresses = [f"{host}:{flags.port}"] if flags.port else []
@@ -285,7 +285,8 @@ class ModelServer:
                       "Skipped exporting HTTP/REST API.")
         if not port:
             return
-        runner = web.AppRunner(make_app(self.state), shutdown_timeout=flags.drain_timeout_seconds, access_log=None)
+        runner = web.AppRunner(make_app(self.state), shutdown_timeout=flags.drain_timeout_seconds, access_log=None,
+                               keepalive_timeout=flags.rest_api_idle_timeout_seconds)
         await self._bind_site(runner, port, "the REST port")
         self.rest_runner = runner
         log.info("Exporting HTTP/REST API at:%s:%d ...", flags.bind_address, port)
@@ -295,7 +296,7 @@ class ModelServer:
         if not flags.admin_port:
             return
         runner = web.AppRunner(make_admin_app(self.manager, TokenFile(flags.admin_token_file)),  # type: ignore[arg-type]
-                               access_log=None)
+                               access_log=None, keepalive_timeout=flags.rest_api_idle_timeout_seconds)
         await self._bind_site(runner, flags.admin_port, "the admin port")
         log.info("admin API (routing pushes) at %s:%d", flags.bind_address, flags.admin_port)
 

@@ -224,6 +224,28 @@ async def test_requests_queued_behind_a_busy_worker_are_merged_into_one_batch():
     await b.close()
 
 
+@pytest.mark.parametrize(("cap", "sizes"), [(None, [1, 4]), (4000, [1, 1, 3])])
+async def test_a_padded_batch_takes_in_no_request_that_would_grow_it_past_the_byte_cap(cap, sizes):
+    """--max_request_tensor_bytes caps a merged batch: a 1000-wide row (4000 bytes) padded into
+    three 1-wide ones would make a 16,000-byte batch; with the cap it runs alone and the short
+    rows run together. Without the cap the four share one batch."""
+    model = CountingModel(hold=True)
+    b = Batcher(BatchingOptions(max_batch_size=16, batch_timeout_micros=0, num_batch_threads=1,
+                                pad_variable_length_inputs=True), inline_below_s=0, max_batch_bytes=cap)
+    first = asyncio.ensure_future(b.submit(KEY, model, {"x": np.zeros((1, 1), np.float32)}, ctx()))
+    await asyncio.to_thread(model.started.wait, 5)
+    wide = asyncio.ensure_future(b.submit(KEY, model, {"x": np.ones((1, 1000), np.float32)}, ctx()))
+    short = [asyncio.ensure_future(b.submit(KEY, model, {"x": np.full((1, 1), i, np.float32)}, ctx()))
+             for i in range(3)]
+    await asyncio.sleep(0.05)
+    model.release.set()
+    await first
+    assert (await wide)["y"].tolist() == [[3.0] * 1000]
+    assert [(await s)["y"].shape[0] for s in short] == [1, 1, 1]
+    assert model.sizes == sizes
+    await b.close()
+
+
 async def test_partial_batch_waits_for_the_timeout_while_another_worker_is_busy():
     model = CountingModel(hold=True)
     b = queued_only(BatchingOptions(max_batch_size=4, batch_timeout_micros=5_000_000, num_batch_threads=2))

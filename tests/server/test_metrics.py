@@ -112,3 +112,21 @@ def test_request_without_computation_records_no_runtime():
     fams, text = _families(m)
     assert ':tensorflow:serving:request_count{model_name="hp",status="NOT_FOUND"} 1.0' in text
     assert not [s for s in fams[":tensorflow:serving:runtime_latency"].samples]
+
+
+def test_names_and_labels_the_server_does_not_serve_share_one_series():
+    """Clients choose model names and labels; the series do not: a model the server does not
+    serve counts under model "" and a label the model does not have under label "", so 1,000
+    invented names add one series, not 1,000 (a scrape of 372 MB froze a server before)."""
+    served = {"hp": {"stable": 1}}
+    m = ServerMetrics(labels_of=served.get)
+    for i in range(1000):
+        m.finish(_ctx(model=f"m{i:07d}", version=None, status="NOT_FOUND"))
+        m.finish(_ctx(model="hp", label=f"l{i}", status="INVALID_ARGUMENT"))
+    m.finish(_ctx(model="hp", label="stable"))
+    fams, text = _families(m)
+    requests = [s for s in fams["modelserver_requests"].samples if s.name == "modelserver_requests_total"]
+    assert {(s.labels["model"], s.labels["label"], s.labels["code"]): s.value for s in requests} == {
+        ("", "", "NOT_FOUND"): 1000, ("hp", "", "INVALID_ARGUMENT"): 1000, ("hp", "stable", "OK"): 1}
+    assert "m0000001" not in text and "l1" not in text
+    assert ':tensorflow:serving:request_count{model_name="",status="NOT_FOUND"} 1000.0' in text

@@ -3,6 +3,7 @@ policies, label rules, availability-preserving unloads, REST JSON and TensorProt
 
 from __future__ import annotations
 
+import json
 import types
 from pathlib import Path
 
@@ -83,6 +84,13 @@ def test_channel_arguments() -> None:
         ("grpc.max_concurrent_streams", 100), ("grpc.primary_user_agent", "x")]
     opts = dict(server_options("grpc.max_receive_message_length=1024"))
     assert opts["grpc.max_receive_message_length"] == 1024 and opts["grpc.max_send_message_length"] == 2**31 - 1
+    # the receive limit follows --max_request_tensor_bytes (twice it; TF Serving's 2 GiB without it);
+    # the connection limits are set and may be overridden
+    opts = dict(server_options("grpc.max_connection_idle_ms=1000", 64 << 20))
+    assert opts["grpc.max_receive_message_length"] == 128 << 20
+    assert opts["grpc.max_connection_idle_ms"] == 1000 and opts["grpc.server_handshake_timeout_ms"] == 10_000
+    assert dict(server_options("", 0))["grpc.max_receive_message_length"] == 2**31 - 1
+    assert dict(server_options("", 2**31))["grpc.max_receive_message_length"] == 2**31 - 1
     with pytest.raises(ValueError):
         parse_channel_arguments("novalue")
 
@@ -192,8 +200,9 @@ def test_rest_json_row_and_columnar() -> None:
 
 def test_rest_json_outputs() -> None:
     out = {"y": np.array([0.1, 2.5], np.float32), "name_bytes": np.array([b"\x00"], dtype=object)}
-    assert rest_json.predict_response({"y": out["y"]}, row=True) == {"predictions": [0.1, 2.5]}
-    assert rest_json.predict_response(out, row=False) == {"outputs": {"y": [0.1, 2.5], "name_bytes": [{"b64": "AA=="}]}}
+    assert json.loads(rest_json.predict_response({"y": out["y"]}, row=True)) == {"predictions": [0.1, 2.5]}
+    assert json.loads(rest_json.predict_response(out, row=False)) == {
+        "outputs": {"y": [0.1, 2.5], "name_bytes": [{"b64": "AA=="}]}}
     with pytest.raises(ServingError):
         rest_json.predict_response(out, row=True)  # different batch sizes
     feat = rest_json.feature_from_json("f", [1, 2])

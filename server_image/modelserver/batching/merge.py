@@ -3,7 +3,8 @@ runs is, and how requests are merged into it and its outputs split back.
 
 Requests share a batch when their inputs agree on names, dtypes and non-batch dimensions
 (`shape_key`; with `pad_variable_length_inputs`, only on the number of dimensions). A batch is
-padded up to the next allowed size (`padded_size`) by repeating its first row, and each request
+padded up to the next allowed size (`padded_size`) by repeating its first row (and never grows
+past a byte cap by taking in another request: `row_layout`, `batch_bytes`), and each request
 gets back its own rows of every output (`split_outputs`); outputs that are not batched along
 dimension 0 cannot be split (`SplitError`). No I/O, no scheduling: plain numpy in, numpy out.
 """
@@ -11,6 +12,7 @@ dimension 0 cannot be split (`SplitError`). No I/O, no scheduling: plain numpy i
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +45,28 @@ def shape_key(inputs: Mapping[str, np.ndarray], pad_variable_length: bool) -> tu
         return ((name, arr.dtype.str, arr.ndim if pad_variable_length else arr.shape[1:]),)
     return tuple((name, arr.dtype.str, arr.ndim if pad_variable_length else arr.shape[1:])
                  for name, arr in sorted(inputs.items()))
+
+
+Layout = tuple[tuple[tuple[int, ...], int], ...]  # per input (by name): non-batch dims, item size
+
+
+def row_layout(inputs: Mapping[str, np.ndarray]) -> Layout:
+    """What one row of a request occupies: per input (sorted by name), its non-batch dimensions
+    and item size (strings count as their 8-byte references)."""
+    return tuple((arr.shape[1:], arr.dtype.itemsize or 8) for _, arr in sorted(inputs.items()))
+
+
+def merged_layout(a: Layout, b: Layout) -> Layout:
+    """The layout of a batch holding rows of both (padding takes each dimension's maximum)."""
+    if a == b:
+        return a
+    return tuple((tuple(max(x, y) for x, y in zip(da, db, strict=True)), max(ia, ib))
+                 for (da, ia), (db, ib) in zip(a, b, strict=True))
+
+
+def batch_bytes(layout: Layout, size: int) -> int:
+    """The bytes of a merged batch of `size` rows of `layout`."""
+    return size * sum(math.prod(dims) * itemsize for dims, itemsize in layout)
 
 
 def padded_size(rows: int, allowed: Sequence[int]) -> int:

@@ -17,7 +17,9 @@ merge.py); `Batcher` only schedules. Scheduling is event driven and costs one as
   completed the batch never suspends.
 
 A full queue answers RESOURCE_EXHAUSTED at once; a request whose deadline passes while queued
-answers DEADLINE_EXCEEDED and is never computed.
+answers DEADLINE_EXCEEDED and is never computed. A batch takes in another request only while its
+merged, padded inputs stay within `max_batch_bytes` (--max_request_tensor_bytes): padding a long
+row into 31 short ones cannot make a batch 32 times the size of any request.
 """
 
 from __future__ import annotations
@@ -33,12 +35,16 @@ import grpc
 import numpy as np
 
 from modelserver.batching.merge import (
+    Layout,
     Piece,
     SplitError,
     Tensors,
+    batch_bytes,
     batch_rows,
     merge_inputs,
+    merged_layout,
     padded_size,
+    row_layout,
     shape_key,
     split_outputs,
 )
@@ -53,7 +59,7 @@ BatchObserver = Callable[[Hashable, int, int], None]  # (key, real rows, execute
 
 class _Task:
     __slots__ = ("fn", "inputs", "rows", "ctx", "future", "taken", "done_rows", "parts", "expiry",
-                 "enqueued")
+                 "enqueued", "layout")
 
     def __init__(self, fn: ModelFn, inputs: Tensors, rows: int, ctx: RequestContext,
                  future: asyncio.Future[Tensors], enqueued: float) -> None:
@@ -67,6 +73,7 @@ class _Task:
         self.done_rows = 0
         self.parts: dict[int, Tensors] | None = None
         self.expiry: asyncio.TimerHandle | None = None
+        self.layout: Layout | None = None  # one row's dims and item sizes (set when batches are capped in bytes)
 
 
 class _Queue:
@@ -89,8 +96,9 @@ class Batcher:
     """
 
     def __init__(self, options: BatchingOptions, on_batch: BatchObserver | None = None,
-                 inline_below_s: float = 0.0005) -> None:
+                 inline_below_s: float = 0.0005, max_batch_bytes: int | None = None) -> None:
         self.options = options
+        self._max_bytes = max_batch_bytes
         self.policy = InlinePolicy(inline_below_s)  # a batch on the event loop or on a batch thread
         self._limit = options.execution_batch_size
         self._capacity = options.max_enqueued_batches * self._limit  # rows per queue
@@ -145,6 +153,8 @@ class Batcher:
         ctx.t_queue_start = time.perf_counter()
         future: asyncio.Future[Tensors] = loop.create_future()
         task = _Task(fn, inputs, rows, ctx, future, now)
+        if self._max_bytes is not None and not solo:
+            task.layout = row_layout(inputs)
         if ctx.deadline is not None:
             left = ctx.deadline - ctx.t_queue_start
             if left <= 0:
@@ -260,6 +270,7 @@ class Batcher:
         tasks: list[_Task] = []
         room = 1 if q.solo else self._limit
         tq = q.tasks
+        layout: Layout | None = None  # of the batch so far (capped in bytes)
         while tq and room > 0:
             t = tq[0]
             avail = t.rows - t.taken
@@ -267,6 +278,12 @@ class Batcher:
                 tq.popleft()
                 q.rows -= avail
                 continue
+            if t.layout is not None:
+                grown = t.layout if layout is None else merged_layout(layout, t.layout)
+                rows = self._limit - room + min(avail, room)
+                if pieces and batch_bytes(grown, padded_size(rows, self._allowed)) > self._max_bytes:  # type: ignore[operator]
+                    break  # the next batch takes it
+                layout = grown
             if q.solo or avail <= room:
                 pieces.append(Piece(t.inputs, t.taken, t.rows))
                 tq.popleft()
@@ -413,7 +430,8 @@ def _loop_busy(loop: asyncio.AbstractEventLoop) -> bool:
 
 
 def batcher_for(options: BatchingOptions, flags: Any, on_batch: BatchObserver | None = None) -> Batcher:
-    """The server's shared Batcher: the batching file's options, and `--inline_call_max_us` (the
+    """The server's shared Batcher: the batching file's options, `--inline_call_max_us` (the
     cap of InlinePolicy: a batch whose expected cost is below both it and a thread hop runs on
-    the event loop; 0 = never)."""
-    return Batcher(options, on_batch=on_batch, inline_below_s=flags.inline_call_max_us / 1e6)
+    the event loop; 0 = never) and `--max_request_tensor_bytes` (the cap of a merged batch)."""
+    return Batcher(options, on_batch=on_batch, inline_below_s=flags.inline_call_max_us / 1e6,
+                   max_batch_bytes=flags.max_request_tensor_bytes or None)

@@ -64,7 +64,19 @@ _FLAGS: dict[str, tuple[type, Any, bool, str]] = {
     "enable_grpc_healthcheck_service": (bool, False, False, "grpc.health.v1 service"),
     "use_tflite_model": (bool, False, False, "deprecated; prefer_tflite_model"),
     # our own (names that tensorflow_model_server does not use)
-    "rest_api_max_request_bytes": (int, 256 * 1024 * 1024, True, "largest REST request body (413 above)"),
+    "rest_api_max_request_bytes": (int, 64 * 1024 * 1024, True, "largest REST request body (413 above)"),
+    "rest_api_idle_timeout_seconds": (float, 75.0, True,
+        "close a REST or admin connection that sends no complete request head for this long after "
+        "opening or after its last answer (idle keep-alive, slow headers)"),
+    "max_request_tensor_bytes": (int, 64 * 1024 * 1024, True,
+        "largest total size of a request's input tensors (and of a batch's merged inputs), counted from "
+        "their declared shapes before anything is allocated; the default gRPC receive limit is twice it"),
+    "enable_reload_config_rpc": (bool, True, True,
+        "serve ModelService.HandleReloadConfigRequest (false: UNIMPLEMENTED)"),
+    "profiler_dir": (str, "/tmp", True,
+        "the only directory the profiler service writes captures under (a capture's repository_root "
+        "must lie inside it)"),
+    "profiler_max_duration_seconds": (float, 60.0, True, "longest profiler capture (longer ones are cut)"),
     "bind_address": (str, "0.0.0.0", True, "address the gRPC and REST servers listen on"),
     "model_threads": (int, 0, True, "threads that run model calls (0 = number of CPUs)"),
     "inline_call_max_us": (int, 500, True,

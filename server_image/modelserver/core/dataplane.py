@@ -154,6 +154,7 @@ class DataPlane:
         self.runner_for = runner_for
         self.on_finish = on_finish
         self.in_flight = 0
+        self.max_tensor_bytes: int | None = None  # a request's input tensors, at most (ServerState sets it)
         self.shadow = Shadower(self)  # mirrors what a route's shadow asks for (core/shadow.py)
 
     # ---- the lifecycle -------------------------------------------------------------------------

@@ -44,6 +44,7 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.plane = DataPlane(self.manager, self.runner_for, self.finish)
+        self.plane.max_tensor_bytes = self.flags.max_request_tensor_bytes or None
 
     @property
     def in_flight(self) -> int:

@@ -5,6 +5,11 @@ Recording is cheap: the request hook (`ServerMetrics.finish`, called once per re
 event loop) does one dict lookup for its label set and a few bisects into plain lists; the
 Prometheus families are only built when scraped (a custom prometheus_client collector, which
 also lets TF Serving's names start with ':').
+
+Label values are bounded by what the server serves, never by what clients send: a request for a
+model the server does not serve is counted under model "" (one series per API, protocol and
+code, however many names clients invent), and a label that is not one of the model's labels
+under label "" (`ServerMetrics.finish`, with `labels_of` from the manager).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -101,7 +106,9 @@ class ServerMetrics:
     """The server's metrics: `finish` is a request-completion hook, `record_batch` the batcher's
     observer, `record_warmup` the load hook's. `render()` gives the exposition text."""
 
-    def __init__(self, thread_pool_name: str = "batch_threads") -> None:
+    def __init__(self, thread_pool_name: str = "batch_threads",
+                 labels_of: Callable[[str], Mapping[str, int] | None] | None = None) -> None:
+        self._labels_of = labels_of  # a served model's labels; None for a model not served
         self._series: dict[tuple[Any, ...], _Series] = {}
         self._latency: dict[tuple[str, str], _Hist] = {}  # (model, version) -> OK inference answers
         self._shadow_results: dict[tuple[str, str, str], int] = {}  # (model, shadow version, result) -> requests
@@ -124,7 +131,14 @@ class ServerMetrics:
 
     def finish(self, ctx: RequestContext) -> None:
         """Request-completion hook (event loop thread)."""
-        key = (ctx.model, ctx.version, ctx.label, ctx.api, ctx.protocol, ctx.status)
+        model, label = ctx.model, ctx.label
+        if self._labels_of is not None and model:
+            labels = self._labels_of(model)
+            if labels is None:  # not a model this server serves: one bucket for every such name
+                model, label = "", None
+            elif label is not None and label not in labels:
+                label = None
+        key = (model, ctx.version if model else None, label, ctx.api, ctx.protocol, ctx.status)
         s = self._series.get(key)
         if s is None:
             s = self._series[key] = _Series()
@@ -134,8 +148,8 @@ class ServerMetrics:
         s.seconds.observe(total)
         if ctx.api in INFERENCE_APIS:
             s.tf_latency.observe(total * 1e6)
-            if ctx.status == "OK":
-                lk = (ctx.model, _v(ctx.version))
+            if ctx.status == "OK" and model:
+                lk = (model, _v(ctx.version))
                 h = self._latency.get(lk)
                 if h is None:
                     h = self._latency[lk] = _Hist(LATENCY_BUCKETS_SECONDS)
@@ -383,7 +397,13 @@ def install(state: Any, thread_pool_name: str = "batch_threads") -> ServerMetric
     path = metrics_path(state.monitoring_config)
     if path is None:
         return None
-    m = ServerMetrics(thread_pool_name)
+    manager = state.manager
+
+    def labels_of(name: str) -> Mapping[str, int] | None:
+        rec = manager.models.get(name)
+        return None if rec is None else rec.labels
+
+    m = ServerMetrics(thread_pool_name, labels_of)
     state.request_hooks.append(m.finish)
     state.plane.shadow.hooks.append(m.record_shadow)
     m.set_in_flight_source(lambda: state.in_flight)

@@ -5,11 +5,15 @@ logdir, duration_ms)` are pointed at TF Serving's gRPC address, because TF Servi
 profiler service there. This module serves it the same way on our grpc.aio server:
 
 - Profile: starts a profiler session in this process (host, Python and device tracer levels from
-  the request's ProfileOptions), keeps it open for `duration_ms` while requests flow (ended early
-  by Terminate for its session id, or by the client going away), collects the XSpace and writes
-  it where the client looks for it, `<repository_root>/<session_id>/<host_name>.xplane.pb`, as
-  TensorFlow's own ProfilerServiceImpl does; the response says whether any event was collected
-  (and carries the XSpace itself when `emit_xspace` is set).
+  the request's ProfileOptions), keeps it open for `duration_ms` (at most
+  --profiler_max_duration_seconds) while requests flow (ended early by Terminate for its session
+  id, or by the client going away), collects the XSpace and writes it where the client looks for
+  it, `<repository_root>/<session_id>/<host_name>.xplane.pb`, as TensorFlow's own
+  ProfilerServiceImpl does; the response says whether any event was collected (and carries the
+  XSpace itself when `emit_xspace` is set). Unlike TensorFlow's service, it writes only inside
+  --profiler_dir: a repository_root outside it (after resolving `..` and links), or a session id
+  or host name that is not a plain file name, is INVALID_ARGUMENT; and one capture runs at a
+  time (another is UNAVAILABLE at once).
 - Terminate: ends an open session early. Monitor and continuous profiling: UNIMPLEMENTED (as in
   TensorFlow's own service).
 
@@ -25,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 import tempfile
 from pathlib import Path
@@ -32,6 +37,8 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from modelserver.core.errors import ServingError
 
 log = logging.getLogger("modelserver.profiler")
 
@@ -92,18 +99,55 @@ def has_events(xspace: Any) -> bool:
     return any(len(line.events) for plane in xspace.planes for line in plane.lines)
 
 
-def xplane_path(repository_root: str, session_id: str, host_name: str) -> Path:
-    return Path(repository_root) / session_id / f"{host_name or socket.gethostname()}.xplane.pb"
+# A session id or host name becomes one path component: TensorBoard sends a timestamp
+# ("2026_12_06_06_20_48") and "host:port".
+_NAME = re.compile(r"[A-Za-z0-9_\[][A-Za-z0-9_.:@+\[\]-]{0,127}")
+
+
+def xplane_path(root: Path, repository_root: str, session_id: str, host_name: str) -> Path:
+    """Where a capture is written: `<repository_root>/<session_id>/<host_name>.xplane.pb`, which
+    must lie inside `root` (--profiler_dir); INVALID_ARGUMENT otherwise."""
+    host = host_name or socket.gethostname()
+    for what, name in (("session_id", session_id), ("host_name", host)):
+        if not _NAME.fullmatch(name) or name in (".", ".."):
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Profile: {what} {name[:80]!r} is not a plain "
+                               f"file name ({_NAME.pattern})")
+    base = root.resolve()
+    target = Path(os.path.realpath(os.path.join(base, repository_root)))  # an absolute root replaces `base`
+    if not target.is_relative_to(base):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Profile: repository_root {repository_root[:200]!r} "
+                           f"is outside the profiler directory {base} (--profiler_dir)")
+    return target / session_id / f"{host}.xplane.pb"
 
 
 class ProfilerService:
-    """The servicer: one capture at a time per process (TensorFlow allows one profiler session)."""
+    """The servicer: one capture at a time per process (TensorFlow allows one profiler session),
+    written inside `root`, at most `max_duration_s` long."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: str | Path | None = None, max_duration_s: float = MAX_DURATION_MS / 1000) -> None:
         self.msgs = _messages()
+        self.root = Path(root or tempfile.gettempdir())
+        self.max_duration_s = max_duration_s
         self._terminate: dict[str, asyncio.Event] = {}
+        self._busy = False
 
     async def Profile(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        try:
+            path = (xplane_path(self.root, request.repository_root, request.session_id, request.host_name)
+                    if request.repository_root else None)
+        except ServingError as exc:
+            await context.abort(exc.code, exc.message)
+        if self._busy:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "Cannot start profiling: another capture is running")
+        self._busy = True
+        try:
+            return await self._profile(request, path)
+        except ServingError as exc:
+            await context.abort(exc.code, exc.message)
+        finally:
+            self._busy = False
+
+    async def _profile(self, request: Any, path: Path | None) -> Any:
         from tensorflow.python.profiler.internal import _pywrap_profiler
 
         loop = asyncio.get_running_loop()
@@ -111,21 +155,20 @@ class ProfilerService:
         with tempfile.TemporaryDirectory(prefix="modelserver-profile-") as scratch:
             try:
                 await loop.run_in_executor(None, session.start, scratch, session_options(request.opts))
-            except Exception as exc:  # AlreadyExists: another capture (or the profiler API) is running
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"Cannot start profiling: {exc}")
+            except Exception as exc:  # AlreadyExists: the profiler API is running in this process
+                raise ServingError(grpc.StatusCode.UNAVAILABLE, f"Cannot start profiling: {exc}") from None
             stop = self._terminate.setdefault(request.session_id, asyncio.Event())
             try:
-                duration = min(int(request.duration_ms), MAX_DURATION_MS) / 1000.0
+                duration = min(int(request.duration_ms) / 1000.0, self.max_duration_s)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), duration)
             finally:  # also when the client went away: never leave the process's session open
                 data = await loop.run_in_executor(None, _collect, session, Path(scratch))
                 self._terminate.pop(request.session_id, None)
         response = self.msgs["ProfileResponse"](empty_trace=not has_events(self.msgs["EventCountSpace"].FromString(data)))
-        if request.repository_root:
-            path = xplane_path(request.repository_root, request.session_id, request.host_name)
+        if path is not None:
             await loop.run_in_executor(None, _write, path, data)
-            log.info("profile of %d ms written to %s", request.duration_ms, path)
+            log.info("profile of %.0f ms written to %s", duration * 1000, path)
         if request.emit_xspace:
             response.xspace = data
         return response
@@ -150,8 +193,9 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def add_service(server: grpc.aio.Server) -> ProfilerService:
-    service = ProfilerService()
+def add_service(server: grpc.aio.Server, root: str | Path | None = None,
+                max_duration_s: float = MAX_DURATION_MS / 1000) -> ProfilerService:
+    service = ProfilerService(root, max_duration_s)
     m = service.msgs
     handlers = {
         "Profile": grpc.unary_unary_rpc_method_handler(

@@ -23,7 +23,7 @@ from tensorflow_serving.apis import (
 
 from modelserver.config.model_config import ConfigError, model_configs_from_proto
 from modelserver.contract import LABEL_METADATA, ROUTE_KEY_METADATA
-from modelserver.core.errors import ServingError, invalid_argument
+from modelserver.core.errors import ServingError, invalid_argument, wire_message
 from modelserver.core.request_context import RequestContext
 from modelserver.core.state import ServerState
 from modelserver.protocol import proto_api
@@ -44,12 +44,28 @@ def parse_channel_arguments(text: str) -> list[tuple[str, Any]]:
     return out
 
 
-def server_options(channel_arguments: str) -> list[tuple[str, Any]]:
-    """TF Serving's defaults (no message size limit below 2 GiB), overridden by the flag."""
+# Connection limits (each overridable with --grpc_channel_arguments): a connection must finish
+# its HTTP/2 (and TLS) handshake within 10 s, one with no call for 5 minutes is closed (GOAWAY;
+# clients reconnect on their next call), and the server pings a connection with calls in flight
+# every minute, closing it when 20 s pass without the answer (a peer that vanished).
+CONNECTION_OPTIONS: dict[str, int] = {
+    "grpc.server_handshake_timeout_ms": 10_000,
+    "grpc.max_connection_idle_ms": 300_000,
+    "grpc.keepalive_time_ms": 60_000,
+    "grpc.keepalive_timeout_ms": 20_000,
+}
+
+
+def server_options(channel_arguments: str, max_request_tensor_bytes: int = 0) -> list[tuple[str, Any]]:
+    """The gRPC server's arguments: messages received up to twice --max_request_tensor_bytes (a
+    request's tensors plus their encoding; TF Serving's 2 GiB when it is 0), sent up to 2 GiB,
+    CONNECTION_OPTIONS; --grpc_channel_arguments overrides any of them."""
+    receive = min(INT32_MAX, 2 * max_request_tensor_bytes) if max_request_tensor_bytes > 0 else INT32_MAX
     opts: dict[str, Any] = {
-        "grpc.max_receive_message_length": INT32_MAX,
+        "grpc.max_receive_message_length": receive,
         "grpc.max_send_message_length": INT32_MAX,
         "grpc.so_reuseport": 0,
+        **CONNECTION_OPTIONS,
     }
     opts.update(dict(parse_channel_arguments(channel_arguments)))
     return list(opts.items())
@@ -76,11 +92,12 @@ class _Base:
                 if isinstance(request, MalformedRequest):
                     raise invalid_argument(request.message)
                 response = await body(ctx)
-                if ctx.routed and ctx.label:  # the label the traffic split chose (the version is in model_spec)
+                if ctx.routed and ctx.label and ctx.label.isascii() and ctx.label.isprintable():
+                    # the label the traffic split chose (the version is in model_spec); metadata is ASCII
                     context.set_trailing_metadata(((LABEL_METADATA, ctx.label),))
                 return response
         except ServingError as exc:
-            await context.abort(exc.code, exc.message)
+            await context.abort(exc.code, wire_message(exc.message))
 
 
 def route_key(context: grpc.aio.ServicerContext) -> bytes | None:
@@ -122,6 +139,9 @@ class ModelService(_Base, model_service_pb2_grpc.ModelServiceServicer):
 
     async def HandleReloadConfigRequest(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         async def body(ctx: RequestContext) -> Any:
+            if not self.state.flags.enable_reload_config_rpc:
+                raise ServingError(grpc.StatusCode.UNIMPLEMENTED, "HandleReloadConfigRequest is turned off on this "
+                                   "server (--enable_reload_config_rpc=false)")
             if request.config.WhichOneof("config") != "model_config_list":
                 raise invalid_argument(
                     "ServerModelConfig type not supported by HandleReloadConfigRequest. Only "

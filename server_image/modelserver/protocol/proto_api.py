@@ -25,7 +25,7 @@ from modelserver.core.errors import invalid_argument
 from modelserver.core.request_context import RequestContext
 from modelserver.core.runner import InlineRunner, Tensors
 from modelserver.core.servable import CLASSIFY_METHOD, Servable, Signature
-from modelserver.core.tensors import fill_tensor_proto, to_ndarray
+from modelserver.core.tensors import check_request_bytes, declared_bytes, fill_tensor_proto, to_ndarray
 
 T = TypeVar("T")
 
@@ -46,15 +46,21 @@ def fill_model_spec(spec: Any, servable: Servable, signature_name: str) -> None:
 # ---- Predict -----------------------------------------------------------------------------------
 
 
-def predict_inputs(sig: Signature, request: predict_pb2.PredictRequest) -> Tensors:
-    return {name: to_ndarray(name, proto) for name, proto in request.inputs.items()}
+def predict_inputs(sig: Signature, request: predict_pb2.PredictRequest, max_bytes: int | None = None) -> Tensors:
+    """The request's tensors as arrays, once their declared sizes (shapes, broadcast included)
+    are known to fit in `max_bytes` together (the server's --max_request_tensor_bytes)."""
+    items = request.inputs.items()
+    if max_bytes is not None:
+        check_request_bytes(sum(declared_bytes(name, proto) for name, proto in items), max_bytes)
+    return {name: to_ndarray(name, proto) for name, proto in items}
 
 
 async def predict(plane: DataPlane, request: predict_pb2.PredictRequest, ctx: RequestContext,
                   servable: Servable | None = None) -> predict_pb2.PredictResponse:
     servable = servable or plane.resolve(model_ref(request.model_spec), ctx)
     sig = servable.signature(request.model_spec.signature_name)
-    pred = await plane.predict(servable, sig, predict_inputs(sig, request), ctx, request.output_filter)
+    pred = await plane.predict(servable, sig, predict_inputs(sig, request, plane.max_tensor_bytes), ctx,
+                               request.output_filter)
     response = predict_pb2.PredictResponse()
     fill_model_spec(response.model_spec, servable, sig.name)
     outputs = response.outputs

@@ -1,12 +1,25 @@
 """REST front end (aiohttp): TF Serving's /v1/models API, health endpoints for Kubernetes probes,
-and any extra routes registered in ServerState.rest_routes (e.g. the Prometheus metrics path)."""
+and any extra routes registered in ServerState.rest_routes (e.g. the Prometheus metrics path).
+
+A body up to INLINE_BODY_BYTES is decoded and answered on the event loop (a few milliseconds at
+most). A larger one takes the large-body lane: one at a time (so their memory is bounded: one
+body, its parsed JSON and its tensors), read only once the lane is free, and decoded, converted
+and encoded on the lane's thread in bounded steps (json_text, rest_json), with the cyclic garbage
+collector paused meanwhile (a full collection over millions of fresh lists holds the GIL for
+hundreds of milliseconds); so one large body does not stall the other clients of either port.
+An answer of more than INLINE_OUTPUT_ELEMENTS numbers is encoded on the lane too."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 import json
 import logging
 import re
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import grpc
 from aiohttp import web
@@ -16,21 +29,26 @@ from tensorflow_serving.apis import input_pb2
 from modelserver import contract
 from modelserver.contract import LABEL_HEADER, ROUTE_KEY_HEADER, VERSION_HEADER
 from modelserver.core.dataplane import ModelRef, VersionStatus
-from modelserver.core.errors import ServingError, invalid_argument
+from modelserver.core.errors import ServingError, invalid_argument, wire_message
 from modelserver.core.request_context import RequestContext
 from modelserver.core.servable import Servable
 from modelserver.core.state import ServerState
-from modelserver.protocol import rest_json
+from modelserver.protocol import json_text, rest_json
 
 log = logging.getLogger("modelserver.protocol.rest")
+T = TypeVar("T")
 
+INLINE_BODY_BYTES = 256 << 10  # larger bodies (or a body of unknown length) take the large-body lane
+INLINE_OUTPUT_ELEMENTS = 1 << 16  # larger answers are encoded on the lane
+
+# Versions are ASCII digits (`\d` and int() also take other scripts' digits, e.g. Arabic-Indic).
 _POST_RE = re.compile(
-    r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
     r":(?P<method>classify|regress|predict)",
     re.IGNORECASE,
 )
 _GET_RE = re.compile(
-    r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?(?P<metadata>/metadata)?",
+    r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?(?P<metadata>/metadata)?",
     re.IGNORECASE,
 )
 _JSON = "application/json"
@@ -41,15 +59,52 @@ def _json_response(obj: Any, status: int = 200) -> web.Response:
 
 
 def error_response(exc: ServingError) -> web.Response:
-    return _json_response({"error": exc.message}, exc.http_status)
+    return _json_response({"error": wire_message(exc.message)}, exc.http_status)
 
 
 def _version(text: str) -> int:
-    """A version from the URL; beyond int64, TF Serving's INVALID_ARGUMENT."""
-    version = int(text)
+    """A version from the URL (ASCII digits); beyond int64, TF Serving's INVALID_ARGUMENT."""
+    version = int(text) if len(text) <= 19 else 2**63
     if version >= 2**63:
-        raise invalid_argument(f"Failed to convert version: {text} to numeric.")
+        raise invalid_argument(f"Failed to convert version: {text[:40]}{'...' if len(text) > 40 else ''} to numeric.")
     return version
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object (json_text: at most MAX_DEPTH levels deep)."""
+    try:
+        body = json_text.loads(raw)
+    except json_text.JsonDepthError as exc:
+        raise invalid_argument(str(exc)) from None
+    except RecursionError:
+        raise invalid_argument("JSON Value nested too deeply") from None
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise invalid_argument(f"JSON Parse error: {exc}") from None
+    if not isinstance(body, dict):
+        raise invalid_argument("JSON Value: request body must be a JSON object")
+    if not isinstance(body.get("signature_name", ""), str):
+        raise invalid_argument("'signature_name' must be a string")
+    return body
+
+
+def _convert_and_release(body: dict[str, Any], sig: Any, max_bytes: int | None) -> tuple[dict[str, Any], bool]:
+    """predict_inputs, then the parsed body taken apart in bounded steps (json_text.release)."""
+    try:
+        return rest_json.predict_inputs(body, sig, max_bytes)
+    finally:
+        json_text.release(body)
+
+
+def _gc_paused(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` with the cyclic garbage collector paused (the lane's thread: the objects it
+    builds are freed by reference counts, in bounded steps)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return fn(*args)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def model_ref(m: re.Match[str]) -> ModelRef:
@@ -90,6 +145,12 @@ class RestApi:
         self.state = state
         self.plane = state.plane
         self.timeout_s = state.flags.rest_api_timeout_in_ms / 1000.0 if state.flags.rest_api_timeout_in_ms > 0 else None
+        self.max_tensor_bytes: int | None = state.flags.max_request_tensor_bytes or None
+        self._lane = asyncio.Semaphore(1)  # the large-body lane (see the module docstring)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="rest-large-body")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- health --
 
@@ -133,51 +194,64 @@ class RestApi:
         seen: RequestContext | None = None
         try:
             async with self.plane.request("rest", method, timeout=self.timeout_s,
-                                          route_key=key.encode() if key is not None else None) as ctx:
+                                          route_key=key.encode("utf-8", "surrogateescape") if key is not None
+                                          else None) as ctx:
                 seen = ctx
-                body = await self._post(request, m, method, ctx)
+                large = request.content_length is None or request.content_length > INLINE_BODY_BYTES
+                if large:
+                    async with self._lane:
+                        body = await self._post(request, m, method, ctx, self._on_lane)
+                else:
+                    body = await self._post(request, m, method, ctx, _inline)
         except ServingError as exc:
             return with_version_headers(error_response(exc), seen)
-        return with_version_headers(_json_response(body), seen)
+        return with_version_headers(web.Response(body=body, content_type=_JSON), seen)
 
-    async def _read_json(self, request: web.Request) -> dict[str, Any]:
+    async def _on_lane(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on the lane's thread; the caller holds the lane until it is done, even when
+        the request is cancelled meanwhile (the lane admits one large body at a time)."""
+        work = asyncio.get_running_loop().run_in_executor(self._pool, _gc_paused, fn, *args)
         try:
-            raw = await request.read()
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await work
+            raise
+
+    async def _read(self, request: web.Request) -> bytes:
+        try:
+            return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, "Request body larger than "
                                f"{self.state.flags.rest_api_max_request_bytes} bytes", http=413) from None
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise invalid_argument(f"JSON Parse error: {exc}") from None
-        except RecursionError:
-            raise invalid_argument("JSON Value nested too deeply") from None
-        if not isinstance(body, dict):
-            raise invalid_argument("JSON Value: request body must be a JSON object")
-        sig_name = body.get("signature_name", "")
-        if not isinstance(sig_name, str):
-            raise invalid_argument("'signature_name' must be a string")
-        return body
 
-    async def _post(self, request: web.Request, m: re.Match[str], method: str, ctx: RequestContext) -> dict[str, Any]:
-        body = await self._read_json(request)
+    async def _post(self, request: web.Request, m: re.Match[str], method: str, ctx: RequestContext,
+                    run: Callable[..., Any]) -> bytes:
+        """The answer's JSON text; `run(fn, *args)` runs the decoding and encoding steps (on the
+        event loop, or on the large-body lane)."""
+        body = await run(parse_body, await self._read(request))
         sig_name = body.get("signature_name", "")
         servable = self.plane.resolve(model_ref(m), ctx)
         if method == "predict":
             sig = servable.signature(sig_name)
-            try:
-                inputs, row = rest_json.predict_inputs(body, sig)
-            except RecursionError:  # values nested deeper than Python's recursion limit
-                raise invalid_argument("JSON Value nested too deeply") from None
+            inputs, row = await run(_convert_and_release, body, sig, self.max_tensor_bytes)
             pred = await self.plane.predict(servable, sig, inputs, ctx)
-            return rest_json.predict_response(pred.outputs, row)
+            del inputs
+            if run is _inline and sum(a.size for a in pred.outputs.values()) > INLINE_OUTPUT_ELEMENTS:
+                async with self._lane:
+                    return await self._on_lane(rest_json.predict_response, pred.outputs, row)
+            return await run(rest_json.predict_response, pred.outputs, row)  # type: ignore[no-any-return]
         examples = input_pb2.Input()
-        rest_json.fill_example_input(body, examples)
+        await run(rest_json.fill_example_input, body, examples)
         if method == "classify":
             res = await self.plane.classify(servable, sig_name, examples, ctx)
-            return rest_json.classify_json(res.result)
+            return json.dumps(rest_json.classify_json(res.result)).encode()
         res = await self.plane.regress(servable, sig_name, examples, ctx)
-        return rest_json.regress_json(res.result)
+        return json.dumps(rest_json.regress_json(res.result)).encode()
+
+
+async def _inline(fn: Callable[..., T], *args: Any) -> T:
+    return fn(*args)
 
 
 @web.middleware
@@ -198,6 +272,11 @@ async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamRespo
 def make_app(state: ServerState) -> web.Application:
     api = RestApi(state)
     app = web.Application(client_max_size=state.flags.rest_api_max_request_bytes, middlewares=[_errors_as_json])
+
+    async def close_lane(_app: web.Application) -> None:
+        api.close()
+
+    app.on_cleanup.append(close_lane)
     app.router.add_get(contract.HEALTH_LIVE_PATH, api.live)
     app.router.add_get(contract.HEALTH_READY_PATH, api.ready)
     app.add_routes(state.rest_routes)

@@ -1,10 +1,18 @@
 """TF Serving's REST JSON formats, as pure functions: request JSON → tensors / tf.Examples, and
-outputs / results → response JSON. Every client mistake raises INVALID_ARGUMENT naming it."""
+outputs / results → response JSON. Every client mistake raises INVALID_ARGUMENT naming it.
+
+Large values are converted in bounded steps (numbers CHUNK_ELEMENTS at a time, into numpy and
+back into JSON text), so the REST front end can run a large body on a worker thread without
+holding the GIL, and so the event loop, for long; `predict_inputs` counts a request's tensor
+bytes from its shape before converting anything."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -12,8 +20,10 @@ from tensorflow.core.example import example_pb2, feature_pb2
 
 from modelserver.core.errors import invalid_argument
 from modelserver.core.servable import Signature, TensorSpec
+from modelserver.core.tensors import check_request_bytes
 
 Tensors = dict[str, np.ndarray]
+CHUNK_ELEMENTS = 1 << 16  # numbers converted per step (about a millisecond)
 
 
 def _is_b64(v: Any) -> bool:
@@ -30,11 +40,19 @@ def _decode_b64(v: dict[str, Any]) -> bytes:
         raise invalid_argument(f"Unable to base64 decode: {s[:40]!r}") from None
 
 
+def _utf8(value: str, name: str) -> bytes:
+    try:
+        return value.encode()
+    except UnicodeEncodeError:  # a lone surrogate ("\\ud800"): JSON allows it, UTF-8 does not
+        raise invalid_argument(f"Input \"{name}\" holds a string that is not valid Unicode; send bytes as "
+                               "{\"b64\": ...}") from None
+
+
 def _string_leaves(value: Any, name: str) -> Any:
     if isinstance(value, list):
         return [_string_leaves(v, name) for v in value]
     if isinstance(value, str):
-        return value.encode()
+        return _utf8(value, name)
     if _is_b64(value):
         return _decode_b64(value)
     raise invalid_argument(f"Input \"{name}\" expects strings (or {{\"b64\": ...}}), got {type(value).__name__}: "
@@ -65,14 +83,58 @@ def to_array(value: Any, spec: TensorSpec) -> np.ndarray:
         if shape and any(not isinstance(x, bytes) for x in arr.flat):
             raise invalid_argument(f"Input \"{name}\" has inconsistent (ragged) shapes")
         return arr
+    parts = [_numbers(part, value, spec) for part in _chunks(value)]
+    if len(parts) == 1:
+        return parts[0]
     try:
-        raw = np.asarray(value)
+        return np.concatenate(parts)
+    except ValueError:
+        raise invalid_argument(f"Input \"{name}\" has inconsistent (ragged) shapes") from None
+
+
+def _chunks(value: Any) -> Iterator[Any]:
+    """`value` in pieces along its first dimension of about CHUNK_ELEMENTS numbers each (a
+    piece taken from a single row is that row's own pieces, marked by a one-element list)."""
+    shape = _shape_of(value)
+    if len(shape) < 2 or math.prod(shape) <= CHUNK_ELEMENTS:
+        yield value
+        return
+    rows = max(1, CHUNK_ELEMENTS // max(1, math.prod(shape[1:])))
+    if rows > 1:
+        for i in range(0, len(value), rows):
+            yield value[i:i + rows]
+        return
+    for row in value:  # rows larger than a chunk: each row's own pieces
+        yield _Row(_chunks(row))
+
+
+class _Row:
+    """A row converted from pieces (`_numbers` concatenates them and adds the row's axis)."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: Iterator[Any]) -> None:
+        self.parts = parts
+
+
+def _numbers(part: Any, whole: Any, spec: TensorSpec) -> np.ndarray:
+    """One piece of a numeric input as an array of the signature's dtype."""
+    name = spec.name
+    if isinstance(part, _Row):
+        pieces = [_numbers(p, whole, spec) for p in part.parts]
+        try:
+            row = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        except ValueError:
+            raise invalid_argument(f"Input \"{name}\" has inconsistent (ragged) shapes") from None
+        return row[np.newaxis]
+    try:
+        raw = np.asarray(part)
     except ValueError:
         raise invalid_argument(f"Input \"{name}\" has inconsistent (ragged) shapes") from None
     kind = raw.dtype.kind
     if kind not in "biuf":
         raise invalid_argument(
-            f"Input \"{name}\" expects {spec.dtype_name} values, got {_describe(value)}")
+            f"Input \"{name}\" expects {spec.dtype_name} values, got {_describe(whole)}")
     target = spec.dtype.kind
     if target in "iu" and kind == "f":
         raise invalid_argument(f"Input \"{name}\" expects {spec.dtype_name} (integer) values, got floats")
@@ -83,6 +145,11 @@ def to_array(value: Any, spec: TensorSpec) -> np.ndarray:
     return raw.astype(spec.dtype, copy=False)
 
 
+def declared_bytes(value: Any, spec: TensorSpec) -> int:
+    """What converting `value` for `spec` allocates, from its shape (its first elements) alone."""
+    return math.prod(_shape_of(value)) * (spec.dtype.itemsize or 8)
+
+
 def _describe(value: Any) -> str:
     leaf = value
     while isinstance(leaf, list) and leaf:
@@ -90,18 +157,25 @@ def _describe(value: Any) -> str:
     return f"{type(leaf).__name__} {str(leaf)[:40]}" if not isinstance(leaf, list) else "mixed values"
 
 
-def predict_inputs(body: dict[str, Any], sig: Signature) -> tuple[Tensors, bool]:
-    """The tensors of a :predict body and whether it used the row (`instances`) format."""
+def predict_inputs(body: dict[str, Any], sig: Signature, max_bytes: int | None = None) -> tuple[Tensors, bool]:
+    """The tensors of a :predict body and whether it used the row (`instances`) format; their
+    sizes are checked against `max_bytes` (--max_request_tensor_bytes) before any is built."""
     has_instances, has_inputs = "instances" in body, "inputs" in body
     if has_instances == has_inputs:
         raise invalid_argument("JSON object must have exactly one of 'instances' (row format) or 'inputs' "
                                "(columnar format)")
     if has_instances:
-        return row_inputs(body["instances"], sig), True
-    return columnar_inputs(body["inputs"], sig), False
+        return row_inputs(body["instances"], sig, max_bytes), True
+    return columnar_inputs(body["inputs"], sig, max_bytes), False
 
 
-def row_inputs(instances: Any, sig: Signature) -> Tensors:
+def _convert(values: dict[str, Any], sig: Signature, max_bytes: int | None) -> Tensors:
+    if max_bytes is not None:
+        check_request_bytes(sum(declared_bytes(v, sig.inputs[k]) for k, v in values.items()), max_bytes)
+    return {k: to_array(v, sig.inputs[k]) for k, v in values.items()}
+
+
+def row_inputs(instances: Any, sig: Signature, max_bytes: int | None = None) -> Tensors:
     if not isinstance(instances, list) or not instances:
         raise invalid_argument("'instances' must be a non-empty JSON list")
     names = list(sig.inputs)
@@ -112,7 +186,7 @@ def row_inputs(instances: Any, sig: Signature) -> Tensors:
                                    "each instance must be a JSON object naming them")
         if any(isinstance(i, dict) and not _is_b64(i) for i in instances):
             raise invalid_argument("instances must all be objects or all be values, not a mix")
-        return {names[0]: to_array(instances, sig.inputs[names[0]])}
+        return _convert({names[0]: instances}, sig, max_bytes)
     columns: dict[str, list[Any]] = {}
     for n, inst in enumerate(instances):
         if not isinstance(inst, dict) or _is_b64(inst):
@@ -125,20 +199,20 @@ def row_inputs(instances: Any, sig: Signature) -> Tensors:
             if key not in inst:
                 raise invalid_argument(f"instance {n} is missing input \"{key}\"")
             columns.setdefault(key, []).append(inst[key])
-    return {k: to_array(v, sig.inputs[k]) for k, v in columns.items()}
+    return _convert(columns, sig, max_bytes)
 
 
-def columnar_inputs(inputs: Any, sig: Signature) -> Tensors:
+def columnar_inputs(inputs: Any, sig: Signature, max_bytes: int | None = None) -> Tensors:
     names = list(sig.inputs)
     if isinstance(inputs, dict) and not _is_b64(inputs):
         for key in inputs:
             if key not in sig.inputs:
                 raise invalid_argument(f"input tensor alias not found in signature: {key}. "
                                        f"Inputs expected to be in the set {{{sig.input_names_text}}}.")
-        return {k: to_array(v, sig.inputs[k]) for k, v in inputs.items()}
+        return _convert(inputs, sig, max_bytes)
     if len(names) != 1:
         raise invalid_argument(f"Signature \"{sig.name}\" has {len(names)} inputs: 'inputs' must be an object")
-    return {names[0]: to_array(inputs, sig.inputs[names[0]])}
+    return _convert({names[0]: inputs}, sig, max_bytes)
 
 
 # ---- responses ---------------------------------------------------------------------------------
@@ -152,8 +226,45 @@ def to_json_value(name: str, arr: np.ndarray) -> Any:
         return _map_nested(arr, lambda b: _bytes(b).decode("utf-8", errors="replace"))
     if arr.dtype in (np.float32, np.float16):
         # shortest float32 text, so 0.1f prints as 0.1 (as TF Serving does), not 0.10000000149011612
-        return arr.astype(str).astype(np.float64).tolist() if arr.size else arr.tolist()
+        return shortest_float32(arr).tolist()
     return arr.tolist()
+
+
+_POW10 = 10.0 ** np.arange(23)
+
+
+def shortest_float32(arr: np.ndarray) -> np.ndarray:
+    """float32 values as the float64 values whose shortest text is the float32's shortest text
+    (`arr.astype(str).astype(np.float64)`, without its 128 bytes and 0.6 µs per element): each
+    value rounded to 6, 7, 8, then 9 significant digits, the first that reads back as the same
+    float32 kept; values beyond 1e±27 (where powers of ten are not exact) and any left over take
+    numpy's own shortest text."""
+    x = np.asarray(arr, np.float32)
+    with np.errstate(all="ignore"):
+        out = x.astype(np.float64)
+        flat, xf = out.reshape(-1), x.reshape(-1)
+        idx = np.flatnonzero(np.isfinite(flat) & (flat != 0))
+        v = flat[idx]
+        e = np.floor(np.log10(np.abs(v))).astype(np.int64)
+        inside = (e >= -14) & (e <= 27)
+        rest = [idx[~inside]]
+        idx, v, e = idx[inside], v[inside], e[inside]
+        for digits in (6, 7, 8, 9):
+            if not idx.size:
+                break
+            k = digits - 1 - e
+            up = k >= 0
+            r = np.empty_like(v)
+            r[up] = np.rint(v[up] * _POW10[k[up]]) / _POW10[k[up]]
+            r[~up] = np.rint(v[~up] / _POW10[-k[~up]]) * _POW10[-k[~up]]
+            good = r.astype(np.float32) == xf[idx]
+            flat[idx[good]] = r[good]
+            idx, v, e = idx[~good], v[~good], e[~good]
+        rest.append(idx)
+        left = np.concatenate(rest)
+        if left.size:
+            flat[left] = xf[left].astype(str).astype(np.float64)
+    return out
 
 
 def _bytes(v: Any) -> bytes:
@@ -166,23 +277,66 @@ def _map_nested(arr: np.ndarray, fn: Any) -> Any:
     return [_map_nested(a, fn) if a.ndim else fn(a.item()) for a in arr] if arr.ndim > 1 else [fn(x) for x in arr]
 
 
-def predict_response(outputs: Tensors, row: bool) -> dict[str, Any]:
+def predict_response(outputs: Tensors, row: bool) -> bytes:
+    """The :predict answer as JSON text (UTF-8), written CHUNK_ELEMENTS numbers at a time."""
+    return "".join(_predict_response(outputs, row)).encode()
+
+
+def _predict_response(outputs: Tensors, row: bool) -> Iterator[str]:
     if not row:
         if len(outputs) == 1:
             ((name, arr),) = outputs.items()
-            return {"outputs": to_json_value(name, arr)}
-        return {"outputs": {k: to_json_value(k, v) for k, v in outputs.items()}}
+            yield '{"outputs": '
+            yield from _json_value(name, arr)
+        else:
+            yield '{"outputs": {'
+            for i, (k, v) in enumerate(outputs.items()):
+                yield (", " if i else "") + json.dumps(k) + ": "
+                yield from _json_value(k, v)
+            yield "}"
+        yield "}"
+        return
     for k, v in outputs.items():
         if v.ndim == 0:
             raise invalid_argument(f"Output \"{k}\" is a scalar; use the columnar 'inputs' format")
+    yield '{"predictions": '
     if len(outputs) == 1:
         ((name, arr),) = outputs.items()
-        return {"predictions": to_json_value(name, arr)}
-    sizes = {v.shape[0] for v in outputs.values()}
-    if len(sizes) != 1:
-        raise invalid_argument("Output tensors have different batch sizes; use the columnar 'inputs' format")
-    cols = {k: to_json_value(k, v) for k, v in outputs.items()}
-    return {"predictions": [{k: cols[k][i] for k in cols} for i in range(sizes.pop())]}
+        yield from _json_value(name, arr)
+    else:
+        sizes = {v.shape[0] for v in outputs.values()}
+        if len(sizes) != 1:
+            raise invalid_argument("Output tensors have different batch sizes; use the columnar 'inputs' format")
+        n = sizes.pop()
+        step = _rows_per_chunk(sum(v.size for v in outputs.values()) // max(n, 1))
+        yield "["
+        for i in range(0, n, step):
+            cols = {k: to_json_value(k, v[i:i + step]) for k, v in outputs.items()}
+            text = json.dumps([{k: cols[k][j] for k in cols} for j in range(min(step, n - i))])
+            yield (", " if i else "") + text[1:-1]
+        yield "]"
+    yield "}"
+
+
+def _rows_per_chunk(row_elements: int) -> int:
+    return max(1, CHUNK_ELEMENTS // max(1, row_elements))
+
+
+def _json_value(name: str, arr: np.ndarray) -> Iterator[str]:
+    """One output's JSON text, in pieces of about CHUNK_ELEMENTS numbers."""
+    if arr.ndim == 0 or arr.size <= CHUNK_ELEMENTS or arr.shape[0] == 0:
+        yield json.dumps(to_json_value(name, arr))
+        return
+    step = _rows_per_chunk(arr.size // arr.shape[0])
+    yield "["
+    for i in range(0, arr.shape[0], step):
+        if i:
+            yield ", "
+        if step == 1 and arr.ndim > 1:
+            yield from _json_value(name, arr[i])  # a row larger than a chunk: its own pieces
+        else:
+            yield json.dumps(to_json_value(name, arr[i:i + step]))[1:-1]
+    yield "]"
 
 
 # ---- classify / regress ------------------------------------------------------------------------
@@ -195,7 +349,7 @@ def feature_from_json(name: str, value: Any) -> feature_pb2.Feature:
         feat.float_list.SetInParent()
         return feat
     if all(isinstance(v, str) or _is_b64(v) for v in values):
-        feat.bytes_list.value.extend(_decode_b64(v) if _is_b64(v) else v.encode() for v in values)
+        feat.bytes_list.value.extend(_decode_b64(v) if _is_b64(v) else _utf8(v, name) for v in values)
     elif all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         try:
             feat.int64_list.value.extend(values)
