@@ -66,6 +66,7 @@ class AuditEntry:
     name: str
     userAgent: str
     code: int
+    user: str = ""  # who made it (the administrator, or a ServiceAccount by its token)
 
 
 BUILTINS = [
@@ -87,9 +88,14 @@ BUILTINS = [
     Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False, "customresourcedefinition", ["crd", "crds"], has_status=True),
     Resource("coordination.k8s.io", "v1", "leases", "Lease", True, "lease"),
     Resource("events.k8s.io", "v1", "events", "Event", True, "event", ["ev"]),
+    Resource("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False, "clusterrole"),
+    Resource("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False, "clusterrolebinding"),
+    Resource("rbac.authorization.k8s.io", "v1", "roles", "Role", True, "role"),
+    Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True, "rolebinding"),
 ]
 # Kinds that carry metadata.generation (everything with a spec).
-_NO_GENERATION = {"configmaps", "events", "secrets", "serviceaccounts", "leases", "endpointslices", "nodes"}
+_NO_GENERATION = {"configmaps", "events", "secrets", "serviceaccounts", "leases", "endpointslices", "nodes",
+                  "clusterroles", "clusterrolebindings", "roles", "rolebindings"}
 
 
 def now() -> str:

@@ -1,4 +1,5 @@
-"""The fake API server's HTTP front end: routing, discovery, OpenAPI, verbs, patches, watches, tables.
+"""The fake API server's HTTP front end: authentication and RBAC (`auth`), routing, discovery, OpenAPI
+(`openapi`), verbs, patches, watches, tables.
 
 An object that serves a `store.Store` (it holds the objects, the verbs and the lock); with the fake
 API server's lifecycle (`fakeapi`), only this module speaks aiohttp.
@@ -15,7 +16,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from localcluster import kubeproto, portforward, printers
+from localcluster import kubeproto, openapi, portforward, printers, rbac
 from localcluster.apimachinery import (
     ApiError,
     AuditEntry,
@@ -32,8 +33,12 @@ from localcluster.apimachinery import (
 from localcluster.objects import HOST_PORTS_ANNOTATION
 from localcluster.store import Store
 
-# Subresources besides status: a pod's log (`kubectl logs`) and port-forward, the scale of Deployments and ReplicaSets.
-SUBRESOURCES = {("log", "pods"), ("portforward", "pods"), ("scale", "deployments"), ("scale", "replicasets")}
+# Subresources besides status: a pod's log (`kubectl logs`) and port-forward, the scale of Deployments and
+# ReplicaSets, a ServiceAccount's token (TokenRequest).
+SUBRESOURCES = {("log", "pods"), ("portforward", "pods"), ("scale", "deployments"), ("scale", "replicasets"),
+                ("token", "serviceaccounts")}
+# Who made a request (set once it is authenticated; the audit log records it).
+USER = web.RequestKey("user", rbac.User)
 
 
 class HttpFront:
@@ -55,26 +60,51 @@ class HttpFront:
     def _record(self, request: web.Request, verb: str, r: Resource | None, sub: str, ns: str, name: str, code: int) -> None:
         if r is None:
             return
+        user = request.get(USER)
         with self.store.lock:
-            self.audit_log.append(AuditEntry(verb, r.group, r.plural, sub, ns, name, request.headers.get("User-Agent", ""), code))
+            self.audit_log.append(AuditEntry(verb, r.group, r.plural, sub, ns, name, request.headers.get("User-Agent", ""), code,
+                                             user.name if user is not None else ""))
+
+    def _authorize(self, request: web.Request, path: str, verb: str = "get", r: Resource | None = None, sub: str = "",
+                   ns: str = "", name: str = "") -> rbac.Attributes:
+        """The request's user (401 for a token not valid here) and RBAC's verdict (403)."""
+        user = request[USER] = self.store.tokens.user(request.headers)
+        if r is None:
+            attrs = rbac.Attributes(user, verb, path=path)
+        else:
+            if not name and verb in ("list", "watch"):  # kube-apiserver names the object a field selector pins
+                pinned = [t.split("=", 1)[1] for t in request.query.get("fieldSelector", "").split(",")
+                          if t.startswith(("metadata.name=", "metadata.name=="))]
+                name = pinned[0].lstrip("=") if len(pinned) == 1 else ""
+            if r.plural == "namespaces" and name:
+                ns = name  # a namespace is authorized in itself
+            attrs = rbac.Attributes(user, verb, r.group, r.plural, sub, ns, name, version=r.version)
+        self.store.tokens.check(attrs)
+        return attrs
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         verb, r, sub, ns, name = "", None, "", "", ""
         try:
             parts = [p for p in request.path.split("/") if p]
             if not parts or parts[0] not in ("api", "apis"):
+                self._authorize(request, request.path, request.method.lower() if request.method != "HEAD" else "get")
                 if request.path == "/version":
                     return web.json_response({"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake", "platform": "linux/amd64"})
                 if parts[:2] == ["openapi", "v3"]:
-                    return web.json_response(self._openapi_v3(parts[2:]))
+                    with self.store.lock:
+                        return web.json_response(openapi.v3(self.store.resources.values(), parts[2:], self.store.rv))
+                if parts == ["openapi", "v2"]:
+                    return self._openapi_v2(request)
                 if request.path in ("/healthz", "/livez", "/readyz"):
                     return web.Response(text="ok")
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
             discovery = self._discovery(parts)
             if discovery is not None:
+                self._authorize(request, request.path)
                 return web.json_response(discovery)
             r, ns, name, sub = self._route(parts)
             verb = self._verb(request.method, name, request.query)
+            attrs = self._authorize(request, request.path, "create" if sub in ("portforward", "token") else verb, r, sub, ns, name)
             injected = next((f for f in self.fail_next if f[0] == verb and f[1] == r.plural), None)
             if injected:
                 self.fail_next.remove(injected)
@@ -93,9 +123,15 @@ class HttpFront:
                 body = await self._scale(request, verb, r, ns, name)
                 self._record(request, verb, r, sub, ns, name, 200)
                 return web.json_response(body)
+            if sub == "token":
+                body = await self._token_request(request, ns, name)
+                self._record(request, "create", r, sub, ns, name, 201)
+                return web.json_response(body, status=201)
             # A server-side apply that creates its object answers 201, as kube-apiserver does.
             applies = verb == "patch" and not sub and request.content_type == "application/apply-patch+yaml"
             creates = verb == "create" or (applies and (r.group, r.plural, ns, name) not in self.store.objects)
+            if applies and creates:
+                self.store.tokens.check_create_on_apply(attrs)
             body = await self._dispatch(request, verb, r, ns, name, sub)
             self._record(request, verb, r, sub, ns, name, 201 if creates else 200)
             if verb in ("list",) and "as=Table" in request.headers.get("Accept", ""):
@@ -131,6 +167,9 @@ class HttpFront:
                 resources.append(entry)
                 if r.has_status:
                     resources.append({"name": f"{r.plural}/status", "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]})
+                if ("token", r.plural) in SUBRESOURCES:
+                    resources.append({"name": f"{r.plural}/token", "singularName": "", "namespaced": True, "kind": "TokenRequest",
+                                      "group": "authentication.k8s.io", "version": "v1", "verbs": ["create"]})
                 if r.scale is not None or ("scale", r.plural) in SUBRESOURCES:
                     resources.append({"name": f"{r.plural}/scale", "singularName": "", "namespaced": r.namespaced, "kind": "Scale",
                                       "group": "autoscaling", "version": "v1", "verbs": ["get", "patch", "update"]})
@@ -138,36 +177,36 @@ class HttpFront:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
             return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "/".join(x for x in gv if x), "resources": resources}
 
-    def _openapi_v3(self, gv_parts: list[str]) -> Obj:
-        """Just enough OpenAPI v3 for kubectl: it learns that fieldValidation is supported."""
+    def _openapi_v2(self, request: web.Request) -> web.Response:
+        """The OpenAPI v2 document, in JSON (406 to a client that accepts only its protobuf form)."""
+        accept = request.headers.get("Accept", "")
+        if accept and "json" not in accept and "*/*" not in accept:
+            raise ApiError(406, "NotAcceptable", "only the following media types are accepted: application/json (the local "
+                           "API server serves OpenAPI v2 in JSON, not in protobuf)")
         with self.store.lock:
-            gvs = sorted({(r.group, r.version) for r in self.store.resources.values()})
-            if not gv_parts:
-                index = {}
-                for g, v in gvs:
-                    rel = f"apis/{g}/{v}" if g else f"api/{v}"
-                    index[rel] = {"serverRelativeURL": f"/openapi/v3/{rel}?hash={self.store.rv}"}
-                return {"paths": index}
-            g, v = ("", gv_parts[1]) if gv_parts[0] == "api" else (gv_parts[1], gv_parts[2])
-            paths: dict[str, Any] = {}
-            schemas: dict[str, Any] = {}
-            for r in self.store.resources.values():
-                if (r.group, r.version) != (g, v):
-                    continue
-                gvk = [{"group": r.group, "version": r.version, "kind": r.kind}]
-                param = [{"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": True}}]
-                prefix = f"/apis/{g}/{v}" if g else f"/api/{v}"
-                coll = f"{prefix}/namespaces/{{namespace}}/{r.plural}" if r.namespaced else f"{prefix}/{r.plural}"
-                ext = {"x-kubernetes-group-version-kind": gvk[0]}
-                paths[coll] = {"post": {**ext, "x-kubernetes-action": "post", "parameters": param, "responses": {}}}
-                paths[coll + "/{name}"] = {
-                    "put": {**ext, "x-kubernetes-action": "put", "parameters": param, "responses": {}},
-                    "patch": {**ext, "x-kubernetes-action": "patch", "parameters": param, "responses": {}},
-                }
-                schema = copy.deepcopy(r.schema) if r.schema else {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                schema["x-kubernetes-group-version-kind"] = gvk
-                schemas[f"{'.'.join(reversed(r.group.split('.'))) if r.group else 'io.k8s.api.core'}.{r.version}.{r.kind}"] = schema
-            return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": paths, "components": {"schemas": schemas}}
+            return web.json_response(openapi.v2(self.store.resources.values()))
+
+    async def _token_request(self, request: web.Request, ns: str, name: str) -> Obj:
+        """TokenRequest (`serviceaccounts/<name>/token`): a token for the ServiceAccount, bound to the
+        pod its spec.boundObjectRef names (it is valid while both exist; it does not expire)."""
+        try:
+            body = json.loads(await request.read() or b"{}")
+        except ValueError:
+            raise ApiError(400, "BadRequest", "the body must be a TokenRequest") from None
+        spec = (body.get("spec") or {}) if isinstance(body, dict) else {}
+        ref = spec.get("boundObjectRef") or {}
+        pod = None
+        if ref:
+            if ref.get("kind") != "Pod":
+                raise ApiError(422, "Invalid", f'TokenRequest.authentication.k8s.io "{name}" is invalid: spec.boundObjectRef.kind: '
+                               f'Unsupported value: "{ref.get("kind")}" (the local API server binds tokens to Pods only)')
+            pod = self.store.get("", "pods", ns, ref.get("name", ""))
+            if pod is None or (ref.get("uid") and pod["metadata"]["uid"] != ref["uid"]):
+                raise ApiError(404, "NotFound", f'pods "{ref.get("name", "")}" not found', {"name": ref.get("name", ""), "kind": "pods"})
+        token = self.store.tokens.issue(ns, name, pod)
+        return {"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1", "metadata": {"name": name, "namespace": ns},
+                "spec": {**spec, "audiences": spec.get("audiences") or ["https://kubernetes.default.svc"]},
+                "status": {"token": token, "expirationTimestamp": "2999-12-31T00:00:00Z"}}
 
     def _group(self, group: str) -> Obj:
         versions = sorted({r.version for r in self.store.resources.values() if r.group == group})

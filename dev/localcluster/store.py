@@ -25,6 +25,7 @@ import yaml
 
 from localcluster.admission import validate_builtin, validate_custom
 from localcluster.apimachinery import _NO_GENERATION, BUILTINS, ApiError, Obj, Resource, now
+from localcluster.auth import Tokens
 
 Key = tuple[str, str, str, str]  # (group, plural, namespace, name)
 # An HTTP watch: (group, plural, the queue of (resourceVersion, event type, object); None ends it).
@@ -54,6 +55,8 @@ class Store:
         # Where `kubectl logs` reads a container's log (set by the local cluster's node agent).
         self.log_source: LogSource | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        # ServiceAccount tokens it issued; who makes each HTTP request, and what RBAC allows them
+        self.tokens = Tokens(self)
         self.add_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}})
 
     # -- direct access for tests (not audited) --
