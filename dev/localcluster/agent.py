@@ -14,6 +14,7 @@ import contextlib
 import copy
 import logging
 import os
+import shutil
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ class NodeAgent:
     def __init__(self, client: Client, loop: asyncio.AbstractEventLoop, config: AgentConfig):
         self.client, self.loop, self.config = client, loop, config
         self.workers: dict[str, PodWorker] = {}
+        self.completed: dict[str, PodWorker] = {}  # pods that ran to completion, by uid: their logs until deletion
         self.session: aiohttp.ClientSession | None = None
         self._ports_in_use: set[int] = set()
         self._unsubscribe = lambda: None
@@ -54,7 +56,7 @@ class NodeAgent:
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
         self.client.create("", "nodes", self._node())
         self.client.api.log_source = self.read_log
-        resources = {("", "pods"), ("", "configmaps"), ("", "secrets"), ("", "persistentvolumeclaims")}
+        resources = {("", "pods"), ("", "configmaps"), ("", "secrets"), ("", "persistentvolumeclaims"), ("", "serviceaccounts")}
         self._unsubscribe = self.client.subscribe(resources, self.on_event, self.loop)
         for pod in self.client.list("", "pods"):
             self.on_event("ADDED", "pods", pod)
@@ -97,6 +99,7 @@ class NodeAgent:
         uid = uid_of(pod)
         worker = self.workers.get(uid)
         if etype == "DELETED":
+            self._forget(uid)
             if worker is not None:  # deleted at once (force, or its namespace): stop it quickly
                 worker.request_stop(min(2.0, worker.grace))
             return
@@ -149,8 +152,16 @@ class NodeAgent:
         if self.workers.get(worker.uid) is worker:
             del self.workers[worker.uid]
 
+    def keep_logs(self, worker: PodWorker) -> None:
+        self.completed[worker.uid] = worker
+
+    def _forget(self, uid: str) -> None:
+        done = self.completed.pop(uid, None)
+        if done is not None:
+            shutil.rmtree(done.dir, ignore_errors=True)
+
     def read_log(self, namespace: str, name: str, container: str, tail: int | None) -> str | None:
-        worker = next((w for w in self.workers.values() if w.ns == namespace and w.name == name), None)
+        worker = next((w for w in [*self.workers.values(), *self.completed.values()] if w.ns == namespace and w.name == name), None)
         if worker is None:
             return None
         try:
@@ -170,6 +181,8 @@ class NodeAgent:
         tasks = [w.task for w in workers if w.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        for uid in list(self.completed):
+            self._forget(uid)
         if self.session is not None:
             await self.session.close()
         self.client.api.log_source = None

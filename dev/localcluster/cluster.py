@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -139,12 +140,23 @@ class LocalCluster:
         # the cluster's Prometheus is the operator's: rollouts and autoscaling read it, as the chart's
         # prometheusUrl value does on a real cluster
         prometheus = ["--prometheus-url", self.prometheus.url] if self.prometheus else []
+        # the admin tokens' key (the chart mounts one from a Secret), kept with the cluster's state;
+        # models come from the node's directories, so hostPath is allowed (the chart's default is off)
         argv = [*cmd, "operator", "--metrics-port", str(self.operator_metrics_port),
                 "--health-port", str(self.operator_health_port), "--bind", "127.0.0.1",
-                "--server-image", "modeldeploy/model-server:local", *prometheus, *self.config.operator_args]
+                "--server-image", "modeldeploy/model-server:local", *prometheus,
+                f"--token-key-file={self._token_key()}", "--allow-host-path", *self.config.operator_args]
         self.operator = await processes.spawn(argv, self.client_env(), ROOT, self.logs / "operator.log")
         self._stack.push_async_callback(self._stop_operator)
         await self._wait_operator(loop)
+
+    def _token_key(self) -> Path:
+        """The operator's admin-token key file in the state directory, made once with a random key."""
+        path = self.state / "token-key"
+        if not path.exists():
+            path.write_text(secrets.token_hex(32) + "\n")
+            path.chmod(0o600)
+        return path
 
     async def _wait_operator(self, loop: asyncio.AbstractEventLoop, timeout: float = 120) -> None:
         """Up once it serves its metrics (it does so after finding the CRD, before kopf starts)."""
@@ -169,10 +181,13 @@ class LocalCluster:
         self._stack.callback(manager.close)
 
     async def _start_agent(self, loop: asyncio.AbstractEventLoop) -> None:
+        base_env = {"PATH": f"{self.config.venv_bin}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+        if self.dns is not None:  # the cluster's DNS, for pods: Service names through the HTTP proxy
+            base_env.update(http_proxy=self.dns.url, no_proxy="127.0.0.1,localhost")
         config = AgentConfig(
             pods_dir=self.state / "pods", pvc_root=self.state / "volumes" / "pvc",
             node_mounts=list(self.config.node_mounts), search_dirs=[str(self.config.venv_bin)],
-            base_env={"PATH": f"{self.config.venv_bin}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
+            base_env=base_env,
             configmap_delay_seconds=self.config.configmap_delay_seconds, crash_backoff_seconds=self.config.crash_backoff_seconds,
         )
         self.agent = NodeAgent(self._client("kubelet"), loop, config)

@@ -1,7 +1,8 @@
 """One container of a pod, run as a local process the way the kubelet runs it.
 
 Start (the process plan from `podspec`), probes (startup first, then liveness and readiness),
-restarts with CrashLoopBackOff after a crash or a failed liveness/startup probe, and on stop the
+restarts with CrashLoopBackOff after a crash or a failed liveness/startup probe (as the pod's
+`restartPolicy` allows: Never, or OnFailure after a 0 exit, leaves it terminated), and on stop the
 `preStop` hook, SIGTERM, the rest of the grace period (at least 2 s after the hook, as the kubelet
 gives), then SIGKILL. The container's state, readiness and restart count are what the pod worker
 publishes as its container status.
@@ -33,6 +34,7 @@ class ContainerRunner:
         self.ready = False
         self.started = False
         self.crashes = 0
+        self.finished = False  # ended for good: its pod's restartPolicy does not restart it
         self.plan: podspec.ProcessPlan | None = None
         self._kill = asyncio.Event()  # a failed liveness/startup probe asks for a restart
 
@@ -61,6 +63,10 @@ class ContainerRunner:
             outcome = await self._supervise()
             if outcome == "stop":
                 break
+            if self._ends_here():
+                self.finished = True
+                self._changed()
+                return
             self.crashes = 1 if time.monotonic() - ran_from >= RESET_AFTER_SECONDS else self.crashes + 1
             self.restart_count += 1
             await self._back_off(stopping)
@@ -81,6 +87,12 @@ class ContainerRunner:
         self.worker.event("Normal", "Started", f"Started container {self.name}")
         self._changed()
         return True
+
+    def _ends_here(self) -> bool:
+        """restartPolicy Never, or OnFailure after a 0 exit: the container is not restarted."""
+        policy = (self.worker.pod.get("spec") or {}).get("restartPolicy", "Always")
+        code = (self.state.get("terminated") or {}).get("exitCode")
+        return policy == "Never" or (policy == "OnFailure" and code == 0)
 
     async def _back_off(self, stopping: asyncio.Event) -> None:
         delay = restart_delay(self.crashes, self.worker.agent.config.crash_backoff_seconds)

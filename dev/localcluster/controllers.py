@@ -1,5 +1,5 @@
-"""kube-controller-manager's part of the local cluster: the Deployment, ReplicaSet and EndpointSlice
-controllers and a volume binder, each a thin shell around the pure decisions in `rollout`,
+"""kube-controller-manager's part of the local cluster: the Deployment, ReplicaSet, EndpointSlice and
+ServiceAccount controllers and a volume binder, each a thin shell around the pure decisions in `rollout`,
 `replicaset` and `endpoints`.
 
 Each controller keeps a set of keys to sync: watch events (from the store, in-process) mark keys,
@@ -194,6 +194,28 @@ class VolumeBinder:
         self.client.write_status("", "persistentvolumeclaims", claim, status)
 
 
+class ServiceAccountController:
+    """Every namespace gets a ServiceAccount `default` (and gets it back when it is deleted), as
+    kube-controller-manager's serviceaccount controller does: pods that name no account run as it."""
+
+    def __init__(self, client: Client, loop: asyncio.AbstractEventLoop):
+        self.client = client
+        self.unsubscribe = client.subscribe({("", "namespaces"), ("", "serviceaccounts")}, self.on_event, loop)
+
+    def on_event(self, etype: str, plural: str, obj: Obj) -> None:
+        ns = name_of(obj) if plural == "namespaces" else namespace_of(obj)
+        if plural == "serviceaccounts" and (etype != "DELETED" or name_of(obj) != "default"):
+            return
+        namespace = self.client.get("", "namespaces", "", ns)
+        if namespace is None or meta(namespace).get("deletionTimestamp") or self.client.get("", "serviceaccounts", ns, "default"):
+            return
+        try:
+            self.client.create("", "serviceaccounts", {"apiVersion": "v1", "kind": "ServiceAccount",
+                                                       "metadata": {"name": "default", "namespace": ns}})
+        except ApiError as exc:  # created meanwhile, or the namespace went
+            log.debug("serviceaccount default in %s: %s", ns, exc)
+
+
 class ControllerManager:
     """Every controller of the local cluster, started together on one event loop."""
 
@@ -202,6 +224,7 @@ class ControllerManager:
         self.replicasets = ReplicaSetController(client, loop)
         self.endpointslices = EndpointSliceController(client, loop)
         self.volumes = VolumeBinder(client, loop, pvc_root)
+        self.serviceaccounts = ServiceAccountController(client, loop)
         # Objects that existed before the controllers started (none in a fresh cluster; harmless).
         for d in client.list("apps", "deployments"):
             self.deployments.on_event("ADDED", "deployments", d)
@@ -209,9 +232,11 @@ class ControllerManager:
             self.endpointslices.on_event("ADDED", "services", svc)
         for claim in client.list("", "persistentvolumeclaims"):
             self.volumes.on_event("ADDED", "persistentvolumeclaims", claim)
+        for namespace in client.list("", "namespaces"):
+            self.serviceaccounts.on_event("ADDED", "namespaces", namespace)
 
     def close(self) -> None:
-        for part in (self.deployments, self.replicasets, self.endpointslices, self.volumes):
+        for part in (self.deployments, self.replicasets, self.endpointslices, self.volumes, self.serviceaccounts):
             part.unsubscribe()
         for queue in (self.deployments.queue, self.replicasets.queue, self.endpointslices.queue):
             queue.close()

@@ -2,8 +2,9 @@
 
 The worker assigns the pod's host ports (recorded in the annotation
 `localcluster.modeldeploy.io/host-ports`, containerPort -> host port), prepares its volumes (waiting,
-with a FailedMount event, for a missing ConfigMap, Secret or claim, as the kubelet does), runs its
-containers, and publishes the pod's status on every change. ConfigMap and Secret volumes are
+with a FailedMount event, for a missing ConfigMap, Secret, claim or ServiceAccount, as the kubelet
+does), projects its ServiceAccount's token (`_project_token`), runs its containers (a pod whose
+`restartPolicy` lets them end finishes Succeeded or Failed), and publishes the pod's status on every change. ConfigMap and Secret volumes are
 projected the kubelet's way (files are symlinks into a `..data` directory swapped atomically) and
 follow changes of their source after the agent's `configmap_delay_seconds`. When the pod is deleted
 the containers stop (preStop, SIGTERM, grace, SIGKILL), the pod's directory is removed, and the pod
@@ -52,6 +53,7 @@ class PodWorker:
         self.host_ports: dict[int, int] = {}
         self.volumes: dict[str, podspec.Volume] = {}
         self.volumes_ready = False
+        self.identity: dict[str, str] = {}  # KUBECONFIG and the kubernetes Service's env, once a token is projected
         self.runners = [ContainerRunner(self, c) for c in (pod.get("spec") or {}).get("containers") or []]
         self.start_time = timestamp(utcnow())
         self._wake = asyncio.Event()
@@ -93,8 +95,12 @@ class PodWorker:
 
     def _finish(self) -> None:
         self.agent.release(self)
-        shutil.rmtree(self.dir, ignore_errors=True)
         live = self.agent.client.get("", "pods", self.ns, self.name)
+        completed = bool(self.runners) and all(r.finished for r in self.runners)
+        if completed and live is not None and uid_of(live) == self.uid and not terminating(live):
+            self.agent.keep_logs(self)  # a completed pod's logs stay readable until it is deleted, as the kubelet keeps them
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
         if live is not None and uid_of(live) == self.uid and terminating(live):
             self.agent.client.delete("", "pods", self.ns, self.name, grace=0)
 
@@ -134,6 +140,9 @@ class PodWorker:
             await self._wake.wait()
 
     def _prepare_volumes(self) -> str:
+        problem = self._project_token()
+        if problem:
+            return problem
         for vol in self.volumes.values():
             if vol.kind == "emptyDir":
                 os.makedirs(vol.path, exist_ok=True)
@@ -151,6 +160,32 @@ class PodWorker:
                 if self.agent.client.get("", "persistentvolumeclaims", self.ns, vol.source) is None:
                     return f'persistentvolumeclaim "{vol.source}" not found'
                 os.makedirs(vol.path, exist_ok=True)
+        return ""
+
+    def _project_token(self) -> str:
+        """The kubelet's token projection: a token for the pod's ServiceAccount (bound to the pod),
+        with its namespace and a kubeconfig naming the API server, unless automounting is off."""
+        spec = self.pod.get("spec") or {}
+        account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+        sa = self.agent.client.get("", "serviceaccounts", self.ns, account)
+        automount = spec.get("automountServiceAccountToken")
+        if automount is None:
+            automount = (sa or {}).get("automountServiceAccountToken", True)
+        if not automount or self.identity:
+            return ""
+        if sa is None:
+            return f'MountVolume.SetUp failed for volume "kube-api-access" : serviceaccounts "{account}" not found'
+        api = self.agent.client.api
+        token = api.tokens.issue(self.ns, account, self.pod)
+        folder = self.dir / "serviceaccount"
+        kubeconfig = {"apiVersion": "v1", "kind": "Config", "current-context": "pod",
+                      "clusters": [{"name": "local", "cluster": {"server": getattr(api, "url", "")}}],
+                      "users": [{"name": account, "user": {"token": token}}],
+                      "contexts": [{"name": "pod", "context": {"cluster": "local", "user": account, "namespace": self.ns}}]}
+        write_atomically(folder, {"token": token.encode(), "namespace": self.ns.encode(),
+                                  "kubeconfig": json.dumps(kubeconfig).encode()})
+        host, _, port = getattr(api, "url", "").removeprefix("http://").partition(":")
+        self.identity = {"KUBECONFIG": str(folder / "kubeconfig"), "KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port}
         return ""
 
     def _source(self, kind: str, name: str) -> tuple[dict[str, str], dict[str, str]] | None:
@@ -189,7 +224,10 @@ class PodWorker:
 
     # -- what the containers need --
     def mounts_for(self, spec: Obj) -> list[podspec.Mount]:
-        return podspec.mounts_of(spec, self.volumes)
+        mounts = podspec.mounts_of(spec, self.volumes)
+        if self.identity:
+            mounts.append(podspec.Mount(podspec.SERVICE_ACCOUNT_DIR, str(self.dir / "serviceaccount"), True))
+        return mounts
 
     def named_ports(self, spec: Obj) -> dict[str, int]:
         return {p["name"]: int(p["containerPort"]) for p in spec.get("ports") or [] if p.get("name")}
@@ -197,8 +235,8 @@ class PodWorker:
     def plan_for(self, spec: Obj) -> podspec.ProcessPlan:
         ports = {p: self.host_ports[p] for p in podspec.declared_ports(spec)}
         cfg = self.agent.config
-        return podspec.plan_process(self.pod, spec, self.mounts_for(spec), ports, cfg.search_dirs, cfg.base_env,
-                                    self._lookup, str(self.dir))
+        return podspec.plan_process(self.pod, spec, self.mounts_for(spec), ports, cfg.search_dirs,
+                                    {**cfg.base_env, **self.identity}, self._lookup, str(self.dir))
 
     def _lookup(self, kind: str, ns: str, name: str) -> dict[str, str] | None:
         source = self._source(kind, name)
@@ -213,7 +251,8 @@ class PodWorker:
     # -- reporting --
     def publish(self) -> None:
         now = timestamp(utcnow())
-        status = pod_status(self.pod.get("status") or {}, [r.status() for r in self.runners], self.start_time, now, self.volumes_ready)
+        status = pod_status(self.pod.get("status") or {}, [r.status() for r in self.runners], self.start_time, now, self.volumes_ready,
+                            finished=bool(self.runners) and all(r.finished for r in self.runners))
         written = self.agent.client.write_status("", "pods", self.pod, status)
         if written is not None:
             self.pod = written

@@ -15,7 +15,13 @@ process of this machine, and what the container would have seen is translated:
   `--bind_address=127.0.0.1`, so pods never listen beyond loopback.
 - **Command**: `command` + `args` (with `$(VAR)` expanded from the container's env); a bare name is
   looked up first in this checkout's virtualenv (`.venv/bin`: the "image" is this checkout), then
-  in PATH. The image name itself is not used.
+  in PATH. A container without a `command` runs its image's ENTRYPOINT, known for the images this
+  repository builds (`IMAGE_ENTRYPOINTS`: the operator image's `modeldeploy operator`, as
+  operator/Dockerfile says; any registry and tag); other images need a `command`.
+- **Identity**: a pod's ServiceAccount token (the node agent asks the API server for one) is where
+  the kubelet projects it, `/var/run/secrets/kubernetes.io/serviceaccount/token` as a path in
+  arguments, and a client finds it through `KUBECONFIG` (a kubeconfig beside the token, naming the
+  API server): no process here can see that fixed path.
 """
 
 from __future__ import annotations
@@ -29,8 +35,12 @@ from dataclasses import dataclass, field
 
 from localcluster.objects import Obj, name_of, namespace_of
 
-# Flags appended for known servers so that they listen on loopback only.
-LOOPBACK_FLAGS = {"model-server": ["--bind_address=127.0.0.1"]}
+# Flags appended for known servers so that they listen on loopback only, by the command's first words.
+LOOPBACK_FLAGS = {("model-server",): ["--bind_address=127.0.0.1"], ("modeldeploy", "operator"): ["--bind=127.0.0.1"]}
+# The ENTRYPOINT of the images this repository builds, by the repository's last path component.
+IMAGE_ENTRYPOINTS = {"operator": ["modeldeploy", "operator"], "modeldeploy-operator": ["modeldeploy", "operator"]}
+# Where the kubelet projects a pod's ServiceAccount token, CA and namespace.
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 UNSUPPORTED_VOLUMES = ("image", "csi", "ephemeral", "nfs", "iscsi", "projected", "downwardAPI")
 
 
@@ -188,19 +198,34 @@ def env_of(pod: Obj, container: Obj, lookup: Lookup, pod_ip: str) -> dict[str, s
     return env
 
 
+def image_entrypoint(image: str) -> list[str]:
+    """The ENTRYPOINT of one of this repository's images (`registry/path/operator:tag`), else []."""
+    repository = image.split("@", 1)[0]
+    if ":" in repository.rsplit("/", 1)[-1]:
+        repository = repository.rsplit(":", 1)[0]
+    return list(IMAGE_ENTRYPOINTS.get(repository.rsplit("/", 1)[-1], []))
+
+
+def loopback_flags(argv: list[str]) -> list[str]:
+    """The flags that keep a known server on loopback, unless its arguments set them already."""
+    words = [os.path.basename(argv[0]), *argv[1:]] if argv else []
+    extra = next((flags for prefix, flags in LOOPBACK_FLAGS.items() if tuple(words[:len(prefix)]) == prefix), [])
+    return [f for f in extra if not any(a.split("=")[0] == f.split("=")[0] for a in argv)]
+
+
 def plan_process(pod: Obj, container: Obj, mounts: list[Mount], ports: dict[int, int], search_dirs: list[str],
                  base_env: dict[str, str], lookup: Lookup, pod_dir: str) -> ProcessPlan:
-    command = list(container.get("command") or [])
+    command = list(container.get("command") or []) or image_entrypoint(container.get("image", ""))
     if not command:
         raise PlanError(f'container "{container["name"]}" has no command: the local cluster runs the container\'s '
-                        "command (there are no images to take an entrypoint from)")
+                        "command (there are no images to take an entrypoint from, except this repository's own: "
+                        f"{', '.join(sorted(IMAGE_ENTRYPOINTS))})")
     env = env_of(pod, container, lookup, "127.0.0.1")
     env = {k: translate_paths(v, mounts) for k, v in env.items()}
     argv = [translate_paths(expand_refs(a, env), mounts) for a in command + list(container.get("args") or [])]
     argv = rewrite_ports(argv, ports)
     argv[0] = resolve_executable(argv[0], search_dirs)
-    extra = LOOPBACK_FLAGS.get(os.path.basename(argv[0]), [])
-    argv += [f for f in extra if not any(a.split("=")[0] == f.split("=")[0] for a in argv)]
+    argv += loopback_flags(argv)
     cwd = translate_paths(container["workingDir"], mounts) if container.get("workingDir") else pod_dir
     full_env = {**base_env, "HOSTNAME": name_of(pod), **env}
     return ProcessPlan(container["name"], argv, full_env, cwd, dict(ports))

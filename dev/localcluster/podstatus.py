@@ -8,9 +8,12 @@ from localcluster.objects import Obj, with_condition
 NODE_RESOURCES = {"cpu", "memory", "ephemeral-storage", "pods", "hugepages-2Mi"}
 
 
-def pod_status(previous: Obj, containers: list[Obj], start_time: str, now: str, volumes_ready: bool = True) -> Obj:
+def pod_status(previous: Obj, containers: list[Obj], start_time: str, now: str, volumes_ready: bool = True,
+               finished: bool = False) -> Obj:
     """The pod's status: phase, conditions (PodScheduled, Initialized, ContainersReady, Ready),
-    127.0.0.1 as pod and host IP, and the container statuses (kept in the spec's order)."""
+    127.0.0.1 as pod and host IP, and the container statuses (kept in the spec's order). A pod whose
+    containers all ended for good (`finished`: their restartPolicy says so) is Succeeded when each
+    exited 0, else Failed."""
     all_ready = bool(containers) and all(c.get("ready") for c in containers)
     ever_started = any("running" in c["state"] or c.get("restartCount") or "terminated" in c["state"] for c in containers)
     conditions = previous.get("conditions") or []
@@ -29,8 +32,12 @@ def pod_status(previous: Obj, containers: list[Obj], start_time: str, now: str, 
             cond.update(reason=None, message=None)
         conditions = with_condition(conditions, cond, now)
     conditions = [{k: v for k, v in c.items() if v is not None} for c in conditions]
+    phase = "Running" if ever_started else "Pending"
+    if finished:
+        codes = [((c.get("state") or {}).get("terminated") or {}).get("exitCode", 1) for c in containers]
+        phase = "Succeeded" if all(code == 0 for code in codes) else "Failed"
     return {
-        "phase": "Running" if ever_started else "Pending",
+        "phase": phase,
         "conditions": sorted(conditions, key=lambda c: c["type"]),
         "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
         "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],

@@ -108,6 +108,26 @@ def test_projected_config_points_at_the_node_mount() -> None:
     assert set(files) == {"models.config", "routing.json", "batching.config", "monitoring.config"}
 
 
+@pytest.mark.parametrize("image", ["ghcr.io/modeldeploy/operator:0.1.0", "modeldeploy/operator:latest",
+                                   "registry.example.com:5000/ml/modeldeploy-operator@sha256:abc"])
+def test_the_charts_operator_container_runs_the_images_entrypoint_on_loopback(image: str) -> None:
+    """The chart's operator Deployment gives args only: the image's ENTRYPOINT (operator/Dockerfile)
+    is `modeldeploy operator`; its ports become host ports and it binds loopback."""
+    from chart_support import objects, one
+
+    dep = one(objects({}), "Deployment")
+    container = {**dep["spec"]["template"]["spec"]["containers"][0], "image": image}
+    pod = {"metadata": {"name": "op", "namespace": "modeldeploy-system", "uid": "u"}, "spec": dep["spec"]["template"]["spec"]}
+    venv_bin = str(Path(sys.executable).parent)
+    plan = podspec.plan_process(pod, container, [], {8080: 41080, 8081: 41081}, [venv_bin], {}, lambda *a: None, "/pods/op")
+    assert plan.argv[:2] == [f"{venv_bin}/modeldeploy", "operator"]
+    assert "--metrics-port=41080" in plan.argv and "--health-port=41081" in plan.argv
+    assert plan.argv[-1] == "--bind=127.0.0.1"
+    assert plan.env["POD_NAMESPACE"] == "modeldeploy-system"
+    other = {"name": "c", "image": "modeldeploy/operator:1", "command": ["modeldeploy", "promote"]}
+    assert "--bind=127.0.0.1" not in podspec.plan_process(pod, other, [], {}, [venv_bin], {}, lambda *a: None, "/p").argv
+
+
 def test_a_missing_command_or_executable_is_a_clear_error() -> None:
     pod = {"metadata": {"name": "p", "namespace": "ns"}, "spec": {}}
     with pytest.raises(PlanError, match="has no command"):
