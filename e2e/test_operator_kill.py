@@ -82,6 +82,18 @@ def test_the_operator_killed_at_20_random_points_converges_and_no_request_fails(
         kills += 1
         op = OperatorProcess(cluster.kubeconfig, namespace, tmp_path / "operator.log", cluster.operator_env()).start()
 
+    def must_converge(name: str, timeout: float) -> None:
+        try:
+            wait_for(lambda: converged(cluster, namespace, name), timeout, f"{name} converged")
+        except AssertionError as exc:
+            md = cluster.md(namespace, name) or {}
+            pods = [(p["metadata"]["name"], (p.get("status") or {}).get("phase"),
+                     [c.get("state") for c in (p.get("status") or {}).get("containerStatuses") or []])
+                    for p in cluster.pods(namespace, name)]
+            log = (tmp_path / "operator.log").read_text()[-4000:]
+            raise AssertionError(f"{exc}\nspec: {md.get('spec')}\nstatus: {md.get('status')}\npods: {pods}\n"
+                                 f"operator log tail:\n{log}") from None
+
     try:
         # creates: a base model that serves the whole time, and three more created between kills
         cluster.create(half_plus_two("base", namespace, replicas=1))
@@ -108,7 +120,7 @@ def test_the_operator_killed_at_20_random_points_converges_and_no_request_fails(
                 "model": {"name": "half_plus_two", "storage": {"hostPath": {"path": "/models/half_plus_two"}},
                           "versions": [1, 123]},
                 "versionLabels": {"stable": 1}})
-            wait_for(lambda: converged(cluster, namespace, "base"), READY_TIMEOUT, "base on versions 1 and 123")
+            must_converge("base", READY_TIMEOUT)
             cluster.patch_spec(namespace, "base", {
                 "versionLabels": {"stable": 123},
                 "rollout": {"steps": [50, 100], "stepSeconds": 4, "prometheus": {"url": prometheus},
@@ -116,13 +128,7 @@ def test_the_operator_killed_at_20_random_points_converges_and_no_request_fails(
             while kills < KILLS:
                 kill_soon(3.0)
             for name in ["base", *names]:
-                try:
-                    wait_for(lambda name=name: converged(cluster, namespace, name), 300, f"{name} converged")
-                except AssertionError as exc:
-                    md = cluster.md(namespace, name) or {}
-                    log = (tmp_path / "operator.log").read_text()[-4000:]
-                    raise AssertionError(f"{exc}\nspec: {md.get('spec')}\nstatus: {md.get('status')}\n"
-                                         f"operator log tail:\n{log}") from None
+                must_converge(name, 300)
             failures = load.failures
         assert kills == KILLS
         assert failures == [], failures[:5]
