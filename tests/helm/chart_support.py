@@ -97,7 +97,8 @@ def render(values: dict[str, Any] | None = None, namespace: str = NAMESPACE) -> 
 
 
 def objects(values: dict[str, Any] | None = None, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
-    """Every Kubernetes object of a release: templates (not NOTES.txt) plus the CRDs in crds/.
+    """Every Kubernetes object of a release: templates (not NOTES.txt, not hooks: Helm creates those
+    only at their hook, such as `helm test`'s) plus the CRDs in crds/.
 
     Rendered once per (values, namespace) in a test session; callers get their own copy."""
     return copy.deepcopy(_objects(json.dumps(values or {}, sort_keys=True), namespace))
@@ -109,10 +110,23 @@ def _objects(values_json: str, namespace: str) -> list[dict[str, Any]]:
     for path, text in sorted(render(json.loads(values_json), namespace).items()):
         if path.endswith("NOTES.txt"):
             continue
-        out.extend(doc for doc in yaml.safe_load_all(text) if doc)
+        out.extend(doc for doc in yaml.safe_load_all(text) if doc and not _hook(doc))
     with helm.Chart.load(CHART) as chart:
         for crd in chart.crds:
             out.extend(doc for doc in yaml.safe_load_all(crd["data"]) if doc)
+    return out
+
+
+def _hook(doc: dict[str, Any]) -> bool:
+    return "helm.sh/hook" in ((doc.get("metadata") or {}).get("annotations") or {})
+
+
+def hooks(values: dict[str, Any] | None = None, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+    """The chart's hook objects (`helm test`'s Service and pod), as rendered."""
+    out: list[dict[str, Any]] = []
+    for path, text in sorted(render(values, namespace).items()):
+        if not path.endswith("NOTES.txt"):
+            out.extend(doc for doc in yaml.safe_load_all(text) if doc and _hook(doc))
     return out
 
 
