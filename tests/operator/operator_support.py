@@ -20,17 +20,24 @@ GROUP, PLURAL = "serving.modeldeploy.io", "modeldeployments"
 RESYNC_SECONDS = 2  # the operator's periodic re-check in these tests (each run is spread by ±10%)
 
 
+TOKEN_KEY = b"0123456789abcdef-test-token-key"  # the operators' key in these tests (--token-key-file)
+
+
 class OperatorProcess:
-    """The real operator (`python -m modeldeploy.cli operator`) in a subprocess."""
+    """The real operator (`python -m modeldeploy.cli operator`) in a subprocess, with its token key
+    in a file beside its log (`TOKEN_KEY`: the tests derive the pods' tokens from it)."""
 
     def __init__(self, kubeconfig: Path, log: Path, extra: list[str] | None = None):
         self.kubeconfig, self.log, self.extra = kubeconfig, log, extra or []
         self.proc: subprocess.Popen[bytes] | None = None
+        self.key_file = log.with_name(log.name + ".token-key")
 
     def start(self) -> OperatorProcess:
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1")
+        self.key_file.write_bytes(TOKEN_KEY)
         cmd = [sys.executable, "-m", "modeldeploy.cli", "operator", "--metrics-port", "0", "--health-port", "0",
-               "--resync-seconds", str(RESYNC_SECONDS), "--model-status-url=", *self.extra]
+               "--resync-seconds", str(RESYNC_SECONDS), "--model-status-url=", f"--token-key-file={self.key_file}",
+               *self.extra]
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT)
         return self
 
@@ -89,6 +96,19 @@ class RecordingKube:
         if kind == "PersistentVolumeClaim":
             return {"metadata": {"name": name}} if name in self.claims else None
         return self.objects.get((kind, name))
+
+    def create(self, obj: dict) -> dict:
+        self.calls.append(("create", obj["kind"]))
+        if obj["kind"] in self.reject:
+            raise self.KubeError(422, "Invalid", f'{obj["kind"]} "{obj["metadata"]["name"]}" is invalid: rejected by the test')
+        if (obj["kind"], obj["metadata"]["name"]) in self.objects:
+            raise self.KubeError(409, "AlreadyExists", f'{obj["kind"]} "{obj["metadata"]["name"]}" already exists')
+        out = self._stamp(obj)
+        self.objects[(obj["kind"], obj["metadata"]["name"])] = out
+        return out
+
+    def drop_create_entry(self, obj: dict) -> dict | None:
+        return None  # this stand-in reports no managedFields
 
     def apply(self, obj: dict) -> dict:
         self.calls.append(("apply", obj["kind"]))

@@ -39,7 +39,13 @@ def test_deletions_and_counts() -> None:
     assert c.get("Deployment", "ml", "m") is not None
 
 
-def test_managed_fields_are_not_kept() -> None:
+def test_managed_fields_are_kept_as_managers_only() -> None:
+    """Their field sets are large; the operator reads only who manages a child and how."""
     c = Cache()
-    c.seen(obj("1", managedFields=[{"manager": "modeldeploy"}]))
-    assert "managedFields" not in c.get("Deployment", "ml", "m")["metadata"]  # type: ignore[index]
+    c.seen(obj("1", managedFields=[{"manager": "modeldeploy", "operation": "Apply", "fieldsType": "FieldsV1",
+                                    "fieldsV1": {"f:spec": {}}, "time": "2026-01-01T00:00:00Z"},
+                                   {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status",
+                                    "fieldsV1": {"f:status": {}}}]))
+    assert c.get("Deployment", "ml", "m")["metadata"]["managedFields"] == [  # type: ignore[index]
+        {"manager": "modeldeploy", "operation": "Apply"},
+        {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status"}]

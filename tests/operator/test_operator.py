@@ -254,8 +254,8 @@ def test_invalid_specs_are_reported_and_nothing_is_half_applied(fake: FakeKubeAP
 
 def test_operator_restart_mid_reconcile_converges(fake: FakeKubeAPI, kubeconfig: Path, tmp_path: Path) -> None:
     make_namespace(fake, "ml")
-    # The API server fails every Deployment apply: the operator gets as far as the ConfigMap.
-    fake.fail_next.extend([("patch", "deployments", 500)] * 1000)
+    # The API server fails every Deployment write (its create, and an apply): the operator gets as far as the ConfigMap.
+    fake.fail_next.extend([("create", "deployments", 500), ("patch", "deployments", 500)] * 1000)
     op = OperatorProcess(kubeconfig, tmp_path / "op1.log").start()
     try:
         fake.add_object(md("r", "ml", replicas=2))

@@ -29,13 +29,17 @@ def body(name: str = "m", generation: int = 1, status: dict | None = None, final
     return out
 
 
-def observed(b: dict, children: dict | None = None, claim_found: bool | None = True) -> Observed:
+def observed(b: dict, children: dict | None = None, claim_found: bool | None = True, secret_due: bool | None = None,
+             **more: Any) -> Observed:
+    """What a reconcile saw; the token Secret's create is due on a first run (no children given)."""
     parsed = plan.parse_spec(b)
-    return Observed(b, None if isinstance(parsed, Problem) else parsed, plan.assess(b, parsed, claim_found), children or {})
+    return Observed(b, None if isinstance(parsed, Problem) else parsed, plan.assess(b, parsed, claim_found), children or {},
+                    token="t0ken", secret_due=children is None if secret_due is None else secret_due, **more)
 
 
 def live_children(b: dict, ready: int = 1) -> dict[tuple[str, str], dict]:
-    """The children as the API server holds them after our apply (plus fields the server adds)."""
+    """The children as the API server holds them after our apply (plus fields the server adds), as
+    the cache has them: the token Secret is not there (the operator never reads it)."""
     out = {}
     rendered = [a.desired for a in plan.plan(observed(b), DEFAULTS).children if a.desired["kind"] != "Secret"]
     for c in rendered:
@@ -45,10 +49,6 @@ def live_children(b: dict, ready: int = 1) -> dict[tuple[str, str], dict]:
             live["metadata"]["generation"] = 1
             live["status"] = {"observedGeneration": 1, "replicas": 1, "readyReplicas": ready, "updatedReplicas": 1}
         out[(c["kind"], c["metadata"]["name"])] = live
-    secret = render.render_token_secret(plan.owner_of(b), "")
-    secret = {**{k: v for k, v in secret.items() if k != "stringData"}, "data": {"token": "dDBrZW4="}}
-    secret["metadata"] = {**secret["metadata"], "resourceVersion": "10", "uid": "secret-uid"}
-    out[("Secret", secret["metadata"]["name"])] = secret
     return out
 
 
@@ -230,3 +230,89 @@ def test_a_child_deleted_after_its_generation_was_applied_is_drift_not_a_creatio
     b["metadata"]["generation"] = 2  # a new generation: whatever is missing is new
     again = {a.desired["kind"]: a.event.reason for a in plan.plan(observed(b, children), DEFAULTS).writes if a.event}
     assert again["PodDisruptionBudget"] == "Created"
+
+
+# -- never a takeover: only children with our ownerReference are updated --
+def test_the_token_secret_is_created_with_the_derived_token_and_a_409_is_fine() -> None:
+    p = plan.plan(observed(body()), DEFAULTS)
+    (secret,) = [a for a in p.children if a.desired["kind"] == "Secret"]
+    assert secret.verb == "create" and secret.exists_ok and secret.desired["stringData"] == {"token": "t0ken"}
+    assert secret.desired["metadata"]["ownerReferences"][0]["uid"] == UID
+    assert not any(a.exists_ok for a in p.children if a.desired["kind"] != "Secret")
+    # not due: nothing to do (the operator cannot see the Secret, it only creates it again now and then)
+    b = body(finalizers=[plan.FINALIZER])
+    later = plan.plan(observed(b, live_children(b), secret_due=False), DEFAULTS)
+    assert not later.writes
+
+
+@pytest.mark.parametrize(("owner_ref", "words"), [
+    (None, "was not created by this ModelDeployment"),  # made by someone, labelled as ours
+    ({"apiVersion": "v1", "kind": "ConfigMap", "name": "other", "uid": "x"}, "was not created by this ModelDeployment"),
+    ({"apiVersion": "serving.modeldeploy.io/v1alpha1", "kind": "ModelDeployment", "name": "m", "uid": "old-uid"},
+     "belongs to an earlier ModelDeployment of this name (uid old-uid)"),
+])
+def test_a_child_without_our_owner_reference_is_never_written(owner_ref: dict | None, words: str) -> None:
+    b = body(finalizers=[plan.FINALIZER])
+    children = live_children(b)
+    svc = children[("Service", "m")]
+    svc["metadata"]["ownerReferences"] = [owner_ref] if owner_ref else []
+    svc["spec"]["ports"] = []  # and different: still nothing is written
+    o = observed(b, children)
+    p = plan.plan(o, DEFAULTS)
+    assert p.children == () and p.problem is not None and p.problem.reason == "ChildNotOwned"
+    assert p.problem.message.startswith("Service m ") and words in p.problem.message
+    r = plan.report(o, p, Outcome(), "T")
+    assert r.problem == p.problem and [e.reason for e in r.events] == ["ChildNotOwned"]
+    assert r.status is not None and {c["type"]: c["reason"] for c in r.status["conditions"]}["Degraded"] == "ChildNotOwned"
+
+
+def test_pods_refusing_the_token_are_reported_once_and_looked_at_again_soon() -> None:
+    from modeldeploy.decisions import admintoken
+    from modeldeploy.decisions.records import Endpoint
+
+    b = body(finalizers=[plan.FINALIZER])
+    endpoints = (Endpoint("m-1", "http://10.0.0.1:8502"), Endpoint("m-2", "http://10.0.0.2:8502"))
+    o = observed(b, live_children(b), endpoints=endpoints, token_refused=("m-2",))
+    r = plan.report(o, plan.plan(o, DEFAULTS), Outcome(), "T1")
+    assert r.problem is None and r.status is not None
+    degraded = {c["type"]: c for c in r.status["conditions"]}["Degraded"]
+    assert degraded["status"] == "True" and degraded["reason"] == "AdminTokenRejected"
+    assert "1 of 2 ready pods refuse" in degraded["message"] and "kubectl -n ml delete secret m-admin-token" in degraded["message"]
+    assert [e.reason for e in r.events if e.type == "Warning"] == ["AdminTokenRejected"]
+    spec = o.spec
+    assert plan.next_look(spec, r.status, 0, 60, 1, False) == admintoken.RETRY_SECONDS
+    again = body(finalizers=[plan.FINALIZER], status=r.status)
+    o2 = observed(again, live_children(again), endpoints=endpoints, token_refused=("m-2",))
+    assert not [e for e in plan.report(o2, plan.plan(o2, DEFAULTS), Outcome(), "T2").events if e.type == "Warning"]
+    # accepted again: the condition clears
+    o3 = observed(again, live_children(again), endpoints=endpoints)
+    cleared = plan.report(o3, plan.plan(o3, DEFAULTS), Outcome(), "T3").status
+    assert cleared is not None and {c["type"]: c["status"] for c in cleared["conditions"]}["Degraded"] == "False"
+    assert plan.next_look(spec, {**r.status, **cleared}, 0, 60, 1, False) == 60
+
+
+@pytest.mark.parametrize(("managers", "verb"), [
+    (None, "keep"),  # a server that reports no managedFields
+    ([{"manager": "modeldeploy", "operation": "Apply"}, {"manager": "kubectl", "operation": "Update"}], "keep"),
+    ([{"manager": "modeldeploy", "operation": "Update"}], "update"),  # created, but the apply after it failed
+    ([{"manager": "modeldeploy", "operation": "Apply", "subresource": "status"}], "update"),
+])
+def test_a_child_our_apply_does_not_manage_yet_is_applied(managers: list | None, verb: str) -> None:
+    b = body(finalizers=[plan.FINALIZER])
+    children = live_children(b)
+    if managers is not None:
+        children[("Service", "m")]["metadata"]["managedFields"] = managers
+    assert verbs(plan.plan(observed(b, children), DEFAULTS))["Service"] == verb
+
+
+def test_the_create_entry_is_dropped_once_our_apply_manages_the_fields() -> None:
+    from modeldeploy.clients.kube import without_create_entry
+
+    status = {"manager": "modeldeploy", "operation": "Update", "subresource": "status", "fieldsV1": {}}
+    create = {"manager": "modeldeploy", "operation": "Update", "apiVersion": "v1", "fieldsV1": {"f:spec": {}}}
+    applied = {"manager": "modeldeploy", "operation": "Apply", "apiVersion": "v1", "fieldsV1": {"f:spec": {}}}
+    other = {"manager": "kubectl-edit", "operation": "Update", "fieldsV1": {}}
+    assert without_create_entry({"metadata": {"managedFields": [create, applied, other, status]}}) == [applied, other, status]
+    assert without_create_entry({"metadata": {"managedFields": [create, other]}}) is None  # not applied yet: keep it
+    assert without_create_entry({"metadata": {"managedFields": [applied, other]}}) is None  # nothing to drop
+    assert without_create_entry({"metadata": {}}) is None

@@ -1,8 +1,9 @@
 """The docs' status table (docs/operator.md) and troubleshooting tables (docs/operations.md) name
 every condition reason and Event reason the operator can emit (found by running the reconcile,
 against a recording stand-in for the API, through every kind of case: a new model, drift, an invalid
-spec, missing storage, a refused child; and the condition reasons by running the pure status
-decisions over every kind of rollout)."""
+spec, missing storage, a refused child, a child name taken by an object the operator did not create,
+what the admin's policy refuses; and the condition reasons by running the pure status decisions over
+every kind of rollout, a crash loop and pods that refuse the operator's token)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Any
 from modeldeploy.controller import reconcile
 from modeldeploy.controller.context import OperatorContext, Settings
 from modeldeploy.decisions import rollout
-from modeldeploy.decisions.plan import failing_event
+from modeldeploy.decisions.plan import failing_event, token_event
+from modeldeploy.decisions.policy import Policy
 from modeldeploy.decisions.status import Problem, Rollout, conditions_for, rollout_conditions
 from operator_support import ROOT, RecordingKube
 
@@ -32,11 +34,15 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [  # (case, RecordingK
 ]
 
 
-def _run(kube_args: dict[str, Any], spec: dict[str, Any], drift: bool = False) -> tuple[set[str], set[str]]:
-    """(problem reasons in status, Event reasons) of reconciling one ModelDeployment."""
+def _run(kube_args: dict[str, Any], spec: dict[str, Any], drift: bool = False, policy: Policy | None = None,
+         taken: str = "") -> tuple[set[str], set[str]]:
+    """(problem reasons in status, Event reasons) of reconciling one ModelDeployment (`taken`: the
+    name of a ConfigMap someone else made where its ConfigMap goes)."""
     kube = RecordingKube(**kube_args)
     ctx = OperatorContext(kube=kube, reconcile=reconcile.reconcile,  # type: ignore[arg-type]
-                          settings=Settings(model_status_url="", workers=1))
+                          settings=Settings(model_status_url="", workers=1, policy=policy or Policy()))
+    if taken:
+        kube.objects[("ConfigMap", taken)] = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": taken}}
     body = {"apiVersion": "serving.modeldeploy.io/v1alpha1", "kind": "ModelDeployment",
             "metadata": {"name": "m", "namespace": "ml", "uid": "u1", "generation": 1, "resourceVersion": "1"},
             "spec": {"model": {"storage": {"pvc": {"claimName": "models"}}}, **spec}}
@@ -60,12 +66,20 @@ def emitted() -> tuple[set[str], set[str]]:
     for _, kube_args, spec in CASES:
         p, e = _run(kube_args, spec)
         problems, events = problems | p, events | e
+    for p, e in (_run({}, {"model": {"storage": {"hostPath": {"path": "/x"}}}}, policy=Policy(allow_host_path=False)),
+                 _run({}, {"rollout": {"steps": [10], "prometheus": {"url": "http://p"}}},
+                      policy=Policy(prometheus_url_prefixes=("http://q",))),
+                 _run({}, {}, taken="m-config")):
+        problems, events = problems | p, events | e
     reasons = {c["reason"] for problem in [None, *(Problem(p, "m") for p in problems)] for r in ROLLOUTS
                for c in conditions_for(problem, r, 1)}
     reasons |= {c["reason"] for c in conditions_for(None, ROLLOUTS[1], 1, ["stable→2"])}  # a label move not applied yet
     failing = {"pod": "p", "container": "c", "reason": "CrashLoopBackOff"}
     reasons |= {c["reason"] for c in conditions_for(None, ROLLOUTS[1], 1, failing=failing)}  # a crash loop
     events |= {e.reason for e in failing_event({"lastFailureInfo": failing}, {})}
+    refused = conditions_for(None, ROLLOUTS[1], 1, token_refused="1 of 1 ready pods refuse ...")  # a Secret edited by hand
+    reasons |= {c["reason"] for c in refused}
+    events |= {e.reason for e in token_event({"conditions": refused}, {})}
     r_reasons, r_events = progressive_rollouts()
     return reasons | problems | r_reasons, events | problems | r_events
 
@@ -107,6 +121,7 @@ def progressive_rollouts() -> tuple[set[str], set[str]]:
 def test_the_cases_find_every_kind_of_reason() -> None:
     reasons, events = emitted()
     assert {"InvalidSpec", "StorageNotFound", "ApplyFailed", "ProgressDeadlineExceeded", "Available", "LabelsPending"} <= reasons
+    assert {"ChildNotOwned", "HostPathNotAllowed", "PrometheusURLNotAllowed", "AdminTokenRejected"} <= reasons & events
     assert {"Created", "Reconciled", "DriftCorrected", "StorageNotFound"} <= events
     assert {"RolloutProgressing", "RolledBack", "Aborted", "LoadFailed"} <= reasons
     assert {"RolloutStarted", "RolloutStep", "RolloutCheckFailed", "RolloutPromoting", "RolloutSucceeded"} <= events

@@ -46,10 +46,13 @@ def ctx(kube: RecordingKube) -> OperatorContext:
 def test_first_run_creates_everything_then_a_second_run_writes_nothing(kube: RecordingKube, ctx: OperatorContext) -> None:
     add_md(kube, ctx)
     assert 0 < reconcile.reconcile(ctx, "ml", "m") <= 66  # the periodic re-check, ±10%
+    # each child created (a POST), then applied once (our field manager owns its fields as applied);
+    # the token Secret only created
     assert [c for c in kube.calls if c[0] != "post_event"] == [
-        ("get", "PersistentVolumeClaim"), ("patch_finalizers", "ModelDeployment"), ("apply", "Secret"),
-        ("apply", "ConfigMap"), ("apply", "Deployment"), ("apply", "Service"), ("apply", "Service"),
-        ("apply", "PodDisruptionBudget"), ("patch_status", "ModelDeployment")]
+        ("get", "PersistentVolumeClaim"), ("patch_finalizers", "ModelDeployment"), ("create", "Secret"),
+        ("create", "ConfigMap"), ("apply", "ConfigMap"), ("create", "Deployment"), ("apply", "Deployment"),
+        ("create", "Service"), ("apply", "Service"), ("create", "Service"), ("apply", "Service"),
+        ("create", "PodDisruptionBudget"), ("apply", "PodDisruptionBudget"), ("patch_status", "ModelDeployment")]
     assert [e[1] for e in kube.events] == ["Created"] * 6 + ["Reconciled"]
     md = ctx.cache.get("ModelDeployment", "ml", "m")
     assert md is not None and md["metadata"]["finalizers"] == [plan.FINALIZER] and md["status"]["observedGeneration"] == 1
@@ -62,9 +65,11 @@ def test_first_run_creates_everything_then_a_second_run_writes_nothing(kube: Rec
 def test_runs_against_the_local_api_server_change_nothing_once_done(fake: FakeKubeAPI, tmp_path: Path) -> None:
     """Through the real client, once a first run is done and its status caught up: another run
     (the cache fed with what the watches deliver) and a restarted operator's first (a new context
-    holding the API server's listing) write nothing; a restarted operator that has seen only some
-    children applies the others again, and the API server's server-side apply (not a stand-in's
-    rule) finds nothing to change: every resourceVersion stays as it was."""
+    holding the API server's listing) change no child: the restarted one creates the token Secret
+    again (409: it is there, and the same), and writes nothing else. A restarted operator that has
+    seen only some children yet never overwrites the others: its creates find them (409), and it
+    waits (ChildNotOwned) until its watches show them as its own; then it converges, and every
+    child's resourceVersion stays as it was."""
     from kubernetes import config
 
     make_namespace(fake, "ml")
@@ -91,8 +96,9 @@ def test_runs_against_the_local_api_server_change_nothing_once_done(fake: FakeKu
 
     first = context()
     run(first)
-    assert {k for k, _ in versions()} >= {"ModelDeployment", "Secret", "ConfigMap", "Deployment", "Service",
-                                          "PodDisruptionBudget"}
+    assert {k for k, _ in versions()} >= {"ModelDeployment", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget"}
+    secret = fake.get("", "secrets", "ml", "m-admin-token")
+    assert secret is not None and secret["metadata"]["ownerReferences"][0]["name"] == "m"
     # the Deployment stand-in reports its pods ready shortly after (as a controller would), and the
     # next run writes that into the ModelDeployment's status: then there is nothing left to do
     wait_for(lambda: (fake.get("apps", "deployments", "ml", "m") or {}).get("status"), "the Deployment's status")
@@ -103,17 +109,24 @@ def test_runs_against_the_local_api_server_change_nothing_once_done(fake: FakeKu
         run(ctx)
         time.sleep(0.3)  # the stand-in would have answered a Deployment write by now
         assert versions() == before
-    assert [a for a in fake.audit()[mark:] if a.verb not in ("get", "list", "watch")] == []
-    # a restarted operator whose watches have delivered only the ModelDeployment and the Secret (the
-    # pods' token) so far applies the other children again: the same content, so the API server's
-    # server-side apply changes nothing
-    run(context(), kinds=("ModelDeployment", "Secret"))
+    writes = [(a.verb, a.resource, a.code) for a in fake.audit()[mark:] if a.verb not in ("get", "list", "watch")]
+    assert writes == [("create", "secrets", 409)], writes
+    assert fake.get("", "secrets", "ml", "m-admin-token") == secret
+    # a restarted operator whose watches have delivered only the ModelDeployment so far
+    mark = len(fake.audit())
+    restarted = context()
+    run(restarted, kinds=("ModelDeployment",))
+    status = fake.get(GROUP, PLURAL, "ml", "m")["status"]  # type: ignore[index]
+    assert {c["type"]: c["reason"] for c in status["conditions"]}["Degraded"] == "ChildNotOwned"
+    run(restarted)  # the watches have delivered every child: its own, so it converges
     time.sleep(0.3)
-    assert versions() == before
-    writes = {(a.verb, a.resource) for a in fake.audit()[mark:]
-              if a.verb not in ("get", "list", "watch") and a.resource != "events"}
-    assert writes == {("patch", "configmaps"), ("patch", "deployments"), ("patch", "services"),
-                      ("patch", "poddisruptionbudgets")}, writes
+    assert {k: v for k, v in versions().items() if k[0] != "ModelDeployment"} == {
+        k: v for k, v in before.items() if k[0] != "ModelDeployment"}
+    status = fake.get(GROUP, PLURAL, "ml", "m")["status"]  # type: ignore[index]
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Degraded"] == "False"
+    child_writes = {(a.verb, a.resource, a.code) for a in fake.audit()[mark:]
+                    if a.verb not in ("get", "list", "watch") and a.resource not in ("events", PLURAL)}
+    assert child_writes == {("create", "secrets", 409), ("create", "configmaps", 409)}, child_writes
 
 
 def test_a_child_edited_by_hand_is_restored_with_one_event(kube: RecordingKube, ctx: OperatorContext) -> None:
@@ -185,3 +198,32 @@ def test_deletion_releases_the_finalizer_and_writes_nothing_else(kube: Recording
     assert kube.calls == [("patch_finalizers", "ModelDeployment")]
     assert kube.objects[("ModelDeployment", "m")]["metadata"]["finalizers"] == []
     assert reconcile.reconcile(ctx, "ml", "gone") is None  # not in the cache: nothing to do
+
+
+def test_an_object_the_operator_did_not_create_is_never_taken_over(fake: FakeKubeAPI, tmp_path: Path) -> None:
+    """A Service named as the ModelDeployment's, made by someone else (no label, no ownerReference,
+    so not in the cache): the operator's create finds it (409), nothing of it changes, status says
+    which object and what to do; once it is deleted, the operator creates its own."""
+    from kubernetes import config
+
+    make_namespace(fake, "ml")
+    fake.add_object(md("m", "ml"))
+    theirs = fake.add_object({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "m", "namespace": "ml"},
+                              "spec": {"ports": [{"name": "web", "port": 80}], "selector": {"app": "web"}}})
+    client = Kube(config.new_client_from_config(config_file=str(fake.write_kubeconfig(tmp_path / "kubeconfig"))))
+    ctx = OperatorContext(kube=client, reconcile=reconcile.reconcile, settings=Settings(model_status_url="", workers=1))
+
+    def run() -> dict:
+        ctx.cache.seen(fake.get(GROUP, PLURAL, "ml", "m"))  # type: ignore[arg-type]
+        reconcile.reconcile(ctx, "ml", "m")
+        return {c["type"]: c for c in fake.get(GROUP, PLURAL, "ml", "m")["status"]["conditions"]}  # type: ignore[index]
+
+    degraded = run()["Degraded"]
+    assert degraded["reason"] == "ChildNotOwned" and degraded["message"].startswith("Service m already exists in namespace ml")
+    assert fake.get("", "services", "ml", "m") == theirs  # not a field changed, no ownerReference added
+    assert ("patch", "services") not in {(a.verb, a.resource) for a in fake.audit()}
+    assert any(e["reason"] == "ChildNotOwned" for e in fake.list_objects("", "events", "ml"))
+    fake.delete(fake.resource_for("v1", "Service"), "ml", "m")
+    assert run()["Degraded"]["status"] == "False"
+    ours = fake.get("", "services", "ml", "m")
+    assert ours is not None and ours["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"

@@ -4,11 +4,13 @@ The ConfigMap files and container args the operator renders start a real `model-
 with real SavedModels: the readiness, liveness and metrics paths of the rendered probes and scrape
 annotations answer, both versions and their labels are served, a label flip written to
 models.config reaches the running server without a restart, and the running operator reports the
-server's own per-version states in the ModelDeployment's status.
+server's own per-version states in the ModelDeployment's status, and a token Secret edited by hand
+(its pods refuse the operator's derived token) until it is deleted and created again.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -78,7 +80,7 @@ def server(models: Path, start_server: Callable[..., ServerProcess],
     probe = container["readinessProbe"]["httpGet"]["path"]
     srv.wait_until(lambda: requests.get(srv.url + probe, timeout=2).status_code == 200, "the readiness probe")
     return {"url": srv.url, "container": children["Deployment"], "config_dir": config_dir, "proc": srv.proc,
-            "admin": f"http://127.0.0.1:{admin}"}
+            "admin": f"http://127.0.0.1:{admin}", "admin_port": admin, "token_file": token_dir / serverconfig.ADMIN_TOKEN_KEY}
 
 
 def test_probes_and_scrape_annotations_answer(server: dict[str, Any]) -> None:
@@ -154,6 +156,53 @@ def test_operator_reports_the_servers_version_states(server: dict[str, Any], mod
         op.stop()
 
 
+def test_a_token_secret_edited_by_hand_is_reported_and_recreated_once_deleted(
+        server: dict[str, Any], fake: FakeKubeAPI, kubeconfig: Path, tmp_path: Path) -> None:
+    """The operator never reads the token Secret: it derives the token from its key. A Secret whose
+    token someone changed makes the pods refuse the operator (401): status says so and how to fix
+    it; once the Secret is deleted, the operator creates it again with its own token, and when the
+    pod reads that file (the kubelet's refresh, done here by the test), the condition clears."""
+    from modeldeploy.decisions import admintoken
+    from operator_support import TOKEN_KEY
+
+    make_namespace(fake, "ml")
+    op = OperatorProcess(kubeconfig, tmp_path / "op.log").start()
+    secrets_r = fake.resource_for("v1", "Secret")
+    try:
+        fake.add_object(md("tv", "ml", model={"name": "tv", "storage": {"pvc": {"claimName": "models"}}, "versions": [1, 2]}))
+        secret = wait_for(lambda: fake.get("", "secrets", "ml", "tv-admin-token"), what="the token Secret")
+        uid = fake.get(GROUP, PLURAL, "ml", "tv")["metadata"]["uid"]  # type: ignore[index]
+        derived = admintoken.derive(TOKEN_KEY, "ml", "tv", uid)
+        assert base64.b64decode(secret["data"]["token"]).decode() == derived
+        # edited by hand (the pod mounts the edited token: the server's file says "t0ken")
+        fake.update(secrets_r, "ml", "tv-admin-token", {**secret, "data": {"token": base64.b64encode(b"t0ken").decode()}})
+        fake.add_object({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"name": "tv-admin-x1", "namespace": "ml",
+                         "labels": {"kubernetes.io/service-name": "tv-admin", "app.kubernetes.io/managed-by": "modeldeploy"}},
+            "ports": [{"name": "admin", "port": server["admin_port"], "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True},
+                           "targetRef": {"kind": "Pod", "name": "tv-0", "namespace": "ml"}}]})
+        degraded = wait_for(lambda: (c := condition(fake.get(GROUP, PLURAL, "ml", "tv"), "Degraded")).get("reason")
+                            == "AdminTokenRejected" and c, what="AdminTokenRejected")
+        assert degraded["status"] == "True" and "kubectl -n ml delete secret tv-admin-token" in degraded["message"]
+        assert fake.get("", "secrets", "ml", "tv-admin-token")["data"]["token"] == base64.b64encode(b"t0ken").decode()  # type: ignore[index]
+        wait_for(lambda: any(e.get("reason") == "AdminTokenRejected" for e in fake.list_objects("", "events", "ml")),
+                 what="the Warning Event")
+        # the fix the message gives: delete the Secret; the operator creates it again with its token
+        fake.delete(secrets_r, "ml", "tv-admin-token")
+        again = wait_for(lambda: fake.get("", "secrets", "ml", "tv-admin-token"), what="the Secret re-created",
+                         timeout=admintoken.RETRY_SECONDS + 20)
+        assert base64.b64decode(again["data"]["token"]).decode() == derived
+        server["token_file"].write_text(derived)  # the kubelet refreshes the pod's Secret volume
+        wait_for(lambda: condition(fake.get(GROUP, PLURAL, "ml", "tv"), "Degraded").get("status") == "False",
+                 what="the condition cleared", timeout=admintoken.RETRY_SECONDS + 20)
+        assert {a.verb for a in fake.audit() if a.resource == "secrets" and a.userAgent.startswith("modeldeploy")} == {"create"}
+    finally:
+        op.stop()
+        server["token_file"].write_text("t0ken")
+
+
 # last in this module: its pushes raise the routing generation above the files the other tests write
 def test_the_operators_pod_admin_calls_against_a_real_server(server: dict[str, Any]) -> None:
     """clients.servers (what the operator asks each ready pod, and its push) against the rendered server."""
@@ -163,7 +212,7 @@ def test_the_operators_pod_admin_calls_against_a_real_server(server: dict[str, A
     (report,) = servers.fetch_reports([ep], "t0ken", "tv")
     assert report.versions == {1: "AVAILABLE", 2: "AVAILABLE"} and not report.unreachable
     (refused,) = servers.fetch_reports([ep], "wrong", "tv")
-    assert "HTTP 401" in refused.unreachable
+    assert "HTTP 401" in refused.unreachable and refused.token_refused
     table = traffic.Table(report.generation + 1, {"stable": 1, "canary": 2}, {"stable": 80, "canary": 20})
     (pushed,) = servers.push([ep], "t0ken", table.document("tv"))
     assert not pushed.error and pushed.generation == table.generation

@@ -3,15 +3,23 @@
 Watches the cluster named by KUBECONFIG (or the in-cluster service account), in all namespaces
 unless `--namespace` is given (repeatable). Serves liveness on `--health-port` (`/healthz`) and the
 operator's Prometheus metrics on `--metrics-port` (`/metrics`).
+
+The admin tokens of the ModelDeployments are derived from the key in `--token-key-file` (the chart
+mounts it from a Secret of the operator's namespace). Without the flag, an operator run outside the
+cluster keeps its key in `$XDG_STATE_HOME/modeldeploy/token-key` (default `~/.local/state/...`),
+made with a random key the first time, so that a restart derives the same tokens.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
+from pathlib import Path
 
 from modeldeploy.clients import servers
+from modeldeploy.decisions import admintoken
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +56,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pod-admin", action=argparse.BooleanOptionalAction, default=True,
         help="ask each ready pod on its admin port and push routing tables there (--no-pod-admin: ConfigMap only)")
+    parser.add_argument(
+        "--token-key-file", default=os.environ.get("MODELDEPLOY_TOKEN_KEY_FILE", ""),
+        help="the key each ModelDeployment's admin token is derived from (env MODELDEPLOY_TOKEN_KEY_FILE; at least "
+             f"{admintoken.MIN_KEY_BYTES} bytes); default: a key kept in $XDG_STATE_HOME/modeldeploy/token-key, made "
+             "the first time")
+    parser.add_argument(
+        "--allow-host-path", action=argparse.BooleanOptionalAction, default=True,
+        help="allow spec.model.storage.hostPath (a node's directory in the pods; the chart turns it off)")
+    parser.add_argument(
+        "--host-path-prefix", action="append", default=[],
+        help="with --allow-host-path: only hostPath paths under this directory (repeatable; default: any)")
+    parser.add_argument(
+        "--prometheus-url-prefix", action="append", default=[],
+        help="a ModelDeployment's own prometheus.url must be under one of these URLs (repeatable; default: any); "
+             "the operator fetches that URL itself")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
@@ -62,20 +85,62 @@ def parse_labels(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(out))
 
 
+def default_key_file() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "modeldeploy" / "token-key"
+
+
+def load_token_key(path: str) -> bytes:
+    """The key in `path` (surrounding whitespace removed: a Secret's value may end in a newline).
+    No path: the default key file, made with a random key when it does not exist yet (atomically:
+    operators started together agree on one key). OSError or ValueError when unusable."""
+    if not path:
+        file = default_key_file()
+        if not file.exists():
+            file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_name(f".{file.name}.{os.getpid()}")
+            tmp.write_text(secrets.token_hex(32) + "\n")
+            tmp.chmod(0o600)
+            try:
+                os.link(tmp, file)  # fails if another operator made it first: then theirs is the key
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        path = str(file)
+    key = Path(path).read_bytes().strip()
+    if len(key) < admintoken.MIN_KEY_BYTES:
+        raise ValueError(f"{path} holds {len(key)} bytes; the key needs at least {admintoken.MIN_KEY_BYTES}")
+    return key
+
+
 def run(args: argparse.Namespace) -> int:
     from modeldeploy.controller import run as controller
     from modeldeploy.controller.context import Settings
-    from modeldeploy.decisions import render
+    from modeldeploy.decisions import policy, render
 
     try:
         pod_labels = parse_labels(args.operator_pod_labels)
     except ValueError as exc:
         print(f"modeldeploy operator: --operator-pod-labels: {exc}", file=sys.stderr)
         return 2
+    try:
+        key = load_token_key(args.token_key_file)
+    except (OSError, ValueError) as exc:
+        print(f"modeldeploy operator: --token-key-file: {exc}", file=sys.stderr)
+        return 2
+    bad = [p for p in args.host_path_prefix if not p.startswith("/")] + [
+        u for u in args.prometheus_url_prefix if not u.startswith(("http://", "https://"))]
+    if bad:
+        print(f"modeldeploy operator: not an absolute path or http(s) URL: {', '.join(bad)}", file=sys.stderr)
+        return 2
     defaults = render.Defaults(server_image=args.server_image or render.DEFAULT_SERVER_IMAGE,
                                operator_namespace=args.operator_namespace, operator_pod_labels=pod_labels)
+    admin = policy.Policy(allow_host_path=args.allow_host_path, host_path_prefixes=tuple(args.host_path_prefix),
+                          prometheus_url_prefixes=tuple(args.prometheus_url_prefix))
     settings = Settings(defaults=defaults, resync_seconds=args.resync_seconds, model_status_url=args.model_status_url,
-                        workers=args.workers, pod_admin=args.pod_admin, prometheus_url=args.prometheus_url)
+                        workers=args.workers, pod_admin=args.pod_admin, prometheus_url=args.prometheus_url,
+                        token_key=key, policy=admin)
     return controller.run(settings, controller.Serving(
         namespaces=tuple(args.namespace), metrics_port=args.metrics_port, health_port=args.health_port,
         bind=args.bind, crd_wait_seconds=args.crd_wait_seconds, verbose=args.verbose))

@@ -3,7 +3,11 @@
 The `kubernetes` client supplies configuration and authentication (kubeconfig or in-cluster); we send
 plain dicts and read plain dicts, so our manifests stay the renderer's output and nothing is
 round-tripped through generated models. Server-side apply uses our field manager with `force=true`:
-the operator owns every field it renders.
+the operator owns every field it renders. A child is created with a POST (`create`: a 409 when an
+object of that name exists, so nothing is taken over), then applied once; the create leaves its
+fields to our field manager as an `Update` entry of managedFields, which would keep a field a later
+apply leaves out, so `drop_create_entry` removes that entry once the apply owns the same fields (as
+kubectl's upgrade from client-side to server-side apply does).
 """
 
 from __future__ import annotations
@@ -61,6 +65,16 @@ def path_for(api_version: str, kind: str, namespace: str, name: str = "", subres
     if subresource:
         p += f"/{subresource}"
     return p
+
+
+def without_create_entry(obj: Obj) -> list[Obj] | None:
+    """Pure: the object's managedFields without our field manager's `Update` entry of the main
+    resource, when it has one beside our `Apply` entry (None otherwise)."""
+    entries = (obj.get("metadata") or {}).get("managedFields") or []
+    ours = [e for e in entries if e.get("manager") == api.FIELD_MANAGER and not e.get("subresource")]
+    if not any(e.get("operation") == "Apply" for e in ours) or not any(e.get("operation") == "Update" for e in ours):
+        return None
+    return [e for e in entries if not (e in ours and e.get("operation") == "Update")]
 
 
 class Kube:
@@ -123,6 +137,25 @@ class Kube:
             "PATCH", path, query={"fieldManager": api.FIELD_MANAGER, "force": "true"}, body=obj,
             content_type="application/apply-patch+yaml",
         )
+
+    def create(self, obj: Obj) -> Obj:
+        """POST: the object created, or KubeError 409 (AlreadyExists) when one of that name exists."""
+        meta = obj["metadata"]
+        return self.request("POST", path_for(obj["apiVersion"], obj["kind"], meta["namespace"]),
+                            query={"fieldManager": api.FIELD_MANAGER}, body=obj)
+
+    def drop_create_entry(self, obj: Obj) -> Obj | None:
+        """Remove the `Update` managedFields entry of our field manager from an object that our
+        apply also manages (a JSON patch, conditional on the resourceVersion); None when there is
+        none (or the server reports no managedFields)."""
+        kept = without_create_entry(obj)
+        if kept is None:
+            return None
+        meta = obj["metadata"]
+        patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
+                 {"op": "replace", "path": "/metadata/managedFields", "value": kept}]
+        return self.request("PATCH", path_for(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]),
+                            body=patch, content_type="application/json-patch+json")
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
         try:

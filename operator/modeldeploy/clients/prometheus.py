@@ -1,16 +1,23 @@
 """I/O with Prometheus: one instant query, its answer as a plain value (None with the reason when
 there is nothing usable). An unreachable Prometheus is an answer with the reason, never an error.
 The queries themselves are pure text (decisions.queries).
+
+A ModelDeployment may name its own Prometheus, so the operator reads whatever that URL answers:
+each query ends within `timeout` seconds in all (5 by default) and reads at most `MAX_BYTES` of
+answer (clients.bounded); past either it is an answer with the reason, like an unreachable one.
 """
 
 from __future__ import annotations
 
 import json
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
+
+from modeldeploy.clients import bounded
+
+# Our queries answer one series, or one per histogram bucket: a few KiB.
+MAX_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +95,14 @@ def vector(base_url: str, query: str, timeout: float = 5.0) -> Series:
 def _query(base_url: str, query: str, timeout: float) -> Any:
     url = f"{base_url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - the spec's Prometheus URL
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            return json.loads(exc.read())
-        except ValueError:
-            return Answer(None, f"Prometheus answered HTTP {exc.code}")
+        status, data = bounded.request("GET", url, timeout=timeout, max_bytes=MAX_BYTES,
+                                       headers={"Accept": "application/json"})
+    except bounded.LimitExceeded as exc:
+        return Answer(None, f"Prometheus at {base_url}: {exc}")
     except (OSError, ValueError) as exc:
         return Answer(None, f"Prometheus unreachable at {base_url}: {exc}")
+    try:
+        return json.loads(data)
+    except ValueError:
+        return Answer(None, f"Prometheus answered HTTP {status}" if status >= 400 else
+                      "Prometheus answered something that is not JSON")

@@ -11,16 +11,18 @@
   read what a pod serves (`fetch_reports`), push a routing table to it (`push`). The pods are the
   ready endpoints of the ModelDeployment's headless admin Service (its EndpointSlices, from the
   operator's cache), called directly, in parallel, with the bearer token of the ModelDeployment's
-  admin Secret and short timeouts, so that one slow pod never holds a reconcile for long. Every
+  admin token and short timeouts, so that one slow pod never holds a reconcile for long. Every
   failure is an answer (the pod's `unreachable` reason), never an exception.
+
+The operator reads answers from servers whose image a ModelDeployment chooses: each request ends
+within its timeout in all (2 s) and reads at most `MAX_BYTES` (clients.bounded), so that no answer
+can hold a reconcile worker or fill the operator's memory.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import urllib.error
-import urllib.request
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -28,7 +30,11 @@ from typing import Any
 
 from modelserver import contract
 
+from modeldeploy.clients import bounded
 from modeldeploy.decisions.records import Endpoint, PodReport, PushResult, VersionReport
+
+# A model's status or a pod's report lists its versions and labels: a few KiB.
+MAX_BYTES = 1024 * 1024
 
 # TF Serving's ManagedState names -> the states we show in status.
 STATES = {
@@ -76,25 +82,37 @@ class _Unreachable(Exception):
 def _get(url: str, timeout: float) -> dict[int, VersionReport]:
     """One status request: the reports, {} for 4xx (unknown model or label), _Unreachable otherwise."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - http(s) URL built from our template
-            return parse_status(json.loads(resp.read()))
-    except urllib.error.HTTPError as exc:
-        if 400 <= exc.code < 500:
+        status, data = bounded.request("GET", url, timeout=timeout, max_bytes=MAX_BYTES)
+        if 400 <= status < 500:
             return {}
-        raise _Unreachable from exc
-    except (OSError, ValueError) as exc:
+        if status >= 300:
+            raise _Unreachable(f"HTTP {status}")
+        doc = json.loads(data)
+        if not isinstance(doc, dict):
+            raise _Unreachable("unexpected answer")
+        return parse_status(doc)
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise _Unreachable from exc
 
 
 def fetch_status(base_url: str, model: str, labels: Sequence[str] = (), timeout: float = 2.0) -> dict[int, VersionReport] | None:
     """I/O: ask one server for its versions and where each of `labels` points (TF Serving's
-    `GET /v1/models/<name>/labels/<label>`); None when it cannot be reached or answers nonsense."""
+    `GET /v1/models/<name>/labels/<label>`), all within `timeout` seconds; None when it cannot be
+    reached, answers nonsense or takes longer."""
     base = base_url.rstrip("/")
+    deadline = time.monotonic() + timeout
+
+    def get(url: str) -> dict[int, VersionReport]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _Unreachable(f"no complete answer within {timeout:g} s")
+        return _get(url, left)
+
     try:
-        reports = _get(base + contract.model_path(model), timeout)
+        reports = get(base + contract.model_path(model))
         resolved: dict[str, int | None] = {}
         for label in labels:
-            found = _get(base + contract.model_path(model, label), timeout) if reports else {}
+            found = get(base + contract.model_path(model, label)) if reports else {}
             resolved[label] = next(iter(found), None)
     except _Unreachable:
         return None
@@ -122,19 +140,16 @@ def ready_endpoints(slices: Iterable[Obj], port_name: str = "admin") -> list[End
     return [out[k] for k in sorted(out)]
 
 
-def token_of(secret: Obj | None, key: str) -> str | None:
-    """The token in a Secret as the API server returns it (base64 `data`)."""
-    raw = ((secret or {}).get("data") or {}).get(key)
-    if not raw:
-        return None
-    try:
-        return base64.b64decode(raw).decode().strip() or None
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
 def parse_report(pod: str, model: str, body: Any) -> PodReport:
-    """Pure: GET /v1/admin/models's answer -> what the pod serves of `model`."""
+    """Pure: GET /v1/admin/models's answer -> what the pod serves of `model` (an answer of another
+    shape: unreachable, "unexpected answer")."""
+    try:
+        return _parse_report(pod, model, body)
+    except (ValueError, TypeError, AttributeError):
+        return PodReport(pod, unreachable="unexpected answer")
+
+
+def _parse_report(pod: str, model: str, body: Any) -> PodReport:
     if not isinstance(body, dict):
         return PodReport(pod, unreachable="unexpected answer")
     entry = (body.get("models") or {}).get(model)
@@ -160,16 +175,14 @@ def parse_report(pod: str, model: str, body: Any) -> PodReport:
 
 def _call(method: str, url: str, token: str, body: Obj | None, timeout: float) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={
+    status, answer = bounded.request(method, url, timeout=timeout, max_bytes=MAX_BYTES, body=data, headers={
         "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - pod addresses from EndpointSlices
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        try:
-            return exc.code, json.loads(exc.read() or b"null")
-        except ValueError:
-            return exc.code, None
+        return status, json.loads(answer or b"null")
+    except ValueError:
+        if status >= 400:
+            return status, None
+        raise
 
 
 def fetch_reports(endpoints: Sequence[Endpoint], token: str, model: str, timeout: float = TIMEOUT_SECONDS) -> list[PodReport]:
@@ -180,7 +193,8 @@ def fetch_reports(endpoints: Sequence[Endpoint], token: str, model: str, timeout
         except (OSError, ValueError) as exc:
             return PodReport(ep.pod, unreachable=str(getattr(exc, "reason", exc)))
         if code != 200:
-            return PodReport(ep.pod, unreachable=f"HTTP {code}: {(body or {}).get('error', '') if isinstance(body, dict) else ''}")
+            why = str(body.get("error", ""))[:200] if isinstance(body, dict) else ""
+            return PodReport(ep.pod, unreachable=f"HTTP {code}: {why}", token_refused=code == 401)
         return parse_report(ep.pod, model, body)
 
     return _parallel(one, endpoints)
@@ -193,10 +207,11 @@ def push(endpoints: Sequence[Endpoint], token: str, document: Obj, timeout: floa
             code, body = _call("PUT", ep.url + contract.ADMIN_ROUTING_PATH, token, document, timeout)
         except (OSError, ValueError) as exc:
             return PushResult(ep.pod, -1, str(getattr(exc, "reason", exc)))
-        gen = int(body.get("generation", -1)) if isinstance(body, dict) and "generation" in body else -1
+        gen = body.get("generation", -1) if isinstance(body, dict) else -1
+        gen = gen if isinstance(gen, int) else -1
         if code == 200:
             return PushResult(ep.pod, gen)
-        why = body.get("error") if isinstance(body, dict) else None
+        why = str(body.get("error") or "")[:200] if isinstance(body, dict) else ""
         return PushResult(ep.pod, gen, f"HTTP {code}: {why or 'refused'}")
 
     return _parallel(one, endpoints)

@@ -43,11 +43,13 @@ def _older(new: Obj, old: Obj) -> bool:
 
 
 def _slim(obj: Obj) -> Obj:
-    """Without managedFields (large, and nothing the operator reads)."""
+    """With managedFields cut to who manages the object and how (their field sets are large, and the
+    operator reads only whether its own apply manages a child: plan.child_action)."""
     meta = obj.get("metadata") or {}
     if "managedFields" not in meta:
         return obj
-    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+    managers = [{k: e[k] for k in ("manager", "operation", "subresource") if k in e} for e in meta["managedFields"] or []]
+    return {**obj, "metadata": {**meta, "managedFields": managers}}
 
 
 class Cache:

@@ -4,7 +4,8 @@
 - `Settings`: what the operator was told (flags and defaults); frozen, never changes while it runs.
 - `OperatorContext`: what the handlers and reconciles share while it runs: the Kubernetes client,
   the cache of watched objects, the work queue and the threads that run reconciles, and the small
-  memories of the reconciles (claims found, ModelDeployments whose traffic is still moving).
+  memories of the reconciles (claims found, token Secrets created, ModelDeployments whose traffic
+  is still moving).
 
 kopf gives each watched object a shallow copy of the memo, so these objects are shared by all;
 nothing rebinds them after construction. Tests build their own context (no module-level state).
@@ -26,6 +27,7 @@ from modeldeploy.controller import metrics
 from modeldeploy.controller.cache import Cache
 from modeldeploy.controller.workqueue import WorkQueue
 from modeldeploy.decisions import render
+from modeldeploy.decisions.policy import Policy
 
 Key = tuple[str, str]  # (namespace, name) of a ModelDeployment
 
@@ -50,6 +52,12 @@ class Settings:
     pod_admin: bool = True
     # While labels or weights are still moving (a version loading, a pod lagging): look again this soon.
     traffic_recheck_seconds: float = 1.0
+    # The key each ModelDeployment's admin token is derived from (--token-key-file; decisions.admintoken),
+    # and how often a token Secret is created again (a no-op when it is there; the operator cannot see it go).
+    token_key: bytes = field(default=b"", repr=False)
+    secret_seconds: float = 300.0
+    # What the cluster admin allows a spec (hostPath, the Prometheus URLs the operator fetches).
+    policy: Policy = field(default_factory=Policy)
 
 
 Reconcile = Callable[["OperatorContext", str, str], "float | None"]
@@ -62,6 +70,8 @@ class OperatorContext:
     settings: Settings = field(default_factory=Settings)
     cache: Cache = field(default_factory=Cache)
     claims_seen: dict[Key, float] = field(default_factory=dict)  # (namespace, claim) -> known until
+    # (namespace, name, uid) -> when its token Secret's create last went through (created, or there)
+    secrets_created: dict[tuple[str, str, str], float] = field(default_factory=dict)
     traffic_pending: dict[Key, bool] = field(default_factory=dict)
     queue: WorkQueue[Key] = field(init=False)
     executor: ThreadPoolExecutor = field(init=False)

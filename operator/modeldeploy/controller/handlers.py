@@ -7,7 +7,7 @@ the periodic re-check as a timer). So:
 
 - a ModelDeployment listed at start, created, changed (spec, metadata, deletion) or deleted: queued
   at once (its own status writes come back as echoes and queue nothing);
-- any event on a child we manage (Secret, ConfigMap, Deployment, Services, PDB, NetworkPolicy with
+- any event on a child we manage (ConfigMap, Deployment, Services, PDB, NetworkPolicy, HPA with
   our managed-by label), on our Services' EndpointSlices (pods becoming ready or going) or on the
   server pods (a container that crashes),
   a hand edit, a deletion, the Deployment controller's status: its owner queued after
@@ -17,6 +17,10 @@ The children are indexed into the cache by kopf index handlers: kopf runs every 
 once the initial listings of indexed resources are in, so reconciles never see a half-filled cache.
 Handlers are async and cheap: nothing here blocks kopf's event loop. kopf posts only its own
 warnings; our Events come from the reconciles.
+
+Secrets are not watched: the operator holds no read access to them (RBAC cannot narrow a list or
+watch by label, so a Secret watch would mean reading every Secret). It only creates each
+ModelDeployment's token Secret, whose content it derives (decisions.admintoken).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ Obj = dict[str, Any]
 MANAGED_BY = {"app.kubernetes.io/managed-by": "modeldeploy"}
 CHILDREN = [("", "v1", "configmaps", "ConfigMap"), ("apps", "v1", "deployments", "Deployment"),
             ("", "v1", "services", "Service"), ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
-            ("", "v1", "secrets", "Secret"), ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
+            ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
             ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
             # not rendered: the EndpointSlice controller makes them for our Services, with their
             # labels (so the managed-by selector finds them): which pods are ready, and where

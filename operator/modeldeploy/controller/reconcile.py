@@ -3,10 +3,13 @@
 - **observe** (reads): the ModelDeployment and its children from the cache (what the watches and
   our own writes left there), the PersistentVolumeClaim its spec names (a GET), and, when pods are
   ready, each ready pod's own report from its admin port (HTTP, in parallel; clients.servers), or, when
-  the pods cannot be reached, one server's version report through the Service;
+  the pods cannot be reached, one server's version report through the Service; the admin token is
+  derived from the operator's key (admintoken.py), never read from its Secret;
 - **plan** and **report** (pure, plan.py): what to create, update or keep, which Events, what status;
-- **execute** (writes): our finalizer, the server-side applies (each answer goes into the cache, so
-  its watch event is known as our own echo), the children's Events, then the routing table pushed
+- **execute** (writes): our finalizer, the children (a missing one created with a POST, which never
+  overwrites an object of that name, then applied once so that our field manager owns its fields;
+  one that carries our ownerReference applied server-side; each answer goes into the cache, so its
+  watch event is known as our own echo), the children's Events, then the routing table pushed
   to every ready pod that lags (traffic.py decides when labels and weights may move);
 - then the status patch and the summary Event.
 
@@ -21,7 +24,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
-import secrets
 import time
 from typing import TYPE_CHECKING
 
@@ -30,7 +32,7 @@ from modeldeploy.clients import servers
 from modeldeploy.clients.kube import KubeError
 from modeldeploy.controller import measure, metrics
 from modeldeploy.controller.workqueue import Retry
-from modeldeploy.decisions import autoscale, plan, render, rollout, serverconfig
+from modeldeploy.decisions import admintoken, autoscale, plan, render, rollout
 from modeldeploy.decisions.plan import Event, Observed, Outcome, Plan, parse_spec
 from modeldeploy.decisions.records import Endpoint, PodReport, PushResult, VersionReport
 
@@ -108,39 +110,45 @@ def observe(ctx: OperatorContext, body: Obj) -> Observed:
             warmup_problem = plan.warmup_requests_problem(ref, namespace, ctx.kube.get("v1", "ConfigMap", namespace, ref.name))
         except KubeError as exc:
             raise Retry(f"reading the warmup requests ConfigMap: {exc}", 1) from exc
-    problem = plan.assess(body, parsed, claim_found, warmup_problem)
+    problem = plan.assess(body, parsed, claim_found, warmup_problem, ctx.settings.policy)
     spec = None if isinstance(parsed, plan.Problem) or problem is not None else parsed
     children = {(kind, child): obj for _, kind, child in render.child_refs(name)
                 if (obj := ctx.cache.get(kind, namespace, child)) is not None}
-    token = servers.token_of(children.get(("Secret", render.token_secret_name(name))), serverconfig.ADMIN_TOKEN_KEY)
-    endpoints, pods, served = ask_servers(ctx, spec, namespace, name, children, token)
+    uid = str(meta.get("uid") or "")
+    token = admintoken.derive(ctx.settings.token_key, namespace, name, uid) if uid else None
+    endpoints, pods, served, refused = ask_servers(ctx, spec, namespace, name, children, token)
+    due = admintoken.create_due(ctx.secrets_created.get((namespace, name, uid)), time.monotonic(), bool(refused),
+                                ctx.settings.secret_seconds)
     now_s = time.time()
     measured = measure_autoscaler(ctx, body, spec, children, now_s)
     checked = measure_rollout(ctx, body, spec, now_s)
     return Observed(body, None if isinstance(parsed, plan.Problem) else parsed, problem, children, served, endpoints,
-                    pods, token, secrets.token_urlsafe(32), measured, checked, now_s,
-                    tuple(ctx.cache.pods(namespace, name)))
+                    pods, token, due, refused, measured, checked, now_s, tuple(ctx.cache.pods(namespace, name)))
 
 
 def ask_servers(ctx: OperatorContext, spec: api.ModelDeploymentSpec | None, namespace: str, name: str,
                 children: dict[plan.ChildKey, Obj], token: str | None
-                ) -> tuple[tuple[Endpoint, ...], tuple[PodReport, ...] | None, dict[int, VersionReport] | None]:
-    """Each ready pod's report from its admin port; when no pod can be reached there and the
-    Deployment has ready pods, one server's version report through the Service instead."""
+                ) -> tuple[tuple[Endpoint, ...], tuple[PodReport, ...] | None, dict[int, VersionReport] | None,
+                           tuple[str, ...]]:
+    """Each ready pod's report from its admin port (and the pods that refused the token); when no
+    pod can be reached there and the Deployment has ready pods, one server's version report through
+    the Service instead."""
     if spec is None:
-        return (), None, None
+        return (), None, None, ()
     model = api.model_name(spec, name)
     endpoints = tuple(servers.ready_endpoints(ctx.cache.endpoint_slices(namespace, render.admin_service_name(name))))
-    pods = None
+    pods: tuple[PodReport, ...] | None = None
+    refused: tuple[str, ...] = ()
     if token is not None and ctx.settings.pod_admin and endpoints:
         reports = tuple(servers.fetch_reports(endpoints, token, model))
+        refused = tuple(r.pod for r in reports if r.token_refused)
         # every pod unreachable: the operator runs where it cannot reach pods (ConfigMap delivery)
         pods = None if all(r.unreachable for r in reports) else reports
     served = None
     url = ctx.settings.model_status_url
     if not pods and url and _ready_replicas(children.get(("Deployment", name))) > 0:
         served = servers.fetch_status(url.format(name=name, namespace=namespace), model, sorted(spec.version_labels or {}))
-    return endpoints, pods, served
+    return endpoints, pods, served, refused
 
 
 def measure_autoscaler(ctx: OperatorContext, body: Obj, spec: api.ModelDeploymentSpec | None,
@@ -200,13 +208,16 @@ def execute(ctx: OperatorContext, body: Obj, decided: Plan) -> Outcome | None:
     applied: dict[plan.ChildKey, Obj] = {}
     for action in decided.writes:
         try:
-            out = ctx.kube.apply(action.desired)
+            out = create(ctx, body, action) if action.verb == "create" else apply(ctx, action.desired)
         except KubeError as exc:
             metrics.API_ERRORS.labels(status=str(exc.status)).inc()
             if exc.transient:
-                raise Retry(f"applying {action.key[0]} {action.key[1]}: {exc}", 0.5 if exc.status == 409 else 1) from exc
+                raise Retry(f"writing {action.key[0]} {action.key[1]}: {exc}", 0.5 if exc.status == 409 else 1) from exc
             return Outcome(applied, plan.Problem("ApplyFailed", f"the API server rejected a child: {exc.message}"))
-        ctx.cache.wrote(out)
+        except NotOurs as exc:
+            return Outcome(applied, exc.problem)
+        if out is None:
+            continue  # the token Secret, there already
         applied[action.key] = out
         if action.event is not None and (not action.event.only_if_changed or _changed(action, out)):
             post_event(ctx, body, action.event)
@@ -219,6 +230,57 @@ def execute(ctx: OperatorContext, body: Obj, decided: Plan) -> Outcome | None:
                 log.info("routing push to %s/%s pod %s: %s", body["metadata"]["namespace"], body["metadata"]["name"],
                          r.pod, r.error)
     return Outcome(applied, pushed=pushed)
+
+
+class NotOurs(Exception):
+    def __init__(self, problem: plan.Problem):
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+def create(ctx: OperatorContext, body: Obj, action: plan.ChildAction) -> Obj | None:
+    """A POST, which fails (409) when an object of that name exists: never a takeover. The token
+    Secret is then done (None: it is there; the operator cannot read it). Another child that exists
+    is ours only if the cache has it with our ownerReference by now (the watch event of a create
+    whose answer was lost); else NotOurs. A child created is then applied once, so that our field
+    manager owns its fields as applied (clients.kube.Kube.create)."""
+    meta, desired = body["metadata"], action.desired
+    key = (meta["namespace"], meta["name"], str(meta.get("uid") or ""))
+    try:
+        out = ctx.kube.create(desired)
+    except KubeError as exc:
+        if exc.status != 409:
+            raise
+        if action.exists_ok:
+            ctx.secrets_created[key] = time.monotonic()
+            return None
+        cached = ctx.cache.get(action.key[0], meta["namespace"], action.key[1])
+        if cached is None or not plan.owned(cached, key[2]):
+            raise NotOurs(plan.not_owned(action.key[0], action.key[1], meta["namespace"], cached, plan.owner_of(body))) from exc
+        return apply(ctx, desired)
+    if action.exists_ok:
+        ctx.secrets_created[key] = time.monotonic()
+        return {k: v for k, v in out.items() if k not in ("data", "stringData")}  # the token stays out of memory
+    ctx.cache.wrote(out)
+    return apply(ctx, desired)
+
+
+def apply(ctx: OperatorContext, desired: Obj) -> Obj:
+    """Server-side apply (force: the operator owns every field it renders) of a child that carries
+    our ownerReference; then, when the answer shows the fields our create left to our field manager
+    as an Update, that entry is dropped (clients.kube.Kube.drop_create_entry)."""
+    out = ctx.kube.apply(desired)
+    ctx.cache.wrote(out)
+    try:
+        dropped = ctx.kube.drop_create_entry(out)
+    except KubeError as exc:  # someone changed it meanwhile: the next apply's answer tells again
+        log.info("could not drop the create's managedFields entry of %s %s: %s", desired["kind"],
+                 desired["metadata"]["name"], exc)
+        return out
+    if dropped is not None:
+        ctx.cache.wrote(dropped)
+        return dropped
+    return out
 
 
 def _changed(action: plan.ChildAction, after: Obj) -> bool:

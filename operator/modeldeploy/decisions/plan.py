@@ -3,10 +3,14 @@
 A reconcile reads as observe → plan → execute → report (reconcile.py does the I/O):
 
 - `assess(body, claim_found)`: the spec parsed, or the problem that stops it (InvalidSpec,
-  StorageNotFound) — `observe` calls it, as it needs the model's name and labels to ask the servers;
+  StorageNotFound, what the admin's policy refuses: HostPathNotAllowed, PrometheusURLNotAllowed) —
+  `observe` calls it, as it needs the model's name and labels to ask the servers;
 - `plan(observed, defaults)`: for each child, create, update or keep (KServe's CheckResult), with
   the Event each action earns (Created; DriftCorrected when a child we had applied was changed since),
-  and whether our finalizer must be added or, for a ModelDeployment being deleted, removed;
+  and whether our finalizer must be added or, for a ModelDeployment being deleted, removed. Only a
+  child that carries this ModelDeployment's ownerReference (its uid) is ever updated; a missing one
+  is created (a POST, which fails on an object of that name), and one that exists without our
+  ownerReference stops the plan (ChildNotOwned): the operator never takes over what it did not create;
 - `report(observed, plan, outcome, now)`: the status patch to write (None when nothing changed) and
   the summary Event (Reconciled for a new generation, or the problem's Warning once per problem).
 
@@ -22,7 +26,8 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from modeldeploy.api import v1alpha1 as api
-from modeldeploy.decisions import autoscale, render, rollout, serverconfig, traffic
+from modeldeploy.decisions import admintoken, autoscale, render, rollout, serverconfig, traffic
+from modeldeploy.decisions import policy as admin_policy
 from modeldeploy.decisions.records import Endpoint, PodReport, PushResult, VersionReport
 from modeldeploy.decisions.status import Problem, compute_status, container_failure, failure_text
 
@@ -51,11 +56,13 @@ class Observed:
     children: Mapping[ChildKey, Obj] = field(default_factory=dict)
     served: dict[int, VersionReport] | None = None
     # The ready pods' admin addresses and what each said (None: they cannot be asked, so routing
-    # tables go by ConfigMap), the admin token in force, and a fresh one for a Secret to create.
+    # tables go by ConfigMap), the admin token (derived: admintoken.py), whether its Secret's create
+    # is due, and the pods that refused the token (HTTP 401).
     endpoints: tuple[Endpoint, ...] = ()
     pods: tuple[PodReport, ...] | None = None
     token: str | None = None
-    fresh_token: str = ""
+    secret_due: bool = True
+    token_refused: tuple[str, ...] = ()
     measured: autoscale.Measured | None = None  # the autoscaler's metric, when an evaluation was due
     rollout_measured: rollout.Measured | None = None  # a rollout's check, when one was due
     now: float = 0.0  # Unix seconds of this reconcile (rollout steps)
@@ -71,7 +78,8 @@ class ChildAction:
     verb: Literal["create", "update", "keep"]
     desired: Obj
     live: Obj | None = None  # the child as observed
-    event: Event | None = None
+    event: Event | None = None  # (for a create: posted only when the object was created)
+    exists_ok: bool = False  # a create that finds the object there is done (the token Secret: see admintoken.py)
 
     @property
     def key(self) -> ChildKey:
@@ -89,6 +97,7 @@ class Plan:
     token: str | None = None
     scaling: autoscale.Scaling | None = None
     rollout: rollout.Step | None = None
+    problem: Problem | None = None  # why nothing is written (ChildNotOwned)
 
     @property
     def writes(self) -> tuple[ChildAction, ...]:
@@ -173,9 +182,12 @@ def warmup_requests_problem(ref: api.ConfigMapKey, namespace: str, configmap: Ob
 
 
 def assess(body: Obj, parsed: api.ModelDeploymentSpec | Problem, claim_found: bool | None,
-           warmup_problem: Problem | None = None) -> Problem | None:
+           warmup_problem: Problem | None = None, policy: admin_policy.Policy | None = None) -> Problem | None:
     if isinstance(parsed, Problem):
         return parsed
+    refused = admin_policy.problem(parsed, policy or admin_policy.Policy())
+    if refused is not None:
+        return refused
     claim = claim_name(parsed)
     if claim is not None and claim_found is False:
         namespace = body["metadata"]["namespace"]
@@ -196,6 +208,36 @@ def rendered_hash(obj: Obj | None) -> str | None:
     return (((obj or {}).get("metadata") or {}).get("annotations") or {}).get(render.RENDERED_HASH_ANNOTATION)
 
 
+def owned(live: Obj, uid: str) -> bool:
+    """Whether a child carries the ownerReference of the ModelDeployment with this uid."""
+    return bool(uid) and any(ref.get("uid") == uid for ref in (live.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def not_owned(kind: str, name: str, namespace: str, live: Obj | None = None, owner: render.Owner | None = None) -> Problem:
+    """The problem of a child name taken by an object this ModelDeployment did not create."""
+    refs = ((live or {}).get("metadata") or {}).get("ownerReferences") or []
+    earlier = next((r for r in refs if owner is not None and r.get("kind") == api.KIND and r.get("name") == owner.name), None)
+    if earlier is not None:
+        return Problem("ChildNotOwned", f"{kind} {name} belongs to an earlier ModelDeployment of this name (uid "
+                       f"{earlier.get('uid')}) and waits for Kubernetes' garbage collector; the operator creates its "
+                       "own once that one is gone")
+    return Problem("ChildNotOwned", f"{kind} {name} already exists in namespace {namespace} and was not created by this "
+                   "ModelDeployment (it has no ownerReference to it); the operator never takes over an object it did "
+                   f"not create: delete or rename that {kind}, or give the ModelDeployment another name")
+
+
+def applied_by_us(live: Obj) -> bool:
+    """Whether our server-side apply manages the child (its answer always says so), as far as the API
+    server tells (a server that reports no managedFields: assumed). A child whose create went
+    through but whose apply right after did not is applied again (else the create's `Update` entry
+    would keep a field that a later rendering leaves out)."""
+    entries = (live.get("metadata") or {}).get("managedFields")
+    if not entries:
+        return True
+    return any(e.get("manager") == api.FIELD_MANAGER and e.get("operation") == "Apply" and not e.get("subresource")
+               for e in entries)
+
+
 def child_action(desired: Obj, live: Obj | None, applied_before: bool = False) -> ChildAction:
     """`applied_before`: this generation was applied already, so a missing child was deleted since."""
     what = f"{desired['kind']} {desired['metadata']['name']}"
@@ -203,7 +245,7 @@ def child_action(desired: Obj, live: Obj | None, applied_before: bool = False) -
         return ChildAction("create", desired, None, Event("Normal", "DriftCorrected", f"re-created {what}, deleted since"))
     if live is None:
         return ChildAction("create", desired, None, Event("Normal", "Created", f"created {what}"))
-    if render.in_sync(desired, live):
+    if render.in_sync(desired, live) and applied_by_us(live):
         return ChildAction("keep", desired, live)  # same rendered hash, every rendered field in place
     if rendered_hash(live) == rendered_hash(desired):
         # We had applied exactly this rendering before: someone changed the child since.
@@ -231,6 +273,10 @@ def plan(observed: Observed, defaults: render.Defaults) -> Plan:
     serving = render.Serving(decision.load_versions, decision.table.document(api.model_name(spec, owner.name)),
                              scaled.replicas)
     children = render.render_all(spec, owner, defaults, serving)
+    for c in children:
+        live = observed.children.get((c["kind"], c["metadata"]["name"]))
+        if live is not None and not owned(live, owner.uid):
+            return Plan(finalizer=finalizer, problem=not_owned(c["kind"], c["metadata"]["name"], owner.namespace, live, owner))
     applied = previous.get("observedGeneration") == generation and previous.get("configHash") is not None
     actions = (secret_action(owner, observed),
                *(child_action(c, observed.children.get((c["kind"], c["metadata"]["name"])), applied) for c in children))
@@ -241,14 +287,14 @@ def plan(observed: Observed, defaults: render.Defaults) -> Plan:
 
 
 def secret_action(owner: render.Owner, observed: Observed) -> ChildAction:
-    """The admin token Secret is created once, with a fresh random token, and then left alone (a
-    re-render would rotate the token under the running pods)."""
+    """The admin token Secret holds the derived token (admintoken.py); the operator only creates it,
+    when a create is due, and a create that finds it there is done (the content cannot differ unless
+    someone changed it, which the pods' 401s tell)."""
     name = render.token_secret_name(owner.name)
-    live = observed.children.get(("Secret", name))
-    desired = render.render_token_secret(owner, observed.fresh_token)
-    if live is not None:
-        return ChildAction("keep", desired, live)
-    return ChildAction("create", desired, None, Event("Normal", "Created", f"created Secret {name}"))
+    desired = render.render_token_secret(owner, observed.token or "")
+    if not observed.secret_due or not observed.token:
+        return ChildAction("keep", desired)
+    return ChildAction("create", desired, None, Event("Normal", "Created", f"created Secret {name}"), exists_ok=True)
 
 
 # -- report: what to say --
@@ -296,7 +342,7 @@ def report(observed: Observed, plan_: Plan, outcome: Outcome, now: str) -> Repor
     meta = observed.body["metadata"]
     generation = int(meta.get("generation") or 1)
     previous = observed.body.get("status") or {}
-    problem = observed.problem or outcome.failure
+    problem = observed.problem or plan_.problem or outcome.failure
     # Status counts the Deployment as the apply left it, else as it is (pods of an earlier
     # generation may still serve while a problem blocks the new one).
     deployment = outcome.applied.get(("Deployment", meta["name"])) or observed.children.get(("Deployment", meta["name"]))
@@ -310,9 +356,13 @@ def report(observed: Observed, plan_: Plan, outcome: Outcome, now: str) -> Repor
         progressive=rollout.status_of(plan_.rollout.state, observed.body) if plan_.rollout and problem is None
         else previous.get("rollout"),
         failing=container_failure(observed.server_pods) if problem is None else None,
+        token_refused=admintoken.refusal(list(observed.token_refused), len(observed.endpoints),
+                                         render.token_secret_name(meta["name"]), meta["namespace"])
+        if observed.token_refused and problem is None else None,
     )
     event = summary_event(problem, previous, generation, plan_.config_hash)
-    events = ((event,) if event else ()) + failed_version_event(status, previous) + failing_event(status, previous)
+    events = ((event,) if event else ()) + failed_version_event(status, previous) + failing_event(status, previous) \
+        + token_event(status, previous)
     if plan_.scaling is not None and problem is None:
         events += tuple(Event(t, r, m) for t, r, m in plan_.scaling.events)
     if plan_.rollout is not None and problem is None:
@@ -342,6 +392,18 @@ def failing_event(status: Obj, previous: Obj) -> tuple[Event, ...]:
     return (Event("Warning", "ContainerFailing", failure_text(now)),)
 
 
+def _degraded(st: Obj) -> Obj:
+    return {c.get("type"): c for c in st.get("conditions") or []}.get("Degraded") or {}
+
+
+def token_event(status: Obj, previous: Obj) -> tuple[Event, ...]:
+    """A Warning when pods start refusing the operator's admin token (not at every reconcile while they do)."""
+    now, was = _degraded(status), _degraded(previous)
+    if now.get("reason") == admintoken.REJECTED and was.get("reason") != admintoken.REJECTED:
+        return (Event("Warning", admintoken.REJECTED, str(now.get("message", ""))),)
+    return ()
+
+
 def failed_version_event(status: Obj, previous: Obj) -> tuple[Event, ...]:
     """A Warning naming the version that failed to load (a warmup request that failed, say), once
     per message: the Degraded condition says it too."""
@@ -358,8 +420,11 @@ def next_look(spec: api.ModelDeploymentSpec | None, status: Obj, now: float, res
               traffic_moving: bool) -> float:
     """Seconds until the ModelDeployment is reconciled again: the periodic re-check (`resync`), or
     sooner when something is due: labels or weights still moving (`recheck`), the autoscaler's next
-    evaluation, a rollout's next check (or `recheck` while it loads the new version or promotes)."""
+    evaluation, a rollout's next check (or `recheck` while it loads the new version or promotes), the
+    token Secret's next create while pods refuse the operator's token."""
     due = [resync, recheck] if traffic_moving else [resync]
+    if _degraded(status).get("reason") == admintoken.REJECTED:
+        due.append(admintoken.RETRY_SECONDS)
     if spec is not None:
         due += [d for d in (autoscale.next_evaluation(spec), rollout.next_look(spec, status, now, recheck))
                 if d is not None]

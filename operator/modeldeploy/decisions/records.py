@@ -29,6 +29,7 @@ class PodReport:
     unreachable: str = ""  # why it could not be asked
     labels: Mapping[str, int] = field(default_factory=dict)  # where its labels point now
     warmup: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)  # version -> the server's warmup report
+    token_refused: bool = False  # it answered 401: its mounted token is not the one the operator derives
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
 """Pure functions: a ModelDeployment spec → the manifests of its children.
 
-Nothing here does I/O. `render_all` returns the admin token Secret, the ConfigMap,
-the Deployment, the Service, the headless admin Service, the PodDisruptionBudget and (when the
-operator knows its own pods) a NetworkPolicy, as plain dicts ready for server-side apply. The
+Nothing here does I/O. `render_all` returns the ConfigMap, the Deployment, the Service, the
+headless admin Service, the PodDisruptionBudget, the HPA (autoscaling mode hpa) and (when the
+operator knows its own pods) a NetworkPolicy, as plain dicts ready for server-side apply;
+`render_token_secret` the admin token Secret, which the operator only ever creates. The
 Deployment's pod template carries a hash of everything that needs a restart (the pod spec, the
 batching and monitoring files) but not of `models.config` or `routing.json`: the server polls those,
 and the operator pushes routing tables, so version, label and weight changes need no restart.
@@ -325,8 +326,8 @@ def admin_service_name(owner_name: str) -> str:
 
 
 def render_token_secret(owner: Owner, token: str) -> dict[str, Any]:
-    """The admin port's bearer token (created once with a random token, never re-rendered: see
-    plan.secret_action)."""
+    """The admin port's bearer token, derived from the operator's key (admintoken.py): created, never
+    read or updated by the operator (plan.secret_action)."""
     return {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(owner, token_secret_name(owner.name)),
             "type": "Opaque", "stringData": {TOKEN_KEY: token}}
 
@@ -439,8 +440,9 @@ def in_sync(desired: Any, live: Any) -> bool:
 
 def child_refs(owner_name: str) -> list[tuple[str, str, str]]:
     """(apiVersion, kind, name) of every child `render_all` may render for a ModelDeployment, in its
-    order (the NetworkPolicy only when the operator knows its own pods)."""
-    return [("v1", "Secret", token_secret_name(owner_name)), ("v1", "ConfigMap", f"{owner_name}-config"),
+    order (the NetworkPolicy only when the operator knows its own pods): what the operator watches.
+    The token Secret is not one of them: the operator creates it and never reads it (admintoken.py)."""
+    return [("v1", "ConfigMap", f"{owner_name}-config"),
             ("apps/v1", "Deployment", owner_name), ("v1", "Service", owner_name),
             ("v1", "Service", admin_service_name(owner_name)), ("policy/v1", "PodDisruptionBudget", owner_name),
             ("networking.k8s.io/v1", "NetworkPolicy", owner_name),

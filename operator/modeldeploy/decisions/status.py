@@ -22,7 +22,7 @@ Obj = dict[str, Any]
 class Problem:
     """Why the children were not (fully) applied: shown in status and as a Warning event."""
 
-    reason: str  # InvalidSpec | StorageNotFound | ApplyFailed
+    reason: str  # InvalidSpec | StorageNotFound | ApplyFailed | ChildNotOwned | HostPathNotAllowed | ...
     message: str
 
 
@@ -112,7 +112,7 @@ def pending_labels(spec: ModelDeploymentSpec | None, served: dict[int, VersionRe
 
 def conditions_for(problem: Problem | None, rollout: Rollout | None, generation: int, labels_pending: list[str] | None = None,
                    failed: list[str] | None = None, failing: Obj | None = None,
-                   unavailable: list[str] | None = None) -> list[Obj]:
+                   unavailable: list[str] | None = None, token_refused: str | None = None) -> list[Obj]:
     """Ready, Progressing, Degraded, and kstatus' own pair: `Reconciling` (= Progressing) and `Stalled`
     (= Degraded), which kstatus-based tools (Flux health checks, kpt, Config Sync) read to tell
     InProgress / Failed / Current; without them they would call a ModelDeployment Current as soon as
@@ -132,6 +132,10 @@ def conditions_for(problem: Problem | None, rollout: Rollout | None, generation:
         msg = failure_text(failing)
         primary = [_condition("Degraded", True, "ContainerFailing", msg, generation) if c["type"] == "Degraded" else c
                    for c in primary]
+    if token_refused and problem is None and not any(c["type"] == "Degraded" and c["status"] == "True" for c in primary):
+        # pods refuse the operator's admin token: someone changed their Secret (admintoken.py)
+        primary = [_condition("Degraded", True, "AdminTokenRejected", token_refused, generation)
+                   if c["type"] == "Degraded" else c for c in primary]
     if unavailable and problem is None and rollout is not None and rollout.complete and rollout.wanted:
         # the pods are ready, but not every listed version is served yet: say which
         msg = f"{rollout.ready}/{rollout.wanted} pods ready; not available yet: {', '.join(unavailable)}"
@@ -269,6 +273,7 @@ def compute_status(
     autoscaler: Obj | None = None,
     progressive: Obj | None = None,
     failing: Obj | None = None,
+    token_refused: str | None = None,
 ) -> Obj:
     """The full status object (plain dict in the CRD's camelCase). `routing` is the routing table
     in force and its delivery (plan.routing_status)."""
@@ -280,7 +285,7 @@ def compute_status(
     failed = list((routing or {}).get("failed") or [])
     versions = version_states(spec, rollout, problem, served) if spec is not None else []
     unavailable = [f"version {v['version']} {v['state']}" for v in versions if v["state"] not in ("Available", "Unloaded")]
-    conds = conditions_for(problem, rollout, generation, pending, failed, failing, unavailable)
+    conds = conditions_for(problem, rollout, generation, pending, failed, failing, unavailable, token_refused)
     if autoscaler is not None and problem is None:
         conds.append(scaling_condition(autoscaler, generation))
     if progressive is not None and problem is None:
