@@ -154,6 +154,18 @@ def test_server_args_follow_the_spec() -> None:
     assert full[-1] == "--rest_api_timeout_in_ms=5000"
 
 
+@pytest.mark.parametrize(("server", "profiler", "reload"), [
+    ({}, False, False),  # the gRPC port is every client's: neither unless asked
+    ({"enableProfiler": True}, True, False),
+    ({"enableReloadConfigRpc": True}, False, True),
+])
+def test_the_profiler_and_the_reload_rpc_are_off_unless_the_spec_asks(server: dict, profiler: bool, reload: bool) -> None:
+    from modelserver.config.flags import parse_args
+
+    flags = parse_args(serverconfig.server_args(spec(server=server))).values
+    assert flags["enable_profiler"] is profiler and flags["enable_reload_config_rpc"] is reload
+
+
 @pytest.mark.parametrize("extra", [[], ["--rest_api_timeout_in_ms=5000", "--tensorflow_intra_op_parallelism=2"],
                                    ["--enable_grpc_healthcheck_service"], ["--trace_sample_rate=10"]])
 def test_rendered_args_parse_with_the_servers_own_parser(extra: list[str]) -> None:
@@ -185,6 +197,8 @@ def test_the_drain_ends_before_the_grace_period_does(grace: int) -> None:
     (["--nobind_address"], "--bind_address is set by the operator"),
     (["--model_base_path=/elsewhere"], "--model_base_path is set by the operator"),
     (["--drain_timeout_seconds=600"], "--drain_timeout_seconds is set by the operator"),
+    (["--enable_profiler=true"], "--enable_profiler is set by the operator"),  # spec.server.enableProfiler
+    (["--enable_reload_config_rpc"], "--enable_reload_config_rpc is set by the operator"),
     (["--enable_batchin=true"], "Unknown argument --enable_batchin=true"),
     (["--tensorflow_intra_op_parallelism=two"], "Illegal value 'two'"),
     (["--rest_api_timeout_in_ms"], "Missing value for flag --rest_api_timeout_in_ms"),

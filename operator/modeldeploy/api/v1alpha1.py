@@ -404,6 +404,11 @@ class Server(_Model):
         None, max_length=64, description="more tensorflow_model_server flags", json_schema_extra={"items": {"type": "string", "pattern": "^--[a-z_]+(=.*)?$"}}
     )
     termination_grace_period_seconds: int = Field(60, ge=1, le=3600)
+    enable_profiler: bool = Field(
+        False, description="serve TensorFlow's profiler on the gRPC port (--enable_profiler; captures in the pod's /tmp)")
+    enable_reload_config_rpc: bool = Field(
+        False, description="serve ModelService.HandleReloadConfigRequest, unauthenticated on the gRPC port "
+                           "(--enable_reload_config_rpc): a client could replace the served models")
 
 
 class ModelDeploymentSpec(_Model):

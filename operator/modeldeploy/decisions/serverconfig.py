@@ -43,6 +43,8 @@ OWNED_FLAGS = frozenset({
     "model_config_file_poll_wait_seconds", "monitoring_config_file", "enable_model_warmup",
     "num_request_iterations_for_warmup", "enable_batching", "batching_parameters_file", "drain_timeout_seconds",
     "routing_config_file", "admin_port", "admin_token_file", "warmup_config_file",
+    # spec.server.enableProfiler / enableReloadConfigRpc: both off unless the spec asks
+    "enable_profiler", "enable_reload_config_rpc",
 })
 
 
@@ -154,6 +156,11 @@ def server_args(spec: ModelDeploymentSpec) -> list[str]:
         f"--routing_config_file={CONFIG_DIR}/{ROUTING_CONFIG}",
         f"--admin_port={contract.ADMIN_PORT}",
         f"--admin_token_file={ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_KEY}",
+        # The gRPC port is open to every client of the Service: TF Serving's unauthenticated reload RPC
+        # (which can unload every model) and the profiler (which writes captures under the pod's /tmp
+        # volume, --profiler_dir's default) only when the spec asks.
+        f"--enable_profiler={'true' if spec.server.enable_profiler else 'false'}",
+        f"--enable_reload_config_rpc={'true' if spec.server.enable_reload_config_rpc else 'false'}",
     ]
     if spec.warmup.enabled:
         args.append(f"--num_request_iterations_for_warmup={spec.warmup.request_iterations}")
