@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import logging
 from typing import Any
 
 import yaml
@@ -37,6 +38,7 @@ from localcluster.store import Store
 # ReplicaSets, a ServiceAccount's token (TokenRequest).
 SUBRESOURCES = {("log", "pods"), ("portforward", "pods"), ("scale", "deployments"), ("scale", "replicasets"),
                 ("token", "serviceaccounts")}
+log = logging.getLogger("localcluster.api")
 # Who made a request (set once it is authenticated; the audit log records it).
 USER = web.RequestKey("user", rbac.User)
 
@@ -141,6 +143,8 @@ class HttpFront:
             return web.json_response(body, status=201 if creates else 200)
         except ApiError as exc:
             self._record(request, verb, r, sub, ns, name, exc.code)
+            if exc.code in (401, 403):  # as kube-apiserver's audit log, in the cluster's log
+                log.warning("%s %s %s: %s", exc.code, request.method, request.path_qs, exc.message)
             return web.json_response(exc.status(), status=exc.code)
 
     def _discovery(self, parts: list[str]) -> Obj | None:

@@ -12,7 +12,8 @@ process of this machine, and what the container would have seen is translated:
 - **Ports**: every pod shares 127.0.0.1, so each declared `containerPort` gets a free host port;
   an argument whose value is exactly a declared container port (`--port=8500`) is rewritten to the
   host port, and probes, Services and Prometheus use the host ports. `model-server` also gets
-  `--bind_address=127.0.0.1`, so pods never listen beyond loopback.
+  `--bind_address=127.0.0.1` and `modeldeploy operator` `--bind=127.0.0.1` (replacing any such
+  flag given), so pods never listen beyond loopback.
 - **Command**: `command` + `args` (with `$(VAR)` expanded from the container's env); a bare name is
   looked up first in this checkout's virtualenv (`.venv/bin`: the "image" is this checkout), then
   in PATH. A container without a `command` runs its image's ENTRYPOINT, known for the images this
@@ -206,11 +207,22 @@ def image_entrypoint(image: str) -> list[str]:
     return list(IMAGE_ENTRYPOINTS.get(repository.rsplit("/", 1)[-1], []))
 
 
-def loopback_flags(argv: list[str]) -> list[str]:
-    """The flags that keep a known server on loopback, unless its arguments set them already."""
+def loopback(argv: list[str]) -> list[str]:
+    """A known server's command with the flags that keep it on loopback, replacing any such flag it
+    was given (`--bind=0.0.0.0` in the chart's extraArgs): pods never listen beyond loopback."""
     words = [os.path.basename(argv[0]), *argv[1:]] if argv else []
-    extra = next((flags for prefix, flags in LOOPBACK_FLAGS.items() if tuple(words[:len(prefix)]) == prefix), [])
-    return [f for f in extra if not any(a.split("=")[0] == f.split("=")[0] for a in argv)]
+    flags = next((flags for prefix, flags in LOOPBACK_FLAGS.items() if tuple(words[:len(prefix)]) == prefix), [])
+    names = {f.split("=")[0] for f in flags}
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in names:  # `--bind 0.0.0.0`
+            skip = True
+        elif a.split("=")[0] not in names:
+            out.append(a)
+    return out + flags
 
 
 def plan_process(pod: Obj, container: Obj, mounts: list[Mount], ports: dict[int, int], search_dirs: list[str],
@@ -225,7 +237,7 @@ def plan_process(pod: Obj, container: Obj, mounts: list[Mount], ports: dict[int,
     argv = [translate_paths(expand_refs(a, env), mounts) for a in command + list(container.get("args") or [])]
     argv = rewrite_ports(argv, ports)
     argv[0] = resolve_executable(argv[0], search_dirs)
-    argv += loopback_flags(argv)
+    argv = loopback(argv)
     cwd = translate_paths(container["workingDir"], mounts) if container.get("workingDir") else pod_dir
     full_env = {**base_env, "HOSTNAME": name_of(pod), **env}
     return ProcessPlan(container["name"], argv, full_env, cwd, dict(ports))

@@ -124,6 +124,9 @@ def test_the_charts_operator_container_runs_the_images_entrypoint_on_loopback(im
     assert "--metrics-port=41080" in plan.argv and "--health-port=41081" in plan.argv
     assert plan.argv[-1] == "--bind=127.0.0.1"
     assert plan.env["POD_NAMESPACE"] == "modeldeploy-system"
+    extra = {**container, "args": [*container["args"], "--bind=0.0.0.0", "--bind", "0.0.0.0"]}  # the chart's extraArgs
+    argv = podspec.plan_process(pod, extra, [], {8080: 41080, 8081: 41081}, [venv_bin], {}, lambda *a: None, "/p").argv
+    assert [a for a in argv if "0.0.0.0" in a or a.startswith("--bind")] == ["--bind=127.0.0.1"]
     other = {"name": "c", "image": "modeldeploy/operator:1", "command": ["modeldeploy", "promote"]}
     assert "--bind=127.0.0.1" not in podspec.plan_process(pod, other, [], {}, [venv_bin], {}, lambda *a: None, "/p").argv
 
