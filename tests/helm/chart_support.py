@@ -5,6 +5,7 @@ A module of its own (not conftest) so that test files can import it by a name no
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 import json
@@ -24,65 +25,12 @@ CHART = REPO / "helm" / "modeldeploy"
 RELEASE = "md"
 NAMESPACE = "modeldeploy-system"
 
-# Every option of values.yaml switched on, with non-default settings where a value changes the output.
-FULL_VALUES: dict[str, Any] = {
-    "image": {
-        "repository": "registry.example.com/ml/modeldeploy-operator",
-        "tag": "0.1.0-rc1",
-        "pullPolicy": "Always",
-    },
-    "serverImage": {"repository": "registry.example.com/ml/model-server", "tag": "0.1.0-rc1"},
-    "imagePullSecrets": [{"name": "regcred"}],
-    "operator": {
-        "verbose": True,
-        "resyncSeconds": 30,
-        "modelStatus": {"url": "http://{name}.{namespace}.svc.cluster.local:8501"},
-        "extraArgs": ["--bind=0.0.0.0"],
-        "extraEnv": [{"name": "EXTRA", "value": "1"}],
-        "podAnnotations": {"example.com/team": "ml"},
-        "podLabels": {"team": "ml"},
-        "nodeSelector": {"kubernetes.io/os": "linux"},
-        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
-        "affinity": {
-            "nodeAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": {
-                    "nodeSelectorTerms": [
-                        {
-                            "matchExpressions": [
-                                {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}
-                            ]
-                        }
-                    ]
-                }
-            }
-        },
-        "priorityClassName": "ml-platform-critical",
-    },
-    "serviceAccount": {
-        "create": True,
-        "name": "modeldeploy-operator",
-        "annotations": {"example.com/owner": "ml"},
-    },
-    "monitoring": {
-        "serviceMonitor": {
-            "enabled": True,
-            "interval": "15s",
-            "labels": {"release": "kube-prometheus-stack"},
-        },
-        "podMonitor": {"enabled": True, "interval": "10s", "labels": {"release": "kube-prometheus-stack"}},
-        "prometheusRule": {
-            "enabled": True,
-            "labels": {"release": "kube-prometheus-stack"},
-            "latency": {"thresholdSeconds": 0.25, "perModel": {"classifier": 0.1, "ranker.v2": 1.5}},
-        },
-        "grafanaDashboard": {
-            "enabled": True,
-            "namespace": "monitoring",
-            "annotations": {"grafana_folder": "ML"},
-        },
-        "prometheusAdapter": {"enabled": True, "namespace": "monitoring", "window": "1m"},
-    },
-}
+# chart-testing's convention: one values file per optional feature in the chart's ci/ folder; each
+# is linted, rendered and validated (test_helm_chart.py). ci/full-values.yaml switches every option
+# on, with non-default settings where a value changes the output.
+CI_VALUES: dict[str, dict[str, Any]] = {
+    p.name: yaml.safe_load(p.read_text()) for p in sorted((CHART / "ci").glob("*-values.yaml"))}
+FULL_VALUES: dict[str, Any] = CI_VALUES["full-values.yaml"]
 
 NAMESPACED_VALUES: dict[str, Any] = {
     **FULL_VALUES,
@@ -150,17 +98,40 @@ def http_get(url: str) -> tuple[int, str]:
 
 class OperatorProcess:
     """`modeldeploy operator` started as the chart's Deployment starts it: the container's args (from a
-    rendered or an installed Deployment), on free loopback ports, against KUBECONFIG. Stopped by PID."""
+    rendered or an installed Deployment), on free loopback ports, against KUBECONFIG, with its Secret
+    volumes as the kubelet mounts them (files from `secrets`, name -> the Secret's base64 `data`, or
+    without it a random key per item, as the chart makes its token key; in a directory beside the
+    log, and the args that name the mount path name that directory). Stopped by PID."""
 
-    def __init__(self, deployment: dict[str, Any], kubeconfig: Path, log: Path):
-        (self.container,) = deployment["spec"]["template"]["spec"]["containers"]
+    def __init__(self, deployment: dict[str, Any], kubeconfig: Path, log: Path,
+                 secrets: dict[str, dict[str, str]] | None = None):
+        pod = deployment["spec"]["template"]["spec"]
+        (self.container,) = pod["containers"]
         self.health_port, self.metrics_port = free_port(), free_port()
+        self.files: dict[Path, bytes] = {}
+        mounted: dict[str, str] = {}  # the container's mount path -> the directory here
+        volumes = {v["name"]: v for v in pod.get("volumes") or []}
+        for m in self.container.get("volumeMounts") or []:
+            source = volumes[m["name"]].get("secret")
+            if source is None:
+                continue
+            if secrets is None:  # not given: the Secret as the chart makes it (a random key under each item)
+                data = {i["key"]: base64.b64encode(os.urandom(32).hex().encode()).decode() for i in source.get("items") or []}
+            else:
+                data = secrets.get(source["secretName"])
+                assert data is not None, f"Secret {source['secretName']} is not there: the kubelet would not start the pod"
+            where = log.parent / f"{log.stem}-{m['name']}"
+            items = source.get("items") or [{"key": k, "path": k} for k in data]
+            self.files.update({where / i["path"]: base64.b64decode(data[i["key"]]) for i in items})
+            mounted[m["mountPath"].rstrip("/") + "/"] = f"{where}/"
         args = []
         for a in self.container["args"]:
             if a.startswith("--health-port="):
                 a = f"--health-port={self.health_port}"
             elif a.startswith("--metrics-port="):
                 a = f"--metrics-port={self.metrics_port}"
+            for path, here in mounted.items():
+                a = a.replace(path, here)
             args.append(a)
         # The image's ENTRYPOINT is `modeldeploy operator` (operator/Dockerfile).
         self.command = [sys.executable, "-m", "modeldeploy.cli", "operator", *args, "--bind=127.0.0.1"]
@@ -179,6 +150,9 @@ class OperatorProcess:
         return f"http://127.0.0.1:{self.health_port}{self.container['livenessProbe']['httpGet']['path']}"
 
     def start(self) -> OperatorProcess:
+        for path, content in self.files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
         env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         env.pop("KUBERNETES_SERVICE_HOST", None)
         with self.log.open("ab") as out:

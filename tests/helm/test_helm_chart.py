@@ -1,4 +1,6 @@
-"""The chart lints clean, renders, and every object it renders is valid Kubernetes (strict schemas)."""
+"""The chart lints clean, renders, and every object it renders is valid Kubernetes (strict schemas),
+with the default values, the full and namespaced sets, and every values file of its ci/ folder
+(chart-testing's convention: one per optional feature)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import kubernetes_validate
 import pytest
 from chart_support import (
     CHART,
+    CI_VALUES,
     FULL_VALUES,
     NAMESPACE,
     NAMESPACED_VALUES,
@@ -24,7 +27,14 @@ from monitoring_schemas import SCHEMAS
 
 # The chart's kubeVersion floor and the newest schemas kubernetes-validate ships.
 KUBE_VERSIONS = ["1.25.0", "1.37.0"]
-VALUE_SETS = {"default": {}, "full": FULL_VALUES, "namespaced": NAMESPACED_VALUES}
+VALUE_SETS = {"default": {}, "full": FULL_VALUES, "namespaced": NAMESPACED_VALUES,
+              **{f"ci/{name}": values for name, values in CI_VALUES.items()}}
+
+
+def test_the_ci_folder_has_a_values_file_per_optional_feature() -> None:
+    assert set(CI_VALUES) >= {"full-values.yaml", "namespaced-values.yaml", "hostpath-values.yaml",
+                              "monitoring-values.yaml", "restricted-prometheus-values.yaml",
+                              "existing-token-key-values.yaml"}
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS))
@@ -58,6 +68,7 @@ def test_default_values_render_only_the_core(default_objects: list[dict[str, Any
         "ClusterRoleBinding",
         "CustomResourceDefinition",
         "Deployment",
+        "Secret",  # the admin-token key
         "ServiceAccount",
     ]
 
@@ -76,6 +87,12 @@ def test_full_values_render_every_option(full_objects: list[dict[str, Any]]) -> 
     assert pod["containers"][0]["args"] == [
         "--server-image=registry.example.com/ml/model-server:0.1.0-rc1",
         "--resync-seconds=30",
+        "--prometheus-url=http://prometheus-operated.monitoring.svc:9090",
+        "--prometheus-url-prefix=http://prometheus-operated.monitoring.svc:9090",
+        "--prometheus-url-prefix=https://prometheus.team-a.example.com/",
+        "--host-path-prefix=/models",
+        "--host-path-prefix=/mnt/shared-models",
+        "--token-key-file=/var/run/modeldeploy/token-key/key",
         "--model-status-url=http://{name}.{namespace}.svc.cluster.local:8501",
         "--health-port=8081",
         "--metrics-port=8080",
@@ -175,4 +192,27 @@ def test_operator_accepts_every_argument_the_chart_passes(name: str) -> None:
     )
     assert any(p["name"] == "health" and p["containerPort"] == args.health_port for p in container["ports"])
     assert any(p["name"] == "metrics" and p["containerPort"] == args.metrics_port for p in container["ports"])
-    assert args.namespace == ([] if name != "namespaced" else ["team-a", "team-b"])
+    values = VALUE_SETS[name]
+    assert args.namespace == (values["scope"]["watchNamespaces"] if values.get("scope", {}).get("mode") == "namespaced" else [])
+    host_path = values.get("operator", {}).get("hostPath", {})
+    assert args.allow_host_path is bool(host_path.get("allowed")) and args.host_path_prefix == host_path.get("prefixes", [])
+    assert args.prometheus_url_prefix == values.get("operator", {}).get("allowedPrometheusUrls", [])
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_the_token_key_is_a_mounted_file(name: str) -> None:
+    """The operator reads the admin-token key from a file the kubelet mounts: its RBAC reads no Secret."""
+    objs = objects(VALUE_SETS[name])
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "token-key")
+    assert mount["readOnly"] is True and f"--token-key-file={mount['mountPath']}/key" in container["args"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "token-key")["secret"]
+    existing = VALUE_SETS[name].get("operator", {}).get("tokenKey", {}).get("existingSecret")
+    made = [o for o in by_kind(objs, "Secret") if o["metadata"]["name"] == volume["secretName"]]
+    if existing:
+        assert volume["secretName"] == existing and not made
+    else:
+        (secret,) = made
+        assert secret["metadata"]["namespace"] == NAMESPACE and len(secret["data"]["key"]) >= 64
+        assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"

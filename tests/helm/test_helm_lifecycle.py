@@ -3,8 +3,9 @@
 `helm install`, `helm upgrade` and `helm uninstall` (helm-python-sdk: Helm 4's Go SDK) run against the
 fake API server (localcluster.fakeapi), and the operator runs as the installed Deployment says.
 Checked: the release creates what the chart renders; a ModelDeployment from the docs becomes
-Ready; an upgrade with a new serverImage rolls the model pods (maxUnavailable 0); uninstalling
-keeps the CRD, the ModelDeployment and its serving children; without an operator a deletion waits on
+Ready; an upgrade with a new serverImage rolls the model pods (maxUnavailable 0) and keeps the admin
+tokens' key (helm lookup); uninstalling keeps the CRD, the key, the ModelDeployment and its serving
+children; without an operator a deletion waits on
 kopf's finalizer, and removing it by hand (the docs' `kubectl patch`) lets the model go with its
 children.
 
@@ -125,7 +126,10 @@ def test_install_upgrade_uninstall(fake: Any, tmp_path: Path) -> None:
                 RBAC, "clusterrolebindings", "", RELEASE
             )
             installed = fake.get("apps", "deployments", NS, RELEASE)
-            operator = OperatorProcess(installed, kubeconfig, tmp_path / "operator.log").start()
+            key = fake.get("", "secrets", NS, f"{RELEASE}-token-key")  # the admin tokens' key, made by the chart
+            assert key is not None and len(key["data"]["key"]) >= 64
+            secrets = {key["metadata"]["name"]: key["data"]}
+            operator = OperatorProcess(installed, kubeconfig, tmp_path / "operator.log", secrets).start()
 
             # The docs' first model becomes Ready, behind a Service with TF Serving's ports.
             fake.add_object(copy.deepcopy(HALF_PLUS_TWO))
@@ -143,8 +147,10 @@ def test_install_upgrade_uninstall(fake: Any, tmp_path: Path) -> None:
                 "--server-image=ghcr.io/modeldeploy/model-server:0.1.1"
                 in upgraded["spec"]["template"]["spec"]["containers"][0]["args"]
             )
+            # the key is kept (helm lookup): the pods' tokens stay valid across the upgrade
+            assert fake.get("", "secrets", NS, f"{RELEASE}-token-key")["data"] == key["data"]
             operator.stop()
-            operator = OperatorProcess(upgraded, kubeconfig, tmp_path / "operator.log").start()
+            operator = OperatorProcess(upgraded, kubeconfig, tmp_path / "operator.log", secrets).start()
             wait_for(
                 lambda: _server_image(fake) == "ghcr.io/modeldeploy/model-server:0.1.1",
                 "the model pods to roll",
@@ -170,6 +176,8 @@ def test_install_upgrade_uninstall(fake: Any, tmp_path: Path) -> None:
         and fake.get("", "serviceaccounts", NS, RELEASE) is None
     )
     assert fake.get("apiextensions.k8s.io", "customresourcedefinitions", "", f"modeldeployments.{GROUP}")
+    # the key stays too (helm.sh/resource-policy: keep): a reinstalled operator derives the same tokens
+    assert fake.get("", "secrets", NS, f"{RELEASE}-token-key")["data"] == key["data"]
     assert (
         _ready(fake)
         and fake.get("apps", "deployments", ML, "half-plus-two")

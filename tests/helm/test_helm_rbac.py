@@ -163,7 +163,8 @@ def run_operator(mode: str, tmp_path: Path) -> Run:
             }
         )
         kubeconfig = fake.write_kubeconfig(tmp_path / f"kubeconfig-{mode}")
-        operator = OperatorProcess(one(rendered, "Deployment"), kubeconfig, tmp_path / f"operator-{mode}.log")
+        operator = OperatorProcess(one(rendered, "Deployment"), kubeconfig, tmp_path / f"operator-{mode}.log",
+                                   {o["metadata"]["name"]: o["data"] for o in by_kind(rendered, "Secret")})
         metrics_path = one(rendered, "ServiceMonitor")["spec"]["endpoints"][0]["path"]
         try:
             operator.start()
@@ -198,15 +199,17 @@ def test_nothing_is_granted_that_the_operator_does_not_use(run: Run) -> None:
     )
 
 
-def test_secrets_only_as_the_admin_tokens_need_and_no_wildcards(run: Run) -> None:
-    """Secrets: the operator creates each ModelDeployment's admin token Secret and watches its own
-    (label-selected); it never reads a Secret by name, updates one wholesale or deletes one."""
+def test_secrets_create_only_and_no_wildcards(run: Run) -> None:
+    """Secrets: the operator creates each ModelDeployment's admin token Secret, with a token it
+    derives from its own key (a file in its pod), and reads, lists, watches or changes none."""
     for g in grants_for(run.rendered, SA, NAMESPACE):
         for key in ("apiGroups", "resources", "verbs"):
             assert "*" not in g.rule[key]
         if "secrets" in g.rule["resources"]:
-            assert set(g.rule["verbs"]) <= {"list", "watch", "create", "patch"}
-    assert {r.verb for r in run.requests if r.resource == "secrets"} <= {"list", "watch", "create", "patch"}
+            assert g.rule["resources"] == ["secrets"] and g.rule["verbs"] == ["create"]
+    assert {r.verb for r in run.requests if r.resource == "secrets"} == {"create"}
+    assert not allowed(grants_for(run.rendered, SA, NAMESPACE), Request("get", "", "secrets", "", "team-a"))
+    assert not allowed(grants_for(run.rendered, SA, NAMESPACE), Request("list", "", "secrets", "", ""))
 
 
 def test_scope_of_each_mode(run: Run) -> None:

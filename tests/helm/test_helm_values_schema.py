@@ -6,7 +6,7 @@ from typing import Any
 
 import helm_python as helm
 import pytest
-from chart_support import CHART, FULL_VALUES, NAMESPACED_VALUES, render
+from chart_support import CHART, CI_VALUES, FULL_VALUES, NAMESPACED_VALUES, render
 
 BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("unknown top-level key", {"replicaCount": 2}, "replicaCount"),
@@ -48,6 +48,11 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("label value not a string", {"operator": {"podLabels": {"team": 1}}}, "podLabels"),
     ("resource quantity", {"operator": {"resources": {"requests": {"cpu": "lots"}}}}, "cpu"),
     ("pull secret without name", {"imagePullSecrets": [{"secret": "x"}]}, "imagePullSecrets"),
+    ("hostPath.allowed as string", {"operator": {"hostPath": {"allowed": "yes"}}}, "allowed"),
+    ("relative hostPath prefix", {"operator": {"hostPath": {"prefixes": ["models"]}}}, "prefixes"),
+    ("Prometheus prefix not a URL", {"operator": {"allowedPrometheusUrls": ["prometheus:9090"]}}, "allowedPrometheusUrls"),
+    ("Prometheus prefix with a user", {"operator": {"allowedPrometheusUrls": ["http://a@prom:9090"]}}, "allowedPrometheusUrls"),
+    ("token key Secret name", {"operator": {"tokenKey": {"existingSecret": "My_Key"}}}, "existingSecret"),
 ]
 
 
@@ -62,7 +67,8 @@ def test_schema_rejects_wrong_values(case: str, values: dict[str, Any], key: str
 
 
 @pytest.mark.parametrize(
-    "values", [{}, FULL_VALUES, NAMESPACED_VALUES], ids=["default", "full", "namespaced"]
+    "values", [{}, FULL_VALUES, NAMESPACED_VALUES, *CI_VALUES.values()],
+    ids=["default", "full", "namespaced", *(f"ci/{n}" for n in CI_VALUES)]
 )
 def test_schema_accepts_good_values(values: dict[str, Any]) -> None:
     with helm.Chart.load(CHART) as chart:
@@ -78,3 +84,6 @@ def test_defaults_satisfy_the_schema_and_are_sensible() -> None:
     assert defaults["monitoring"]["prometheusRule"]["errorRate"]["threshold"] == 0.01
     assert defaults["monitoring"]["prometheusRule"]["errorRate"]["for"] == "2m"
     assert defaults["monitoring"]["prometheusRule"]["latency"]["for"] == "5m"
+    # least privilege by default: no hostPath, and a token key the chart makes and keeps
+    assert defaults["operator"]["hostPath"] == {"allowed": False, "prefixes": []}
+    assert defaults["operator"]["tokenKey"] == {"existingSecret": ""}

@@ -61,3 +61,8 @@ app.kubernetes.io/component: operator
 {{- .Release.Namespace }}
 {{- end }}
 {{- end }}
+
+{{/* The Secret holding the admin-token key: the user's, or the one the chart makes. */}}
+{{- define "modeldeploy.tokenKeySecret" -}}
+{{- .Values.operator.tokenKey.existingSecret | default (printf "%s-token-key" (include "modeldeploy.fullname" .)) }}
+{{- end }}

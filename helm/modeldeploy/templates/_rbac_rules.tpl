@@ -3,10 +3,10 @@ The operator's permissions, in one place. Every rule is used by the operator's c
 tests/helm/test_helm_rbac.py checks both directions against the API requests the real operator
 makes (a fake API server's audit log): everything it calls is allowed, and nothing else is granted.
 kopf runs standalone (no peering objects) with cluster scanning off (no CRD or Namespace access).
-Secrets: only each ModelDeployment's admin token (`<name>-admin-token`, created by the operator with
-a random token, mounted by its pods, read back from the watch to authenticate the routing pushes);
-Kubernetes RBAC cannot narrow a list/watch by label, so the watch's label selector
-(app.kubernetes.io/managed-by=modeldeploy) is what keeps other Secrets out of the operator's cache.
+Secrets: create only. The operator creates each ModelDeployment's admin token Secret
+(`<name>-admin-token`, mounted by its pods) with a token it derives from its own key (a file the
+kubelet mounts into its pod), so it never reads, lists, watches or changes a Secret: RBAC cannot
+narrow a list or watch by label, and a read grant would be every Secret of every namespace.
 */}}
 {{- define "modeldeploy.namespacedRules" -}}
 # ModelDeployments: kopf lists and watches them (the operator reads them from that cache); the
@@ -17,13 +17,18 @@ Kubernetes RBAC cannot narrow a list/watch by label, so the watch's label select
 - apiGroups: [serving.modeldeploy.io]
   resources: [modeldeployments/status]
   verbs: [patch]
-# The children of a ModelDeployment, applied server-side (create + patch), and listed and watched
+# The children of a ModelDeployment: created (a POST, which never takes over an existing object),
+# then applied server-side (patch) while they carry its ownerReference, and listed and watched
 # (label app.kubernetes.io/managed-by=modeldeploy): the watch feeds the cache each reconcile reads,
 # and its events undo hand edits and deletions. Nothing is deleted by the operator: children go
 # with their owner through ownerReferences.
 - apiGroups: [""]
-  resources: [configmaps, services, secrets]
+  resources: [configmaps, services]
   verbs: [list, watch, create, patch]
+# Each ModelDeployment's admin token Secret: created, and nothing else (see above).
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [list, watch, create, patch]
