@@ -273,7 +273,9 @@ class HttpFront:
         raw = await request.read()
         ctype = request.headers.get("Content-Type", "application/json").split(";")[0].strip()
         if verb == "delete":
-            opts = json.loads(raw) if raw else {}
+            # DeleteOptions: JSON, or protobuf from client-go's typed clients (Helm deleting its release
+            # Secrets), whose options the local API server does not decode: the defaults apply.
+            opts = json.loads(raw) if raw and ctype != kubeproto.MEDIA_TYPE else {}
             propagation = q.get("propagationPolicy") or opts.get("propagationPolicy") or ("Orphan" if opts.get("orphanDependents") else "Background")
             grace = q.get("gracePeriodSeconds", opts.get("gracePeriodSeconds"))
             try:

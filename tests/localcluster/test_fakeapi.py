@@ -194,3 +194,12 @@ def test_status_writes_are_validated_against_the_schema(ns: FakeKubeAPI) -> None
     assert bad.status_code == 422 and "status.conditions" in bad.json()["message"]
     pruned = call(ns, "PATCH", f"{MDS}/s/status", {"status": {"replicas": 1, "bogus": 2}}, MERGE)
     assert pruned.status_code == 200 and pruned.json()["status"] == {"replicas": 1}
+
+
+def test_a_delete_with_protobuf_options_deletes(ns: FakeKubeAPI) -> None:
+    """client-go's typed clients send DeleteOptions in protobuf (Helm deleting its release Secrets on
+    `helm uninstall`): the object goes, with the default options."""
+    call(ns, "POST", CMS, cm("release"))
+    r = call(ns, "DELETE", f"{CMS}/release", b"k8s\x00\n\x17\n\x02v1\x12\x0dDeleteOptions",
+             headers={"Content-Type": "application/vnd.kubernetes.protobuf"})
+    assert r.status_code == 200 and ns.get("", "configmaps", "ml", "release") is None
