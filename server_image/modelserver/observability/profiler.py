@@ -37,6 +37,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 
 from modelserver.core.errors import ServingError
 
@@ -193,17 +194,32 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+def _parsed(cls: Any, method: Any) -> tuple[Any, Any]:
+    """(deserializer, handler): bytes that are not a valid `cls` reach the handler as None and are
+    answered INVALID_ARGUMENT (gRPC's own deserializer failure would be INTERNAL)."""
+    def deserialize(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except DecodeError:
+            return None
+
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if request is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"Could not parse the request as {cls.DESCRIPTOR.full_name}")
+        return await method(request, context)
+
+    return deserialize, handle
+
+
 def add_service(server: grpc.aio.Server, root: str | Path | None = None,
                 max_duration_s: float = MAX_DURATION_MS / 1000) -> ProfilerService:
     service = ProfilerService(root, max_duration_s)
     m = service.msgs
-    handlers = {
-        "Profile": grpc.unary_unary_rpc_method_handler(
-            service.Profile, request_deserializer=m["ProfileRequest"].FromString,
-            response_serializer=m["ProfileResponse"].SerializeToString),
-        "Terminate": grpc.unary_unary_rpc_method_handler(
-            service.Terminate, request_deserializer=m["TerminateRequest"].FromString,
-            response_serializer=m["TerminateResponse"].SerializeToString),
-    }
+    handlers = {}
+    for name, req, resp in (("Profile", "ProfileRequest", "ProfileResponse"),
+                            ("Terminate", "TerminateRequest", "TerminateResponse")):
+        deserialize, handle = _parsed(m[req], getattr(service, name))
+        handlers[name] = grpc.unary_unary_rpc_method_handler(
+            handle, request_deserializer=deserialize, response_serializer=m[resp].SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     return service

@@ -34,6 +34,7 @@ from modelserver.contract import ADMIN_MODELS_PATH, ADMIN_ROUTING_PATH
 from modelserver.core.errors import ServingError, invalid_argument, wire_message
 from modelserver.core.manager import Manager
 from modelserver.core.routing import parse_table
+from modelserver.protocol.http_server import quiet_client_errors
 
 log = logging.getLogger("modelserver.protocol.admin")
 
@@ -127,6 +128,7 @@ def make_admin_app(manager: Manager, token: TokenFile) -> web.Application:
                  json.dumps(table.as_json()["models"], sort_keys=True))
         return _json(manager.routing.as_json())
 
+    quiet_client_errors()
     app = web.Application(middlewares=[auth], client_max_size=1 << 20)
     app.router.add_get(ADMIN_ROUTING_PATH, get_routing)
     app.router.add_get(ADMIN_MODELS_PATH, get_models)

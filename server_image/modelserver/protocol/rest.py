@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import grpc
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from google.protobuf import json_format
 from tensorflow_serving.apis import input_pb2
 
@@ -34,6 +35,7 @@ from modelserver.core.request_context import RequestContext
 from modelserver.core.servable import Servable
 from modelserver.core.state import ServerState
 from modelserver.protocol import json_text, rest_json
+from modelserver.protocol.http_server import quiet_client_errors
 
 log = logging.getLogger("modelserver.protocol.rest")
 T = TypeVar("T")
@@ -68,6 +70,10 @@ def _version(text: str) -> int:
     if version >= 2**63:
         raise invalid_argument(f"Failed to convert version: {text[:40]}{'...' if len(text) > 40 else ''} to numeric.")
     return version
+
+
+def _too_large(limit: int) -> ServingError:
+    return ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"Request body larger than {limit} bytes", http=413)
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -146,6 +152,7 @@ class RestApi:
         self.plane = state.plane
         self.timeout_s = state.flags.rest_api_timeout_in_ms / 1000.0 if state.flags.rest_api_timeout_in_ms > 0 else None
         self.max_tensor_bytes: int | None = state.flags.max_request_tensor_bytes or None
+        self.max_body: int = state.flags.rest_api_max_request_bytes
         self._lane = asyncio.Semaphore(1)  # the large-body lane (see the module docstring)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="rest-large-body")
 
@@ -219,11 +226,17 @@ class RestApi:
             raise
 
     async def _read(self, request: web.Request) -> bytes:
+        if (request.content_length or 0) > self.max_body:  # refused before a byte of it is read
+            raise _too_large(self.max_body)
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, "Request body larger than "
-                               f"{self.state.flags.rest_api_max_request_bytes} bytes", http=413) from None
+            raise _too_large(self.max_body) from None
+        except RequestPayloadError as exc:  # a body that does not decode (Content-Encoding, chunks)
+            raise invalid_argument(f"Request body could not be read: {exc}") from None
+        except ConnectionResetError:
+            raise ServingError(grpc.StatusCode.CANCELLED, "The client closed the connection before sending its "
+                               "whole body") from None
 
     async def _post(self, request: web.Request, m: re.Match[str], method: str, ctx: RequestContext,
                     run: Callable[..., Any]) -> bytes:
@@ -270,6 +283,7 @@ async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamRespo
 
 
 def make_app(state: ServerState) -> web.Application:
+    quiet_client_errors()
     api = RestApi(state)
     app = web.Application(client_max_size=state.flags.rest_api_max_request_bytes, middlewares=[_errors_as_json])
 
