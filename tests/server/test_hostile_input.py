@@ -7,7 +7,7 @@ after it.
 
 The server runs as the operator renders it (the admin port with a token, metrics on, the reload
 RPC off) with smaller limits than the defaults, so that the tests stay small: tensors 4 MiB, REST
-bodies 8 MiB, idle connections 1 s, gRPC handshakes 1 s; batching on (variable-length inputs
+bodies 8 MiB, REST requests 5 s, idle connections 1 s, gRPC handshakes 1 s; batching on (variable-length inputs
 padded), the profiler on inside its own directory, captures at most 2 s."""
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def server(start_server, models_dir: Path, tmp_path_factory: pytest.TempPathFact
         f"--profiler_dir={d / 'profiles'}", "--profiler_max_duration_seconds=2",
         f"--max_request_tensor_bytes={MAX_TENSOR}", f"--rest_api_max_request_bytes={MAX_BODY}",
         "--rest_api_idle_timeout_seconds=1", "--grpc_channel_arguments=grpc.server_handshake_timeout_ms=1000",
+        "--rest_api_timeout_in_ms=5000",
     ])
     srv.admin_port, srv.dir = admin, d
     return srv
@@ -183,6 +184,45 @@ def test_client_input_that_answered_500(server) -> None:  # type: ignore[no-unty
     r = post("/v1/models/half_plus_two:predict", gzip.compress(b'{"instances": [1.0]}'),
              headers={"Content-Encoding": "gzip"})
     assert r.json() == {"predictions": [2.5]}  # a gzip body, as TF Serving reads it
+
+
+def test_a_body_that_never_arrives_is_408(server) -> None:  # type: ignore[no-untyped-def]
+    """A client that announces 100 bytes and sends 10 is the client's delay: 408 (not 504) when
+    --rest_api_timeout_in_ms is up."""
+    slow = hostile.RawHttp("127.0.0.1", server.rest_port)
+    assert slow.send(hostile.http_request(b"POST", b"/v1/models/half_plus_two:predict", b'{"instance',
+                                          [(b"Content-Length", b"100")])) == "408"
+
+
+async def test_at_most_lane_queue_large_requests_wait_for_the_lane() -> None:
+    from modelserver.core.errors import ServingError
+    from modelserver.protocol import rest
+
+    api = rest.RestApi.__new__(rest.RestApi)  # only the lane
+    api._lane, api._lane_waiting = asyncio.Semaphore(1), 0
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with api._lane_turn():
+            entered.set()
+            await release.wait()
+
+    async def wait_turn() -> None:
+        async with api._lane_turn():
+            pass
+
+    holder = asyncio.ensure_future(hold())
+    await entered.wait()
+    waiting = [asyncio.ensure_future(wait_turn()) for _ in range(rest.LANE_QUEUE)]
+    while api._lane_waiting < rest.LANE_QUEUE:
+        await asyncio.sleep(0)
+    with pytest.raises(ServingError) as err:
+        await wait_turn()
+    assert err.value.http_status == 429
+    release.set()
+    await asyncio.gather(holder, *waiting)
+    assert api._lane_waiting == 0
 
 
 def test_admin_port_input_that_answered_500(server) -> None:  # type: ignore[no-untyped-def]

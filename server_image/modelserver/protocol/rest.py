@@ -3,11 +3,13 @@ and any extra routes registered in ServerState.rest_routes (e.g. the Prometheus 
 
 A body up to INLINE_BODY_BYTES is decoded and answered on the event loop (a few milliseconds at
 most). A larger one takes the large-body lane: one at a time (so their memory is bounded: one
-body, its parsed JSON and its tensors), read only once the lane is free, and decoded, converted
-and encoded on the lane's thread in bounded steps (json_text, rest_json), with the cyclic garbage
-collector paused meanwhile (a full collection over millions of fresh lists holds the GIL for
-hundreds of milliseconds); so one large body does not stall the other clients of either port.
-An answer of more than INLINE_OUTPUT_ELEMENTS numbers is encoded on the lane too."""
+body, its parsed JSON and its tensors), read only once the lane is free (at most LANE_QUEUE wait
+for it; beyond, 429), and decoded, converted and encoded on the lane's thread in bounded steps
+(json_text, rest_json), with the cyclic garbage collector paused meanwhile (a full collection
+over millions of fresh lists holds the GIL for hundreds of milliseconds); so one large body does
+not stall the other clients of either port. An answer of more than INLINE_OUTPUT_ELEMENTS
+numbers is encoded on the lane too. A body that has not arrived when the request's time is up
+(--rest_api_timeout_in_ms) is answered 408, the client's delay (the server's own is 504)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import gc
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -42,6 +44,8 @@ T = TypeVar("T")
 
 INLINE_BODY_BYTES = 256 << 10  # larger bodies (or a body of unknown length) take the large-body lane
 INLINE_OUTPUT_ELEMENTS = 1 << 16  # larger answers are encoded on the lane
+LANE_QUEUE = 16  # large requests that may wait for the lane (more: RESOURCE_EXHAUSTED, 429)
+_READING = "modelserver.reading_body"  # set on a request while its body is read
 
 # Versions are ASCII digits (`\d` and int() also take other scripts' digits, e.g. Arabic-Indic).
 _POST_RE = re.compile(
@@ -154,6 +158,7 @@ class RestApi:
         self.max_tensor_bytes: int | None = state.flags.max_request_tensor_bytes or None
         self.max_body: int = state.flags.rest_api_max_request_bytes
         self._lane = asyncio.Semaphore(1)  # the large-body lane (see the module docstring)
+        self._lane_waiting = 0
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="rest-large-body")
 
     def close(self) -> None:
@@ -206,13 +211,32 @@ class RestApi:
                 seen = ctx
                 large = request.content_length is None or request.content_length > INLINE_BODY_BYTES
                 if large:
-                    async with self._lane:
+                    async with self._lane_turn():
                         body = await self._post(request, m, method, ctx, self._on_lane)
                 else:
                     body = await self._post(request, m, method, ctx, _inline)
         except ServingError as exc:
+            if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED and request.get(_READING):
+                exc = ServingError(exc.code, f"{exc.message}: the request body did not arrive in time", http=408)
             return with_version_headers(error_response(exc), seen)
         return with_version_headers(web.Response(body=body, content_type=_JSON), seen)
+
+    @contextlib.asynccontextmanager
+    async def _lane_turn(self) -> AsyncIterator[None]:
+        """The large-body lane, once the large requests before this one are done; RESOURCE_EXHAUSTED
+        at once when LANE_QUEUE of them already wait (their bodies, not yet read, wait in the kernel)."""
+        if self._lane_waiting >= LANE_QUEUE:
+            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{LANE_QUEUE} requests with large bodies "
+                               "are waiting already; retry later")
+        self._lane_waiting += 1
+        try:
+            await self._lane.acquire()
+        finally:
+            self._lane_waiting -= 1
+        try:
+            yield
+        finally:
+            self._lane.release()
 
     async def _on_lane(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on the lane's thread; the caller holds the lane until it is done, even when
@@ -228,6 +252,7 @@ class RestApi:
     async def _read(self, request: web.Request) -> bytes:
         if (request.content_length or 0) > self.max_body:  # refused before a byte of it is read
             raise _too_large(self.max_body)
+        request[_READING] = True  # a deadline while reading is the client's (408)
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -251,7 +276,7 @@ class RestApi:
             pred = await self.plane.predict(servable, sig, inputs, ctx)
             del inputs
             if run is _inline and sum(a.size for a in pred.outputs.values()) > INLINE_OUTPUT_ELEMENTS:
-                async with self._lane:
+                async with self._lane_turn():
                     return await self._on_lane(rest_json.predict_response, pred.outputs, row)
             return await run(rest_json.predict_response, pred.outputs, row)  # type: ignore[no-any-return]
         examples = input_pb2.Input()
