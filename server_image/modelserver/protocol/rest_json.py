@@ -93,14 +93,18 @@ def to_array(value: Any, spec: TensorSpec) -> np.ndarray:
 
 
 def _chunks(value: Any) -> Iterator[Any]:
-    """`value` in pieces along its first dimension of about CHUNK_ELEMENTS numbers each (a
-    piece taken from a single row is that row's own pieces, marked by a one-element list)."""
-    shape = _shape_of(value)
-    if len(shape) < 2 or math.prod(shape) <= CHUNK_ELEMENTS:
+    """`value` in pieces along its first dimension of about CHUNK_ELEMENTS numbers (or rows) each;
+    a piece taken from a single row larger than that is that row's own pieces, marked `_Row`."""
+    if not isinstance(value, list) or not value:
         yield value
         return
-    rows = max(1, CHUNK_ELEMENTS // max(1, math.prod(shape[1:])))
-    if rows > 1:
+    shape = _shape_of(value)
+    per_row = math.prod(shape[1:])
+    if len(value) * max(1, per_row) <= CHUNK_ELEMENTS:
+        yield value
+        return
+    rows = max(1, CHUNK_ELEMENTS // max(1, per_row))
+    if rows > 1 or len(shape) < 2:
         for i in range(0, len(value), rows):
             yield value[i:i + rows]
         return
