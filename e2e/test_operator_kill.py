@@ -91,8 +91,10 @@ def test_the_operator_killed_at_20_random_points_converges_and_no_request_fails(
                      [c.get("state") for c in (p.get("status") or {}).get("containerStatuses") or []])
                     for p in cluster.pods(namespace, name)]
             log = (tmp_path / "operator.log").read_text()[-4000:]
+            pod_logs = "\n".join(f"--- {p[0]}:\n" + cluster.kubectl("logs", "-n", namespace, p[0], "--tail=40",
+                                                                       check=False).stdout for p in pods)
             raise AssertionError(f"{exc}\nspec: {md.get('spec')}\nstatus: {md.get('status')}\npods: {pods}\n"
-                                 f"operator log tail:\n{log}") from None
+                                 f"operator log tail:\n{log}\npod logs:\n{pod_logs}") from None
 
     try:
         # creates: a base model that serves the whole time, and three more created between kills
