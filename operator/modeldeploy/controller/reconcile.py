@@ -175,7 +175,7 @@ def measure_rollout(ctx: OperatorContext, body: Obj, spec: api.ModelDeploymentSp
         return None
     meta = body["metadata"]
     return measure.rollout_check(spec.rollout, ctx.settings.prometheus_url, meta["namespace"], meta["name"],
-                                 state.from_version, state.to_version, rplan.window)
+                                 state.from_version, state.to_version, rplan.window, state.shadowing)
 
 
 def _ready_replicas(deployment: Obj | None) -> int:
