@@ -254,7 +254,9 @@ class RestApi:
             raise _too_large(self.max_body)
         request[_READING] = True  # a deadline while reading is the client's (408)
         try:
-            return await request.read()
+            body = await request.read()
+            request[_READING] = False
+            return body
         except web.HTTPRequestEntityTooLarge:
             raise _too_large(self.max_body) from None
         except RequestPayloadError as exc:  # a body that does not decode (Content-Encoding, chunks)
