@@ -93,8 +93,13 @@ def test_the_operator_killed_at_20_random_points_converges_and_no_request_fails(
             log = (tmp_path / "operator.log").read_text()[-4000:]
             pod_logs = "\n".join(f"--- {p[0]}:\n" + cluster.kubectl("logs", "-n", namespace, p[0], "--tail=40",
                                                                        check=False).stdout for p in pods)
+            cm = (cluster.get("v1", "ConfigMap", namespace, f"{name}-config") or {}).get("data") or {}
+            state = Path((cluster.local or {}).get("logs", "/nonexistent")).parent
+            files = "\n".join(f"--- {f}:\n{f.read_text()}" for f in sorted(state.glob(
+                f"pods/{namespace}_{name}-*/volumes/config/*")) if f.name in ("models.config", "routing.json"))
             raise AssertionError(f"{exc}\nspec: {md.get('spec')}\nstatus: {md.get('status')}\npods: {pods}\n"
-                                 f"operator log tail:\n{log}\npod logs:\n{pod_logs}") from None
+                                 f"operator log tail:\n{log}\npod logs:\n{pod_logs}\nConfigMap: {cm}\n"
+                                 f"the pods' config files:\n{files}") from None
 
     try:
         # creates: a base model that serves the whole time, and three more created between kills
