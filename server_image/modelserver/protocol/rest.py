@@ -19,6 +19,7 @@ import gc
 import json
 import logging
 import re
+import sys
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -105,14 +106,22 @@ def _convert_and_release(body: dict[str, Any], sig: Any, max_bytes: int | None) 
         json_text.release(body)
 
 
+LANE_SWITCH_INTERVAL_S = 0.001  # how long the lane's thread keeps the GIL while the event loop waits
+
+
 def _gc_paused(fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` with the cyclic garbage collector paused (the lane's thread: the objects it
-    builds are freed by reference counts, in bounded steps)."""
+    """`fn(*args)` on the lane's thread with the cyclic garbage collector paused (the objects it
+    builds are freed by reference counts, in bounded steps) and the interpreter's switch interval
+    at LANE_SWITCH_INTERVAL_S (5 ms by default: every request the event loop answers meanwhile
+    would wait that long for the GIL)."""
     enabled = gc.isenabled()
+    interval = sys.getswitchinterval()
     gc.disable()
+    sys.setswitchinterval(min(interval, LANE_SWITCH_INTERVAL_S))
     try:
         return fn(*args)
     finally:
+        sys.setswitchinterval(interval)
         if enabled:
             gc.enable()
 
