@@ -216,9 +216,9 @@ def add_service(server: grpc.aio.Server, root: str | Path | None = None,
     service = ProfilerService(root, max_duration_s)
     m = service.msgs
     handlers = {}
-    for name, req, resp in (("Profile", "ProfileRequest", "ProfileResponse"),
-                            ("Terminate", "TerminateRequest", "TerminateResponse")):
-        deserialize, handle = _parsed(m[req], getattr(service, name))
+    for name, method, req, resp in (("Profile", service.Profile, "ProfileRequest", "ProfileResponse"),
+                                    ("Terminate", service.Terminate, "TerminateRequest", "TerminateResponse")):
+        deserialize, handle = _parsed(m[req], method)
         handlers[name] = grpc.unary_unary_rpc_method_handler(
             handle, request_deserializer=deserialize, response_serializer=m[resp].SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
