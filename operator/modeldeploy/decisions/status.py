@@ -253,6 +253,23 @@ def version_states(
     return out
 
 
+def serving_status(spec: ModelDeploymentSpec, name: str, versions: list[Obj], routing: Obj | None) -> Obj:
+    """What the pods serve: the model, its versions and where the labels point in the table in force."""
+    labels = dict(routing["labels"]) if routing is not None else dict(spec.version_labels or {})
+    out: Obj = {
+        "modelName": api.model_name(spec, name),
+        "versions": versions,
+        "versionsSummary": (",".join(str(v) for v in sorted(spec.model.versions)) if spec.model.versions
+                            else f"latest:{spec.model.latest_versions}"),
+        "versionLabels": labels,
+        "labelsSummary": ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or None,
+        "selector": f"app.kubernetes.io/name=model-server,app.kubernetes.io/instance={name}",
+    }
+    if routing is not None:
+        out.update(routing=routing, trafficSummary=routing.get("summary") or None)
+    return out
+
+
 # What the running pods serve; kept from the last good generation while a newer one has a problem.
 SERVING_KEYS = ("modelName", "versions", "versionsSummary", "versionLabels", "labelsSummary", "selector", "routing",
                 "trafficSummary")
@@ -297,16 +314,7 @@ def compute_status(
     else:
         status.update(replicas=0, desiredReplicas=0, readyReplicas=0, updatedReplicas=0)
     if spec is not None:
-        status["modelName"] = api.model_name(spec, name)
-        status["versions"] = versions
-        status["versionsSummary"] = ",".join(str(v) for v in sorted(spec.model.versions)) if spec.model.versions else f"latest:{spec.model.latest_versions}"
-        labels = dict(routing["labels"]) if routing is not None else dict(spec.version_labels or {})
-        status["versionLabels"] = labels  # where the labels point in the table in force
-        status["labelsSummary"] = ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or None
-        if routing is not None:
-            status["routing"] = routing
-            status["trafficSummary"] = routing.get("summary") or None
-        status["selector"] = f"app.kubernetes.io/name=model-server,app.kubernetes.io/instance={name}"
+        status.update(serving_status(spec, name, versions, routing))
     if problem is not None and deployment is not None and previous:
         # Nothing of the broken generation was applied: the running pods still serve what the
         # last good generation configured, so status keeps describing that.
