@@ -46,6 +46,7 @@ from modelserver.core.pollers import apply_initial_routing, start_pollers
 from modelserver.core.runner import DirectRunner
 from modelserver.core.servable import SessionOptions
 from modelserver.core.state import ServerState
+from modelserver.core.storage import default_storage
 from modelserver.observability import metrics, profiler, tracing
 from modelserver.protocol.admin import TokenFile, make_admin_app
 from modelserver.protocol.grpc_service import add_services, server_options
@@ -209,6 +210,8 @@ class ModelServer:
         self._stack.callback(load_pool.shutdown, wait=False, cancel_futures=True)
         model_pool = ThreadPoolExecutor(flags.model_threads or os.cpu_count() or 2, thread_name_prefix="model")
         self._stack.callback(model_pool.shutdown, wait=True, cancel_futures=True)
+        storage = default_storage(flags.model_cache_dir, flags.model_cache_max_bytes, flags.model_download_concurrency)
+        self._stack.push_async_callback(storage.close)
         self.manager = Manager(
             load_pool,
             allow_unavailable_labels=flags.allow_version_labels_for_unavailable_models,
@@ -217,6 +220,7 @@ class ModelServer:
             tags=saved_model_tags(flags.saved_model_tags),
             session_options=SessionOptions(thread_spinning=flags.tensorflow_thread_spinning,
                                            caller_thread=flags.tensorflow_caller_thread),
+            storage=storage,
         )
         self.state = ServerState(flags, self.manager, DirectRunner(model_pool, flags.inline_call_max_us / 1e6),
                                  monitoring_config=self.monitoring_config)

@@ -95,6 +95,14 @@ _FLAGS: dict[str, tuple[type, Any, bool, str]] = {
     "admin_token_file": (str, "", True, "file holding the admin port's bearer token"),
     "warmup_config_file": (str, "", True,
         "warmup requests: JSON {source: model|generated|requests, ...} (default: the model's own file)"),
+    "model_cache_dir": (str, "", True,
+        "where versions read from object storage (s3://, gs://, az://, https://) are downloaded and loaded from "
+        "(default: <temp dir>/modelserver-cache)"),
+    "model_cache_max_bytes": (int, 0, True,
+        "downloaded versions that no model serves are removed, least recently used first, while the cache holds "
+        "more than this (0: keep only what is served)"),
+    "model_download_concurrency": (int, 8, True,
+        "ranged reads (of at most 8 MiB each) in flight while downloading versions from object storage"),
 }
 
 

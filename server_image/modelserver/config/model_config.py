@@ -17,6 +17,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from modelserver.config.files import ConfigError, read_text
 from modelserver.config.protos import MonitoringConfig
+from modelserver.config.storage_uri import parse as parse_storage_uri
 from modelserver.contract import METRICS_PATH
 
 
@@ -95,7 +96,16 @@ def model_config_from_proto(mc: model_server_config_pb2.ModelConfig) -> ModelCon
         if ver <= 0:
             raise ConfigError(f"model {mc.name!r}: label {key!r} points to invalid version {ver}")
         labels[key] = int(ver)
+    _check_base_path(mc.name, mc.base_path)
     return ModelConfig(mc.name, mc.base_path, policy_from_proto(mc), labels, platform)
+
+
+def _check_base_path(name: str, base_path: str) -> None:
+    """An object-storage base path must be one of the forms the server reads (storage_uri)."""
+    try:
+        parse_storage_uri(base_path)
+    except ValueError as exc:
+        raise ConfigError(f"model {name!r}: {exc}") from None
 
 
 def policy_from_proto(mc: model_server_config_pb2.ModelConfig) -> VersionPolicy:
@@ -121,6 +131,7 @@ def policy_from_proto(mc: model_server_config_pb2.ModelConfig) -> VersionPolicy:
 def single_model_config(name: str, base_path: str) -> list[ModelConfig]:
     if not base_path:
         raise ConfigError("--model_base_path is required (or --model_config_file)")
+    _check_base_path(name or "default", base_path)
     return [ModelConfig(name or "default", base_path)]
 
 

@@ -25,6 +25,18 @@ from modelserver.config.model_config import ModelConfig, VersionPolicy
 from modelserver.core.errors import ServingError, failed_precondition, invalid_argument, not_found
 from modelserver.core.routing import EMPTY, ModelRoute, RoutingTable, choose
 from modelserver.core.servable import Servable, SessionOptions, load_servable
+from modelserver.core.storage import (
+    Fetched,
+    RemoteStorage,
+    StoreError,
+    VersionListing,
+    default_storage,
+    fetch_backoff,
+    is_remote,
+    redact,
+    serving_error,
+)
+from modelserver.core.storage.listing import version_dirs
 
 log = logging.getLogger("modelserver.core.manager")
 
@@ -46,6 +58,9 @@ class VersionRecord:
     retry_at: float = 0.0  # time.monotonic() after which a failed load may be retried
     path: Path | None = None  # the version's directory, as named on disk (e.g. <base>/00000123)
     warmup: Any = None  # what the load hook returned (warmup.WarmupResult), shown by the admin API
+    source: str = ""  # where an object-storage version came from (its URI)
+    download: Fetched | None = None  # how its download went (time, bytes, found in the cache)
+    fetch_failures: int = 0  # downloads that failed in a row (retried with back-off, without limit)
 
 
 @dataclass(slots=True)
@@ -58,6 +73,7 @@ class ModelRecord:
     warned_clashes: dict[int, list[str]] = field(default_factory=dict)  # logged once per change
     route: ModelRoute | None = None  # set by a routing table, which then owns the labels
     aspired: set[int] = field(default_factory=set)  # what the policy wanted at the last poll
+    storage_error: ServingError | None = None  # why the last listing of a remote base path failed
 
 
 # ---- pure decisions ------------------------------------------------------------------------------
@@ -104,29 +120,6 @@ def retry_due(attempts: int, max_retries: int, retry_at: float, now: float) -> b
     return attempts <= max_retries and now >= retry_at
 
 
-INT64_MAX = 2**63 - 1
-
-
-def version_dirs(names: list[str]) -> tuple[dict[int, str], dict[int, list[str]]]:
-    """Version directories among `names`, as TF Serving reads them: a directory whose whole name
-    is a decimal number is that version, leading zeros ignored (`00000123` is 123). Returns
-    version -> directory name, and the versions named by more than one directory with all their
-    names. Of those, the canonical name (`123`) wins, else the shortest, then the first in sort
-    order, so the choice never depends on listing order."""
-    found: dict[int, list[str]] = {}
-    for n in names:
-        if n.isascii() and n.isdigit() and int(n) <= INT64_MAX:
-            found.setdefault(int(n), []).append(n)
-    chosen = {}
-    clashes = {}
-    for v, dirs in found.items():
-        dirs.sort(key=lambda d: (d != str(v), len(d), d))
-        chosen[v] = dirs[0]
-        if len(dirs) > 1:
-            clashes[v] = dirs
-    return chosen, clashes
-
-
 def list_versions(base_path: str) -> tuple[dict[int, str], dict[int, list[str]]]:
     """The version directories of base_path that hold a SavedModel: version -> path, and the
     clashes of `version_dirs` (versions named by several such directories)."""
@@ -154,7 +147,9 @@ class Manager:
         on_version_loaded: LoadHook | None = None,
         tags: tuple[str, ...] = ("serve",),
         session_options: SessionOptions | None = None,
+        storage: RemoteStorage | None = None,
     ) -> None:
+        self.storage = storage  # object-storage base paths (None: local ones only)
         self._tags = tags
         self._session_options = session_options
         self.models: dict[str, ModelRecord] = {}
@@ -206,6 +201,9 @@ class Manager:
             if rec is None or label not in rec.labels:
                 raise invalid_argument(f"Unrecognized servable version label: {label}")
             version = rec.labels[label]
+        if rec is not None and not rec.versions and rec.storage_error is not None:
+            err = rec.storage_error
+            raise ServingError(err.code, f"Could not find any versions of model {name}: {err.message}")
         if rec is None or not rec.versions:
             raise not_found(f"Could not find any versions of model {name}")
         if version is None:
@@ -274,6 +272,7 @@ class Manager:
                 rec = self.models.setdefault(name, ModelRecord(cfg))
                 rec.config = cfg
             await asyncio.gather(*(self._apply(self.models[n]) for n in wanted))
+            await self._evict()
             errors = []
             for name, cfg in wanted.items():
                 rec = self.models[name]
@@ -292,11 +291,14 @@ class Manager:
         """One file-system poll: loads new versions, then unloads what the policies drop."""
         async with self._lock:
             await asyncio.gather(*(self._apply(r) for r in list(self.models.values())))
+            await self._evict()
 
     async def stop(self) -> None:
         async with self._lock:
             for rec in self.models.values():
                 await self._unload_all(rec)
+            if self.storage is not None:
+                await self.storage.close()
 
     # -- internals --
 
@@ -305,9 +307,16 @@ class Manager:
         return {v for v, r in rec.versions.items() if r.state == AVAILABLE}
 
     async def _apply(self, rec: ModelRecord) -> None:
-        paths, clashes = await asyncio.get_running_loop().run_in_executor(
-            self._executor, list_versions, rec.config.base_path
-        )
+        listings: dict[int, VersionListing] = {}
+        if is_remote(rec.config.base_path):
+            found = await self._scan(rec)
+            if found is None:
+                return  # the store cannot be listed now: what is loaded keeps serving
+            paths: dict[int, str] = {v: found.ready[v].dirname for v in found.ready}
+            listings, clashes = found.ready, found.clashes
+        else:
+            paths, clashes = await asyncio.get_running_loop().run_in_executor(
+                self._executor, list_versions, rec.config.base_path)
         if not paths and not rec.warned_no_versions:
             log.warning("No versions of servable %s found under base path %s. Did you forget to name "
                         "your leaf directory as a number (eg. '/1/')?", rec.config.name, rec.config.base_path)
@@ -324,9 +333,66 @@ class Manager:
                  or (r.error is not None and not retry_due(r.attempts, self._retries, r.retry_at, now))}
         new = sorted(aspired - tried)
         if new:
-            await asyncio.gather(*(self._load(rec, v, Path(paths[v])) for v in new))
+            await asyncio.gather(*(self._load(rec, v, Path(paths[v]), listings.get(v)) for v in new))
         rec.aspired = aspired
         self._drop_unneeded(rec)
+
+    # -- object storage (core/storage) --
+
+    def _remote(self) -> RemoteStorage:
+        if self.storage is None:  # a manager built without one (tests): the default cache directory
+            self.storage = default_storage()
+        return self.storage
+
+    async def _scan(self, rec: ModelRecord) -> Any:
+        """The store's listing of a remote model (storage.Scan), or None when it failed: the model's
+        status says why (logged when the reason changes) and nothing is loaded or unloaded."""
+        name, base = rec.config.name, rec.config.base_path
+        taken = [v for v, r in rec.versions.items() if r.state in (START, LOADING, AVAILABLE)]
+        try:
+            found = await self._remote().scan(name, base, taken)
+        except StoreError as exc:
+            err = serving_error(exc)
+            if rec.storage_error is None or rec.storage_error.message != err.message:
+                log.error("model %s: cannot list %s: %s (retrying at every poll)", name, redact(base), exc.message)
+            rec.storage_error = err
+            return None
+        if rec.storage_error is not None:
+            log.info("model %s: %s can be listed again", name, redact(base))
+        rec.storage_error = None
+        for v, listing in sorted(found.versions.items()):
+            if not listing.complete and v not in rec.versions:
+                log.debug("model %s version %d not complete yet: %s", name, v, listing.missing)
+        return found
+
+    async def _fetch(self, rec: ModelRecord, vr: VersionRecord, listing: VersionListing) -> bool:
+        """Downloads a remote version into the cache (vr.path, vr.download); False (the version
+        END with the reason, retried with back-off at a later poll, without limit) when it fails."""
+        storage = self._remote()
+        vr.source = storage.source(rec.config.base_path, listing)
+        try:
+            vr.download = await storage.fetch(rec.config.name, rec.config.base_path, listing)
+        except StoreError as exc:
+            vr.fetch_failures += 1
+            wait = fetch_backoff(vr.fetch_failures)
+            vr.error = serving_error(exc, f"Failed to download {rec.config.name} version {vr.version}: ")
+            vr.state, vr.retry_at = END, time.monotonic() + wait
+            log.error("downloading %s version %d failed (retry in %gs): %s", rec.config.name, vr.version, wait,
+                      exc.message)
+            return False
+        vr.path, vr.fetch_failures = vr.download.path, 0
+        d = vr.download
+        log.info("model %s version %d: %s in %.2fs from %s", rec.config.name, vr.version,
+                 "found in the cache" if d.cached else f"downloaded {d.bytes} bytes", d.seconds, vr.source)
+        return True
+
+    async def _evict(self) -> None:
+        """Cache versions no model serves go, over --model_cache_max_bytes (storage.cache)."""
+        if self.storage is None:
+            return
+        in_use = {r.download.path for rec in self.models.values() for r in rec.versions.values()
+                  if r.download is not None and r.state in (START, LOADING, AVAILABLE)}
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.storage.evict, in_use)
 
     def _drop_unneeded(self, rec: ModelRecord) -> None:
         """Unloads the versions the policy drops, except one a label still points at (it goes once
@@ -336,12 +402,16 @@ class Manager:
         for v in sorted(versions_to_unload(loaded, rec.aspired, loaded & rec.aspired) - labelled):
             self._unload(rec, v)
 
-    async def _load(self, rec: ModelRecord, version: int, version_dir: Path) -> None:
+    async def _load(self, rec: ModelRecord, version: int, version_dir: Path, listing: VersionListing | None = None) -> None:
         name = rec.config.name
         old = rec.versions.get(version)
-        vr = VersionRecord(version, START, attempts=old.attempts if old and old.error else 0, path=version_dir)
+        vr = VersionRecord(version, START, attempts=old.attempts if old and old.error else 0, path=version_dir,
+                           fetch_failures=old.fetch_failures if old and old.error else 0)
         rec.versions[version] = vr
         vr.state = LOADING
+        if listing is not None and not await self._fetch(rec, vr, listing):
+            return
+        version_dir = vr.path or version_dir
         vr.attempts += 1
         try:
             servable, vr.warmup = await asyncio.get_running_loop().run_in_executor(
@@ -374,6 +444,8 @@ class Manager:
         vr.servable = None  # in-flight requests keep their own reference until they finish
         self._refresh_latest(rec)
         vr.state = END
+        if vr.download is not None and self.storage is not None:
+            self.storage.cache.release(vr.download.path)
         log.info("model %s version %d unloaded", rec.config.name, version)
 
     async def _unload_all(self, rec: ModelRecord) -> None:

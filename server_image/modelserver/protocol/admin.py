@@ -4,7 +4,8 @@ Label moves and traffic weights must be live on every pod within seconds, which 
 refresh (up to a minute) cannot do, so the operator also pushes each routing table (routing.py)
 to every ready pod here and reads back what is in force:
 
-    GET /v1/admin/models       -> 200 every model's versions (state, error, warmup), labels
+    GET /v1/admin/models       -> 200 every model's versions (state, error, warmup, source, download),
+                                  labels, and each object-storage model's store state
     GET /v1/admin/routing      -> 200 {"generation": G, "models": {...}}   (the table in force)
     PUT /v1/admin/routing      <- a routing document -> 200 the table now in force
                                   400 invalid, or a label on a version that is not AVAILABLE
@@ -30,9 +31,10 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from modelserver.config.storage_uri import is_remote, redact
 from modelserver.contract import ADMIN_MODELS_PATH, ADMIN_ROUTING_PATH
 from modelserver.core.errors import ServingError, invalid_argument, wire_message
-from modelserver.core.manager import Manager
+from modelserver.core.manager import Manager, VersionRecord
 from modelserver.core.routing import parse_table
 from modelserver.protocol.http_server import quiet_client_errors
 
@@ -42,20 +44,36 @@ BODY_TIMEOUT_S = 10.0  # a routing document (at most 1 MiB) arrives within this
 
 
 def models_json(manager: Manager) -> dict[str, Any]:
-    """Every model's versions (state, error, warmup report), labels and route, in one answer:
-    what the operator reads from each pod to decide where labels and weights may move."""
-    from modelserver.core.manager import STATE_NAMES
-
+    """Every model's versions (state, error, warmup report, source and download), labels, and for
+    an object-storage base path the store's state (`storage`: its URI, and why the last listing
+    failed): what the operator reads from each pod to decide where labels and weights may move,
+    and what its status shows."""
     models = {}
     for name, rec in sorted(manager.models.items()):
         models[name] = {
-            "versions": {str(v): {"state": STATE_NAMES.get(r.state, "UNKNOWN"),
-                                  "error": r.error.message if r.error else "",
-                                  "warmup": r.warmup.as_json() if hasattr(r.warmup, "as_json") else None}
-                         for v, r in sorted(rec.versions.items())},
+            "versions": {str(v): _version_json(r) for v, r in sorted(rec.versions.items())},
             "labels": dict(rec.labels),
         }
+        if is_remote(rec.config.base_path):
+            models[name]["storage"] = {"uri": redact(rec.config.base_path),
+                                       "error": rec.storage_error.message if rec.storage_error else "",
+                                       "code": rec.storage_error.code.name if rec.storage_error else "OK"}
     return {"ready": manager.is_ready(), "routingGeneration": manager.routing.generation, "models": models}
+
+
+def _version_json(r: VersionRecord) -> dict[str, Any]:
+    """A version's state, error and warmup report; for a version from object storage, where it came
+    from and its download (seconds, bytes; `cached`: found in the local cache, nothing downloaded)."""
+    from modelserver.core.manager import STATE_NAMES
+
+    out: dict[str, Any] = {"state": STATE_NAMES.get(r.state, "UNKNOWN"), "error": r.error.message if r.error else "",
+                           "warmup": r.warmup.as_json() if hasattr(r.warmup, "as_json") else None}
+    if r.source:
+        out["source"] = r.source
+    if r.download is not None:
+        out["download"] = {"seconds": round(r.download.seconds, 3), "bytes": r.download.bytes,
+                           "cached": r.download.cached}
+    return out
 
 
 class TokenFile:
