@@ -13,12 +13,15 @@ import numpy as np
 import pytest
 from modeldeploy.decisions.rollout import (
     CANDIDATE_LABEL,
+    DIFF_BOUNDS,
     FAILED,
     LATENCY_BOUNDS,
     PROGRESSING,
     PROMOTING,
+    RATIO_BOUNDS,
     SUCCEEDED,
     Plan,
+    ShadowMetrics,
     State,
     VersionMetrics,
     advance,
@@ -285,8 +288,7 @@ def test_the_next_check_is_due_after_the_interval_and_a_whole_window() -> None:
 
 
 def _shadow(compared: float, ratio: float = 1.0, diff: float = 0.0, failed: float = 0, agree: float | None = None,
-            disagree: float | None = None) -> "ShadowMetrics":
-    from modeldeploy.decisions.rollout import DIFF_BOUNDS, RATIO_BOUNDS, ShadowMetrics
+            disagree: float | None = None) -> ShadowMetrics:
 
     ratios = [0.0] * (len(RATIO_BOUNDS) + 1)
     rng = np.random.default_rng(5)
