@@ -8,9 +8,11 @@
    hostile_requests.py: random bytes, mutated requests, hostile shapes, sizes, nesting, names and
    headers) from 8 threads: answers of 500 or more, INTERNAL, UNKNOWN, UNAVAILABLE or
    DEADLINE_EXCEEDED counted as failures, the server's RSS sampled every 0.2 s;
-3. connection exhaustion: 500 idle and 500 byte-by-byte connections held open on each port at
-   once (reopened when the server closes them) for --hold-seconds, and the latency of normal
-   requests meanwhile against before.
+3. connection exhaustion: 500 idle and 500 byte-by-byte connections (a request head, or an
+   HTTP/2 preface, that never ends) held open on each port at once (reopened when the server
+   closes them) for --hold-seconds, and the latency of normal requests meanwhile against before.
+
+A failure is also any traceback in the server's log (an error nobody handled).
 
 The server runs as the operator renders it (the demo models, metrics on, the admin port with a
 token, the reload RPC and the profiler off), with its default limits, batching on, under an 8 GiB
@@ -327,8 +329,7 @@ def barrage(t: hostile.Target, n: int, concurrency: int) -> list[dict[str, Any]]
 
 
 def exhaustion(t: hostile.Target, per_port: int, seconds: float) -> dict[str, Any]:
-    payloads = {"rest": (t.rest_port, b"GET /v1/models/half_plus_two HTTP/1.1\r\nHost: x\r\n\r\n"),
-                "admin": (t.admin_port, b"GET /v1/admin/routing HTTP/1.1\r\nHost: x\r\n\r\n"),
+    payloads = {"rest": (t.rest_port, hostile.SLOW_HTTP_HEAD), "admin": (t.admin_port, hostile.SLOW_HTTP_HEAD),
                 "grpc": (t.grpc_port, hostile.H2_PREFACE + b"\x00" * 64)}
     before = normal_latency(t, 100)
     holders = {name: hostile.Holder(t.host, port, per_port, per_port, payload) for name, (port, payload) in payloads.items()}
@@ -393,7 +394,9 @@ def section(data: dict[str, Any]) -> str:
     L += ["", "Failed: an HTTP status of 500 or more, or gRPC INTERNAL, UNKNOWN, UNAVAILABLE or DEADLINE_EXCEEDED, "
           "or no answer within 60 s. \"closed\": the client stopped sending mid-request (a half-closed "
           "connection) and the server closed it. After each port's run a normal request on every port answered "
-          f"correctly. The server's log grew by {data['log_bytes']:,} bytes in the whole run.", "",
+          f"correctly. The server's log grew by {data['log_bytes']:,} bytes in the whole run (refused routing pushes, "
+          f"logged at WARNING, as an operator's would be) and holds {data['tracebacks']} tracebacks (errors "
+          "nobody handled).", "",
           "### Connection exhaustion", "",
           f"{x['per_port']['idle']} idle and {x['per_port']['byte_by_byte']} byte-by-byte (one byte a second) "
           f"connections on each port at once, reopened whenever the server closed one, for {x['held_seconds']} s "
@@ -445,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         data["exhaustion"] = exhaustion(target, args.hold, args.hold_seconds)
         hostile.check_serving(target)
         data["log_bytes"] = log_path.stat().st_size - log_start
+        data["tracebacks"] = hostile.tracebacks(log_path.read_text(errors="replace"))
         data["rss_end_mb"] = round(hostile.rss_bytes(target.pid)[0] / MIB)
         data["rss_hwm_mb"] = round(hostile.rss_bytes(target.pid)[1] / MIB)
         data["alive"] = proc.poll() is None
@@ -455,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.results:
         results = Path(args.results)
         results.write_text(with_section(results.read_text(), text, SECTION_START, SECTION_END))
-    failed = sum(row["failed"] for row in data["barrage"])
+    failed = sum(row["failed"] for row in data["barrage"]) + data["tracebacks"]
     log(f"done: {failed} failures; peak RSS {data['rss_hwm_mb']} MB")
     return 1 if failed or not data["alive"] else 0
 

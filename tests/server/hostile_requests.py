@@ -8,7 +8,8 @@ behind tests/server/test_hostile_input.py (a quick subset in `make test`) and be
 - `run_cases`: sends them from a few threads and tallies the answers; a *failure* is an HTTP
   status of 500 or more, a gRPC INTERNAL, UNKNOWN, UNAVAILABLE or DEADLINE_EXCEEDED, or no answer
   within the client's timeout. `RssSampler` follows the server's memory meanwhile.
-- `check_serving`: a normal request on every port answers correctly.
+- `check_serving`: a normal request on every port answers correctly; `tracebacks`: how many the
+  server logged (each one an error it did not handle).
 - `Holder`: holds idle and byte-by-byte connections open on a port (reopening those the server
   closes, and counting them), for the connection-exhaustion check.
 
@@ -43,6 +44,8 @@ GRPC_METHODS = (
 FAILED_CODES = frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED"})
 CLIENT_TIMEOUT_S = 60.0
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# A request head that never ends (a header growing a byte at a time): what a slow-headers client sends.
+SLOW_HTTP_HEAD = b"GET /v1/health/live HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 8000
 
 
 @dataclass(frozen=True)
@@ -606,6 +609,12 @@ def check_serving(target: Target) -> dict[str, Any]:
                                    [(b"Authorization", b"Bearer " + target.token.encode())])) == "200"
     admin.close()
     return out
+
+
+def tracebacks(log_text: str) -> int:
+    """Tracebacks in a server's log: each is an exception nobody handled (a client's error is
+    answered, not logged with a traceback)."""
+    return log_text.count("Traceback (most recent call last)")
 
 
 def rss_bytes(pid: int) -> tuple[int, int]:

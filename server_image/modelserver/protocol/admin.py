@@ -10,6 +10,7 @@ to every ready pod here and reads back what is in force:
     PUT /v1/admin/routing      <- a routing document -> 200 the table now in force
                                   400 invalid, or a label on a version that is not AVAILABLE
                                   404 a model not served, 409 a generation older than in force
+                                  408 not sent within 10 s, 413 over 1 MiB
 
 It is not open to every client of the model ports: it listens on a port of its own, and every
 request must carry `Authorization: Bearer <token>` where the token is the content of
@@ -30,6 +31,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from modelserver.config.storage_uri import is_remote, redact
 from modelserver.contract import ADMIN_MODELS_PATH, ADMIN_ROUTING_PATH
@@ -45,8 +47,8 @@ BODY_TIMEOUT_S = 10.0  # a routing document (at most 1 MiB) arrives within this
 
 def models_json(manager: Manager) -> dict[str, Any]:
     """Every model's versions (state, error, warmup report, source and download), labels, and for
-    an object-storage base path the store's state (`storage`: its URI, and why the last listing
-    failed): what the operator reads from each pod to decide where labels and weights may move,
+    an object-storage base path the store's state (`storage`: its URI, why the last listing failed,
+    and the versions listed but not taken yet, with the reason: an upload in progress): what the operator reads from each pod to decide where labels and weights may move,
     and what its status shows."""
     models = {}
     for name, rec in sorted(manager.models.items()):
@@ -57,7 +59,8 @@ def models_json(manager: Manager) -> dict[str, Any]:
         if is_remote(rec.config.base_path):
             models[name]["storage"] = {"uri": redact(rec.config.base_path),
                                        "error": rec.storage_error.message if rec.storage_error else "",
-                                       "code": rec.storage_error.code.name if rec.storage_error else "OK"}
+                                       "code": rec.storage_error.code.name if rec.storage_error else "OK",
+                                       "pending": {str(v): why for v, why in rec.pending.items()}}
     return {"ready": manager.is_ready(), "routingGeneration": manager.routing.generation, "models": models}
 
 
@@ -131,7 +134,9 @@ def make_admin_app(manager: Manager, token: TokenFile) -> web.Application:
                     raw = await request.read()
             except TimeoutError:
                 raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "routing document not received within "
-                                   f"{BODY_TIMEOUT_S:.0f} s") from None
+                                   f"{BODY_TIMEOUT_S:.0f} s", http=408) from None
+            except (ConnectionResetError, RequestPayloadError) as exc:  # cut short, or not decodable
+                raise invalid_argument(f"routing document could not be read: {exc}") from None
             try:
                 doc = json.loads(raw)
             except (ValueError, RecursionError) as exc:  # UnicodeDecodeError included

@@ -40,6 +40,8 @@ def loads(data: bytes | str) -> Any:
     text = data.decode(json.detect_encoding(data), "surrogatepass") if isinstance(data, bytes) else data
     if text.startswith("\ufeff"):
         raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    if len(text) <= RUN_CHARS and text.count("[") + text.count("{") <= MAX_DEPTH:
+        return json.loads(text)  # small, and nested MAX_DEPTH deep at most: one short call
     pos = _SPACE.match(text, 0).end()  # type: ignore[union-attr]
     value, pos = _value(text, pos, 0)
     end = _SPACE.match(text, pos).end()  # type: ignore[union-attr]
