@@ -74,6 +74,7 @@ class ModelRecord:
     route: ModelRoute | None = None  # set by a routing table, which then owns the labels
     aspired: set[int] = field(default_factory=set)  # what the policy wanted at the last poll
     storage_error: ServingError | None = None  # why the last listing of a remote base path failed
+    pending: dict[int, str] = field(default_factory=dict)  # remote versions not taken yet, and why
 
 
 # ---- pure decisions ------------------------------------------------------------------------------
@@ -360,9 +361,8 @@ class Manager:
         if rec.storage_error is not None:
             log.info("model %s: %s can be listed again", name, redact(base))
         rec.storage_error = None
-        for v, listing in sorted(found.versions.items()):
-            if not listing.complete and v not in rec.versions:
-                log.debug("model %s version %d not complete yet: %s", name, v, listing.missing)
+        rec.pending = {v: listing.missing or "listed once; taken at the next poll if its objects stay the same"
+                       for v, listing in sorted(found.versions.items()) if v not in found.ready}
         return found
 
     async def _fetch(self, rec: ModelRecord, vr: VersionRecord, listing: VersionListing) -> bool:
