@@ -31,7 +31,7 @@ def wait_for(cond: Callable[[], Any], *, what: str = "condition", timeout: float
 class ServerProcess:
     """A real model-server subprocess: `url` (REST), `target` (gRPC), `output()` (its log)."""
 
-    def __init__(self, args: list[str], log_path: Path) -> None:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.grpc_port = free_port()
         self.rest_port = free_port()
         self.log_path = log_path
@@ -39,7 +39,8 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [*MODEL_SERVER, f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}",
              "--bind_address=127.0.0.1", *args],
-            stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ, **SERVER_ENV), cwd=REPO,
+            stdout=self._log, stderr=subprocess.STDOUT,
+            env=dict(os.environ if env is None else env, **SERVER_ENV), cwd=REPO,
         )
 
     @property
