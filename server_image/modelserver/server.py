@@ -230,7 +230,7 @@ class ModelServer:
         options = self.batching_options
         self._server_metrics = metrics.install(self.state, options.thread_pool_name if options else "")
         try:
-            tracer = tracing.install(self.state)
+            tracer = tracing.install(self.state, self._server_metrics)
         except ValueError as exc:
             raise StartError(str(exc)) from None
         if tracer is not None:

@@ -89,6 +89,18 @@ _FLAGS: dict[str, tuple[type, Any, bool, str]] = {
     "trace_file": (str, "", True, "write request traces (JSON lines) to this file"),
     "trace_sample_rate": (int, 0, True, "trace every Nth request to --trace_file (0: every request)"),
     "profiler_port": (int, 0, True, "start the TensorFlow profiler server on this port (0 = off)"),
+    "enable_tracing": (bool, False, True,
+        "OpenTelemetry traces, exported as the OTEL_* variables say (OTLP over HTTP by default; also on when "
+        "OTEL_TRACES_EXPORTER is set, off when it is none)"),
+    "tracing_endpoint": (str, "", True,
+        "the OTLP collector traces go to (turns tracing on; default: OTEL_EXPORTER_OTLP_ENDPOINT)"),
+    "payload_log_url": (str, "", True,
+        "send sampled requests and answers as CloudEvents (binary mode) to this HTTP sink (empty: off)"),
+    "payload_log_mode": (str, "all", True, "what --payload_log_url receives: request | response | all"),
+    "payload_log_sample_rate": (float, 1.0, True, "fraction of inference requests logged (0 to 1)"),
+    "payload_log_queue_size": (int, 1000, True,
+        "events waiting for the sink, at most (more are dropped and counted, never waited for)"),
+    "payload_log_queue_bytes": (int, 64 * 1024 * 1024, True, "bytes of payload waiting for the sink, at most"),
     "routing_config_file": (str, "", True,
         "routing table (JSON: labels and traffic weights per model), polled with the model config"),
     "admin_port": (int, 0, True, "admin HTTP port for routing pushes (0 = off; needs --admin_token_file)"),
@@ -121,7 +133,8 @@ class Flags:
 
 
 # flags whose value must be one of these
-_CHOICES: dict[str, tuple[str, ...]] = {"tensorflow_caller_thread": ("auto", "always", "never")}
+_CHOICES: dict[str, tuple[str, ...]] = {"tensorflow_caller_thread": ("auto", "always", "never"),
+                                        "payload_log_mode": ("request", "response", "all")}
 
 
 class FlagError(ValueError):

@@ -32,6 +32,15 @@ class RequestContext:
     t_compute_start: float | None = None
     t_compute_end: float | None = None
     t_send: float | None = None
+    # W3C trace context the client sent (REST headers, gRPC metadata); read only while tracing or
+    # payload logging is on (ServerState.trace_context)
+    traceparent: str | None = None
+    tracestate: str | None = None
+    trace_id: str | None = None  # the server span's trace id (32 hex digits) once traced
+    # what the client sent and got (REST: the JSON bytes; gRPC: the messages), kept only while
+    # payload logging is on (ServerState.capture_payloads)
+    request_payload: object = None
+    response_payload: object = None
 
     @property
     def entrypoint(self) -> str:

@@ -40,6 +40,8 @@ class ServerState:
     monitoring_config: Any = None  # monitoring_config_pb2.MonitoringConfig or None
     draining: bool = False
     drain_gate: asyncio.Event | None = None  # set while draining: new gRPC calls wait on it
+    trace_context: bool = False  # the front ends read the client's traceparent (observability/tracing)
+    capture_payloads: bool = False  # the front ends keep request and answer payloads on the context
     plane: DataPlane = field(init=False)
 
     def __post_init__(self) -> None:

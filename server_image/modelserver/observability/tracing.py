@@ -1,5 +1,6 @@
-"""Per-request traces (`--trace_file PATH --trace_sample_rate N`) and the TensorBoard profiler
-server (`--profiler_port N`).
+"""Per-request traces (`--trace_file PATH --trace_sample_rate N`), the TensorBoard profiler
+server (`--profiler_port N`), and `install`, which also starts OpenTelemetry tracing (otel.py)
+and payload logging (payload.py).
 
 Every Nth finished request is written as one JSON line: request id, model, version, label,
 signature, protocol, API, status, batch size, and the wall-clock times (Unix seconds) at which it
@@ -16,10 +17,12 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 from modelserver.core.request_context import RequestContext
+from modelserver.observability import otel, payload
 
 
 def _wall_offset() -> float:
@@ -119,13 +122,34 @@ def start_profiler_server(port: int) -> None:
     tf.profiler.experimental.server.start(port)
 
 
-def install(state: Any) -> TraceWriter | None:
-    """Adds the trace writer to a ServerState's request hooks when `--trace_file` is set (raises
-    ValueError for unusable settings, which the server reports before starting)."""
+class Observers:
+    """What `install` started, closed in reverse order by `close()`."""
+
+    def __init__(self) -> None:
+        self.closes: list[Callable[[], None]] = []
+
+    def close(self) -> None:
+        while self.closes:
+            self.closes.pop()()
+
+
+def install(state: Any, server_metrics: Any = None) -> Observers | None:
+    """Adds the request tracers to a ServerState's request hooks, in this order: the trace file
+    (`--trace_file`), OpenTelemetry spans (otel.py) and payload logging (payload.py, which reads
+    the span's trace id). Raises ValueError for unusable settings, which the server reports
+    before starting; None when none is on."""
     flags = state.flags
-    if not flags.trace_file:
-        return None
-    writer = TraceWriter(flags.trace_file, flags.trace_sample_rate or 1)
-    state.request_hooks.append(writer.finish)
-    writer.flush_periodically(asyncio.get_running_loop())
-    return writer
+    observers = Observers()
+    try:
+        if flags.trace_file:
+            writer = TraceWriter(flags.trace_file, flags.trace_sample_rate or 1)
+            state.request_hooks.append(writer.finish)
+            writer.flush_periodically(asyncio.get_running_loop())
+            observers.closes.append(writer.close)
+        for started in (otel.install(state), payload.install(state, server_metrics)):
+            if started is not None:
+                observers.closes.append(started.close)
+    except BaseException:
+        observers.close()
+        raise
+    return observers if observers.closes else None

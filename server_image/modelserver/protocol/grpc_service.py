@@ -91,7 +91,13 @@ class _Base:
             async with self.plane.request("grpc", api, deadline=deadline, route_key=route_key(context)) as ctx:
                 if isinstance(request, MalformedRequest):
                     raise invalid_argument(request.message)
+                if self.state.trace_context:  # OpenTelemetry or payload logging is on
+                    trace_metadata(context, ctx)
+                    if self.state.capture_payloads and api in PAYLOAD_APIS:
+                        ctx.request_payload = request
                 response = await body(ctx)
+                if ctx.request_payload is not None:
+                    ctx.response_payload = response
                 if ctx.routed and ctx.label and ctx.label.isascii() and ctx.label.isprintable():
                     # the label the traffic split chose (the version is in model_spec); metadata is ASCII
                     context.set_trailing_metadata(((LABEL_METADATA, ctx.label),))
@@ -106,6 +112,18 @@ def route_key(context: grpc.aio.ServicerContext) -> bytes | None:
         if key == ROUTE_KEY_METADATA:
             return value.encode() if isinstance(value, str) else bytes(value)
     return None
+
+
+def trace_metadata(context: grpc.aio.ServicerContext, ctx: RequestContext) -> None:
+    """The client's W3C `traceparent` and `tracestate` metadata onto the request's context."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent" and isinstance(value, str):
+            ctx.traceparent = value
+        elif key == "tracestate" and isinstance(value, str):
+            ctx.tracestate = value
+
+
+PAYLOAD_APIS = frozenset({"predict", "classify", "regress", "multi_inference"})  # what payload logging keeps
 
 
 class PredictionService(_Base, prediction_service_pb2_grpc.PredictionServiceServicer):

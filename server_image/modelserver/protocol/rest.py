@@ -218,12 +218,16 @@ class RestApi:
                                           route_key=key.encode("utf-8", "surrogateescape") if key is not None
                                           else None) as ctx:
                 seen = ctx
+                if self.state.trace_context:  # OpenTelemetry or payload logging is on
+                    ctx.traceparent, ctx.tracestate = request.headers.get("traceparent"), request.headers.get("tracestate")
                 large = request.content_length is None or request.content_length > INLINE_BODY_BYTES
                 if large:
                     async with self._lane_turn():
                         body = await self._post(request, m, method, ctx, self._on_lane)
                 else:
                     body = await self._post(request, m, method, ctx, _inline)
+                if ctx.request_payload is not None:
+                    ctx.response_payload = body
         except ServingError as exc:
             if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED and request.get(_READING):
                 exc = ServingError(exc.code, f"{exc.message}: the request body did not arrive in time", http=408)
@@ -278,7 +282,10 @@ class RestApi:
                     run: Callable[..., Any]) -> bytes:
         """The answer's JSON text; `run(fn, *args)` runs the decoding and encoding steps (on the
         event loop, or on the large-body lane)."""
-        body = await run(parse_body, await self._read(request))
+        raw = await self._read(request)
+        if self.state.capture_payloads:
+            ctx.request_payload = raw
+        body = await run(parse_body, raw)
         sig_name = body.get("signature_name", "")
         servable = self.plane.resolve(model_ref(m), ctx)
         if method == "predict":
