@@ -50,8 +50,11 @@ from modelserver.core.storage import default_storage
 from modelserver.observability import metrics, profiler, tracing
 from modelserver.protocol.admin import TokenFile, make_admin_app
 from modelserver.protocol.grpc_service import add_services, server_options
-from modelserver.protocol.rest import make_app
+from modelserver.protocol.rest import RestApi, make_app
 from modelserver.protocol.tls import TlsConfig, server_credentials
+from modelserver.protocol.v2_grpc import add_services as add_v2_services
+from modelserver.protocol.v2_model import ModelStats
+from modelserver.protocol.v2_rest import V2Rest
 from modelserver.warmup import replay as warmup
 from modelserver.warmup.sources import WarmupPlan
 
@@ -87,6 +90,7 @@ class ModelServer:
         self.grpc_server: grpc.aio.Server | None = None
         self.rest_runner: web.AppRunner | None = None
         self._server_metrics: metrics.ServerMetrics | None = None
+        self.v2_stats = ModelStats()  # Triton's statistics extension of the v2 protocol
         self._grpc_grace: float | None = None  # None (cancel calls) until drain() gives the grace
         self._closes: list[Callable[[], Awaitable[None]]] = []  # the ports' closes, gRPC first
         self._load: asyncio.Future[None] | None = None
@@ -224,6 +228,7 @@ class ModelServer:
         )
         self.state = ServerState(flags, self.manager, DirectRunner(model_pool, flags.inline_call_max_us / 1e6),
                                  monitoring_config=self.monitoring_config)
+        self.state.request_hooks.append(self.v2_stats.finish)  # every protocol's inference requests
 
     async def _start_observe(self) -> None:
         assert self.state is not None
@@ -265,6 +270,7 @@ class ModelServer:
             raise StartError(str(exc)) from None
         server = grpc.aio.server(options=options)
         add_services(server, self.state)
+        add_v2_services(server, self.state, self.v2_stats)  # the Open Inference Protocol (KServe v2)
         if flags.enable_profiler:  # TensorBoard's profile capture, on the gRPC port as in TF Serving
             profiler.add_service(server, flags.profiler_dir, flags.profiler_max_duration_seconds)
         self._add_close(lambda: server.stop(self._grpc_grace))
@@ -289,7 +295,11 @@ class ModelServer:
                       "Skipped exporting HTTP/REST API.")
         if not port:
             return
-        runner = web.AppRunner(make_app(self.state), shutdown_timeout=flags.drain_timeout_seconds, access_log=None,
+        def add_v2_routes(app: web.Application, api: RestApi) -> None:  # the Open Inference Protocol (KServe v2)
+            assert self.state is not None
+            V2Rest(self.state, api, self.v2_stats).add_routes(app)
+
+        runner = web.AppRunner(make_app(self.state, add_v2_routes), shutdown_timeout=flags.drain_timeout_seconds, access_log=None,
                                keepalive_timeout=flags.rest_api_idle_timeout_seconds)
         await self._bind_site(runner, port, "the REST port")
         self.rest_runner = runner

@@ -259,7 +259,7 @@ class _Collector:
         yield _tf_hist(":tensorflow:serving:request_latency",
                        "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
                        ["model_name", "API", "entrypoint"],
-                       [((model, TF_API.get(api, api), "GRPC" if proto == "grpc" else "REST"), s.tf_latency)
+                       [((model, TF_API.get(api, api), "GRPC" if proto.endswith("grpc") else "REST"), s.tf_latency)
                         for (model, _v_, _l, api, proto, _st), s in series if api in INFERENCE_APIS])
         yield _tf_hist(":tensorflow:serving:runtime_latency",
                        "Distribution of wall time (in microseconds) for Tensorflow runtime.",

@@ -75,6 +75,8 @@ class _Base:
     """The transport: a request's lifecycle is the data plane's; this adds only what is gRPC's
     own (malformed bytes, the SIGTERM hold, the deadline, the status on the wire)."""
 
+    protocol = "grpc"  # the requests' protocol in metrics and traces (v2_grpc: "v2_grpc")
+
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.plane = state.plane
@@ -88,7 +90,7 @@ class _Base:
         remaining = context.time_remaining()
         deadline = time.perf_counter() + remaining if remaining is not None else None
         try:
-            async with self.plane.request("grpc", api, deadline=deadline, route_key=route_key(context)) as ctx:
+            async with self.plane.request(self.protocol, api, deadline=deadline, route_key=route_key(context)) as ctx:
                 if isinstance(request, MalformedRequest):
                     raise invalid_argument(request.message)
                 if self.state.trace_context:  # OpenTelemetry or payload logging is on

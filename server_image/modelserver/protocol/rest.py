@@ -325,7 +325,9 @@ async def _errors_as_json(request: web.Request, handler: Any) -> web.StreamRespo
         raise
 
 
-def make_app(state: ServerState) -> web.Application:
+def make_app(state: ServerState, extend: Callable[[web.Application, RestApi], None] | None = None
+             ) -> web.Application:
+    """The REST app; `extend(app, api)` adds another protocol's routes (v2_rest) before TF Serving's."""
     quiet_client_errors()
     api = RestApi(state)
     app = web.Application(client_max_size=state.flags.rest_api_max_request_bytes, middlewares=[_errors_as_json])
@@ -337,6 +339,8 @@ def make_app(state: ServerState) -> web.Application:
     app.router.add_get(contract.HEALTH_LIVE_PATH, api.live)
     app.router.add_get(contract.HEALTH_READY_PATH, api.ready)
     app.add_routes(state.rest_routes)
+    if extend is not None:
+        extend(app, api)
     app.router.add_get(contract.MODELS_PREFIX + "/{tail:.*}", api.get)
     app.router.add_post(contract.MODELS_PREFIX + "/{tail:.*}", api.post)
 
