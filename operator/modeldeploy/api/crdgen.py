@@ -96,6 +96,10 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.phase"},
     {"name": "Weight", "type": "integer", "jsonPath": ".status.rollout.weight"},
     {"name": "Autoscaler", "type": "string", "jsonPath": ".status.autoscaler.summary"},
+    # scale to zero (wide: `kubectl get md -o wide`): the condition, the requests held now, the last cold start
+    {"name": "Zero", "type": "string", "jsonPath": '.status.conditions[?(@.type=="ScaledToZero")].status', "priority": 1},
+    {"name": "Held", "type": "integer", "jsonPath": ".status.scaleToZero.heldRequests", "priority": 1},
+    {"name": "ColdStart", "type": "number", "jsonPath": ".status.scaleToZero.lastColdStart.seconds", "priority": 1},
     {"name": "Replicas", "type": "integer", "jsonPath": ".status.desiredReplicas"},
     {"name": "Available", "type": "integer", "jsonPath": ".status.readyReplicas"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

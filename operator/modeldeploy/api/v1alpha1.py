@@ -365,17 +365,39 @@ class ScalingBehavior(_Model):
     scale_down: ScalingRules | None = Field(None, description="default: 300 s stabilization, -100% per 15 s")
 
 
+HPA_ZERO = ("autoscaling.minReplicas 0 needs mode: operator (a HorizontalPodAutoscaler scales to zero only "
+            "behind the HPAScaleToZero alpha feature gate)")
+
+
+class ScaleToZero(_Model):
+    """With `minReplicas: 0`: the limits of scaling to zero and back. While no pod is ready, the
+    Service's requests wait in the activator (at most `maxHeldRequests`, each at most
+    `holdTimeoutSeconds` or its client's deadline) and the first one scales the Deployment up."""
+
+    idle_seconds: int = Field(300, ge=5, le=7 * 86400,
+                              description="no inference request for this long: the Deployment goes to 0 replicas")
+    max_held_requests: int = Field(100, ge=0, le=100000,
+                                   description="requests held while no pod is ready; beyond: REST 429 / gRPC "
+                                               "RESOURCE_EXHAUSTED with Retry-After")
+    hold_timeout_seconds: int = Field(300, ge=1, le=3600,
+                                      description="a held request waits at most this long for a ready pod; then "
+                                                  "REST 503 / gRPC UNAVAILABLE (the model is starting)")
+
+
 class Autoscaling(_Model):
     """Replicas that follow a metric from Prometheus: by the operator itself (`mode: operator`, the
     HPA algorithm as Kubernetes implements it), or by an autoscaling/v2 HPA on an External metric
-    (`mode: hpa`, with the chart's prometheus-adapter rules)."""
+    (`mode: hpa`, with the chart's prometheus-adapter rules). `minReplicas: 0` (mode operator) scales
+    to zero after `scaleToZero.idleSeconds` without a request, and back at the first one."""
 
     model_config = ConfigDict(
-        json_schema_extra=_cel(("self.minReplicas <= self.maxReplicas", "autoscaling.minReplicas must be <= maxReplicas"))
+        json_schema_extra=_cel(("self.minReplicas <= self.maxReplicas", "autoscaling.minReplicas must be <= maxReplicas"),
+                               ("!has(self.mode) || self.mode != 'hpa' || !has(self.minReplicas) || self.minReplicas >= 1",
+                                HPA_ZERO))
     )
 
     mode: AutoscalingMode = AutoscalingMode.operator
-    min_replicas: int = Field(1, ge=1, le=1000)
+    min_replicas: int = Field(1, ge=0, le=1000, description="0: scale to zero when idle (mode operator; see scaleToZero)")
     max_replicas: int = Field(ge=1, le=1000)
     metric: Metric = Metric.latency_p99
     target: float = Field(gt=0, description="the metric's target (ms for latencies; per replica for rates)")
@@ -384,11 +406,21 @@ class Autoscaling(_Model):
     window_seconds: int = Field(60, ge=10, le=3600, description="the rate window of the queries")
     tolerance: float = Field(0.1, ge=0, le=1, description="no change while |value/target - 1| is within it")
     behavior: ScalingBehavior | None = None
+    scale_to_zero: ScaleToZero | None = Field(None, description="the limits of minReplicas: 0 (defaults when absent)")
+
+    @property
+    def to_zero(self) -> ScaleToZero | None:
+        """The scale-to-zero limits when minReplicas is 0 (the defaults unless given), else None."""
+        if self.min_replicas > 0:
+            return None
+        return self.scale_to_zero or ScaleToZero.model_validate({})
 
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:
         if self.min_replicas > self.max_replicas:
             raise ValueError("autoscaling.minReplicas must be <= maxReplicas")
+        if self.mode == AutoscalingMode.hpa and self.min_replicas == 0:
+            raise ValueError(HPA_ZERO)
         return self
 
 
@@ -584,6 +616,25 @@ class AutoscalerStatus(_Model):
     scale_events: list[ScaleRecord] | None = Field(None, description="the rate limits' history")
 
 
+class ColdStartStatus(_Model):
+    """The last cold start: from the first held request to its answer, in parts (seconds)."""
+
+    started: str | None = Field(None, description="when the first request was held (RFC 3339)")
+    seconds: float | None = Field(None, description="first held request -> its answer")
+    scheduled_seconds: float | None = Field(None, description="first held request -> the pod scheduled")
+    loaded_seconds: float | None = Field(None, description="scheduled -> the model loaded (the server started)")
+    warmed_up_seconds: float | None = Field(None, description="loaded -> warmed up and ready")
+    first_answer_seconds: float | None = Field(None, description="ready -> the first held request answered")
+
+
+class ScaleToZeroStatus(_Model):
+    held_requests: int | None = Field(None, description="requests waiting in the activator now")
+    waiting_since: str | None = Field(None, description="since when the oldest held request waits (RFC 3339)")
+    idle_seconds: float | None = Field(None, description="seconds since the last inference request, as measured")
+    last_cold_start: ColdStartStatus | None = None
+    message: str | None = None
+
+
 class ModelDeploymentStatus(_Model):
     observed_generation: int | None = None
     conditions: list[Condition] | None = Field(
@@ -604,6 +655,7 @@ class ModelDeploymentStatus(_Model):
     routing: RoutingStatus | None = None
     rollout: RolloutStatus | None = None
     autoscaler: AutoscalerStatus | None = None
+    scale_to_zero: ScaleToZeroStatus | None = None
     traffic_summary: str | None = Field(None, description="the split in force (printer column)")
     config_hash: str | None = None
     selector: str | None = Field(None, description="pod label selector (scale subresource)")
