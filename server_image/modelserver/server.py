@@ -196,9 +196,9 @@ class ModelServer:
             log.error("model config rejected: %s", exc.message)
             return False
         routing_file = self.flags.routing_config_file
-        routed = bool(routing_file) and await apply_initial_routing(self.manager, Path(routing_file))
+        routing_text = await apply_initial_routing(self.manager, Path(routing_file)) if routing_file else None
         log.info("initial load done; ready=%s", self.manager.is_ready())
-        self._pollers = start_pollers(self.flags, self.manager, routed)
+        self._pollers = start_pollers(self.flags, self.manager, self.configs, routing_text)
         return True
 
     async def _cancel_load(self) -> None:

@@ -321,13 +321,14 @@ def test_unimplemented_flags_warning_and_timeouts(start_server, models_dir: Path
                         f"--monitoring_config_file={tmp_path / 'monitoring.config'}",
                         "--rest_api_num_threads=4", "--use_alts_credentials=false", "--ssl_config_file", "",
                         "--tensorflow_intra_op_parallelism=1", "--tensorflow_inter_op_parallelism=1",
-                        "--rest_api_timeout_in_ms=300", f"--grpc_socket_path={tmp_path / 'grpc.sock'}"])
+                        "--rest_api_timeout_in_ms=3000", f"--grpc_socket_path={tmp_path / 'grpc.sock'}"])
     r = requests.post(f"{srv.url}/v1/models/bytes_model:predict", json={"instances": ["ab"]}, timeout=30)
     assert r.json() == {"predictions": [{"data_bytes": {"b64": "YWI="}, "length": 2}]}
     out = srv.output()
     assert "--rest_api_num_threads is accepted for compatibility but has no effect" in out
     assert "--use_alts_credentials is accepted" in out and "--ssl_config_file is accepted" not in out
-    # a request that outlives --rest_api_timeout_in_ms gets 504 (the model waits for a file)
+    # a request that outlives --rest_api_timeout_in_ms gets 504 (the model waits for a file; 3 s, so
+    # that the normal request above stays under it on a loaded machine)
     target = tmp_path / "never.data"
     r = requests.post(f"{srv.url}/v1/models/bytes_model:predict",
                       json={"signature_name": "read_file", "inputs": {"path": str(target)}}, timeout=30)

@@ -29,7 +29,11 @@ def read_text(path: str | Path, what: str, error: type[ConfigError] = ConfigErro
 
 def read_json(path: str | Path, what: str, error: type[ConfigError] = ConfigError) -> Any:
     """The file's JSON document; `error` when it cannot be read or is not JSON."""
-    text = read_text(path, what, error)
+    return parse_json(read_text(path, what, error), what, path, error)
+
+
+def parse_json(text: str, what: str, path: str | Path, error: type[ConfigError] = ConfigError) -> Any:
+    """`text` (read from `path`) as a JSON document; `error` when it is not JSON."""
     try:
         return json.loads(text)
     except ValueError as exc:

@@ -6,6 +6,10 @@ may pass (a label on a version that is still loading) is applied again at every 
 is, and its refusal is logged once; one that is broken (does not parse, or is older than what is
 in force) waits for its next change. In each poll the model config goes first, so that a routing
 table that points a label at a version the model config has just added finds it loaded.
+
+A poller starts from what is in force, not from the file as it reads when the poller starts: the
+model config was read before the initial load (seconds earlier, with TensorFlow), and a file that
+changed in between (a ConfigMap updated while a new pod starts) must still be applied.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from pathlib import Path
 
 import grpc
 
+from modelserver.config.files import read_text
 from modelserver.config.flags import Flags
-from modelserver.config.model_config import ConfigError, load_model_config_file
+from modelserver.config.model_config import ConfigError, ModelConfig, load_model_config_file
 from modelserver.core.errors import ServingError
 from modelserver.core.manager import Manager
-from modelserver.core.routing import load_table
+from modelserver.core.routing import load_table, table_from_text
 
 log = logging.getLogger("modelserver")
 
@@ -63,19 +68,25 @@ class FilePoller:
             self.last, self.failed = text, None
 
 
-def model_config_poller(manager: Manager, path: Path) -> FilePoller:
+def model_config_poller(manager: Manager, path: Path, in_force: list[ModelConfig]) -> FilePoller:
+    """`in_force`: the configs the initial load applied. The file's text now is the baseline only
+    if it says the same; otherwise the first poll applies it."""
     async def apply(p: Path) -> None:
         await manager.reload(load_model_config_file(p))
 
     text = _read(path)
-    return FilePoller(path, "model config file", apply, text)
+    try:
+        same = text is not None and load_model_config_file(path) == in_force
+    except ConfigError:
+        same = False
+    return FilePoller(path, "model config file", apply, text if same else None)
 
 
-def routing_poller(manager: Manager, path: Path, applied: bool) -> FilePoller:
+def routing_poller(manager: Manager, path: Path, applied_text: str | None) -> FilePoller:
     async def apply(p: Path) -> None:
         manager.apply_routing(load_table(str(p)))
 
-    return FilePoller(path, "routing config file", apply, _read(path) if applied else None)
+    return FilePoller(path, "routing config file", apply, applied_text)
 
 
 def _read(path: Path) -> str | None:
@@ -85,28 +96,33 @@ def _read(path: Path) -> str | None:
         return None
 
 
-async def apply_initial_routing(manager: Manager, path: Path) -> bool:
-    """The routing file's table after the initial load; False (logged) when it is not in force
-    yet, and the server stays not ready until a poll applies it."""
+async def apply_initial_routing(manager: Manager, path: Path) -> str | None:
+    """Puts the routing file's table in force after the initial load and returns the text it
+    applied; None (logged) when it is not in force yet, and the server stays not ready until a
+    poll applies it."""
     try:
-        manager.apply_routing(load_table(str(path)))
+        text = read_text(path, "routing config file")
+        manager.apply_routing(table_from_text(text, str(path)))
     except (ConfigError, ServingError) as exc:  # unreadable or not JSON; a table refused
         log.error("routing config file not applied yet: %s", exc)
-        return False
+        return None
     log.info("routing generation %d in force from %s", manager.routing.generation, path)
-    return True
+    return text
 
 
-def start_pollers(flags: Flags, manager: Manager, routing_applied: bool) -> list[asyncio.Task[None]]:
+def start_pollers(flags: Flags, manager: Manager, in_force: list[ModelConfig],
+                  routing_text: str | None) -> list[asyncio.Task[None]]:
+    """`in_force`: the model configs of the initial load; `routing_text`: the routing file's text
+    that `apply_initial_routing` put in force (None: none yet)."""
     tasks = []
     if flags.file_system_poll_wait_seconds > 0:
         tasks.append(asyncio.ensure_future(_poll_versions(manager, flags.file_system_poll_wait_seconds)))
     every = flags.model_config_file_poll_wait_seconds
     pollers = []
     if flags.model_config_file and every > 0:
-        pollers.append(model_config_poller(manager, Path(flags.model_config_file)))
-    if flags.routing_config_file and (every > 0 or not routing_applied):
-        pollers.append(routing_poller(manager, Path(flags.routing_config_file), routing_applied))
+        pollers.append(model_config_poller(manager, Path(flags.model_config_file), in_force))
+    if flags.routing_config_file and (every > 0 or routing_text is None):
+        pollers.append(routing_poller(manager, Path(flags.routing_config_file), routing_text))
     if pollers:
         tasks.append(asyncio.ensure_future(_poll_files(pollers, every if every > 0 else 1)))
     return tasks

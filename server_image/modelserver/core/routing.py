@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from modelserver.config.files import read_json
+from modelserver.config.files import parse_json, read_text
 from modelserver.core.errors import invalid_argument
 
 MAX_WEIGHT = 1_000_000
@@ -165,4 +165,9 @@ def load_table(path: str) -> RoutingTable:
     """`--routing_config_file`: a routing document as JSON. ConfigError when the file cannot be
     read or is not JSON, INVALID_ARGUMENT (parse_table) when its table is wrong; the caller
     reports either."""
-    return parse_table(read_json(path, "routing config file"), f"routing config file {path}")
+    return table_from_text(read_text(path, "routing config file"), path)
+
+
+def table_from_text(text: str, path: str) -> RoutingTable:
+    """The routing file's text (read once by the caller, who keeps it) as a RoutingTable."""
+    return parse_table(parse_json(text, "routing config file", path), f"routing config file {path}")
