@@ -104,7 +104,7 @@ def test_the_operator_killed_at_20_random_points_converges_and_no_request_fails(
     try:
         # creates: a base model that serves the whole time, and three more created between kills
         cluster.create(half_plus_two("base", namespace, replicas=1))
-        wait_for(lambda: converged(cluster, namespace, "base"), READY_TIMEOUT, "base Ready")
+        must_converge("base", READY_TIMEOUT)
         with Load(cluster, namespace, "base", "half_plus_two", threads=2) as load:
             names = ["k1", "k2", "k3"]
             for name in names:
