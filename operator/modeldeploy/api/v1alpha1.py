@@ -630,7 +630,9 @@ class ColdStartStatus(_Model):
 class ScaleToZeroStatus(_Model):
     held_requests: int | None = Field(None, description="requests waiting in the activator now")
     waiting_since: str | None = Field(None, description="since when the oldest held request waits (RFC 3339)")
-    idle_seconds: float | None = Field(None, description="seconds since the last inference request, as measured")
+    requests_in_idle_window: float | None = Field(None, description="inference requests in the last idleSeconds "
+                                                                   "(Prometheus), as last measured")
+    awake_since: float | None = Field(None, description="when the Deployment last left zero (Unix seconds)")
     last_cold_start: ColdStartStatus | None = None
     message: str | None = None
 

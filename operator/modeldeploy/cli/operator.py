@@ -71,6 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--prometheus-url-prefix", action="append", default=[],
         help="a ModelDeployment's own prometheus.url must be under one of these URLs (repeatable; default: any); "
              "the operator fetches that URL itself")
+    parser.add_argument(
+        "--activator-url", default=os.environ.get("MODELDEPLOY_ACTIVATOR_URL", ""),
+        help="the activator's HTTP API (env MODELDEPLOY_ACTIVATOR_URL), which holds the requests of ModelDeployments "
+             "scaled to zero (autoscaling.minReplicas 0); none: they never go below 1 replica")
+    parser.add_argument(
+        "--activator-token-file", default=os.environ.get("MODELDEPLOY_ACTIVATOR_TOKEN_FILE", ""),
+        help="the bearer token of the activator's HTTP API (env MODELDEPLOY_ACTIVATOR_TOKEN_FILE)")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
@@ -129,6 +136,11 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"modeldeploy operator: --token-key-file: {exc}", file=sys.stderr)
         return 2
+    try:
+        activator_token = Path(args.activator_token_file).read_text().strip() if args.activator_token_file else ""
+    except OSError as exc:
+        print(f"modeldeploy operator: --activator-token-file: {exc}", file=sys.stderr)
+        return 2
     bad = [p for p in args.host_path_prefix if not p.startswith("/")] + [
         u for u in args.prometheus_url_prefix if not u.startswith(("http://", "https://"))]
     if bad:
@@ -140,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
                           prometheus_url_prefixes=tuple(args.prometheus_url_prefix))
     settings = Settings(defaults=defaults, resync_seconds=args.resync_seconds, model_status_url=args.model_status_url,
                         workers=args.workers, pod_admin=args.pod_admin, prometheus_url=args.prometheus_url,
-                        token_key=key, policy=admin)
+                        token_key=key, policy=admin, activator_url=args.activator_url,
+                        activator_token=activator_token)
     return controller.run(settings, controller.Serving(
         namespaces=tuple(args.namespace), metrics_port=args.metrics_port, health_port=args.health_port,
         bind=args.bind, crd_wait_seconds=args.crd_wait_seconds, verbose=args.verbose))

@@ -157,6 +157,14 @@ class Kube:
         return self.request("PATCH", path_for(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"]),
                             body=patch, content_type="application/json-patch+json")
 
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        """DELETE; one already gone is fine."""
+        try:
+            self.request("DELETE", path_for(api_version, kind, namespace, name))
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj | None:
         try:
             return self.request("GET", path_for(api_version, kind, namespace, name))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from modeldeploy.clients import servers
 from modeldeploy.clients.kube import Kube
-from modeldeploy.controller import metrics
+from modeldeploy.controller import activation, metrics
 from modeldeploy.controller.cache import Cache
 from modeldeploy.controller.workqueue import WorkQueue
 from modeldeploy.decisions import render
@@ -58,6 +58,9 @@ class Settings:
     secret_seconds: float = 300.0
     # What the cluster admin allows a spec (hostPath, the Prometheus URLs the operator fetches).
     policy: Policy = field(default_factory=Policy)
+    # The activator (scale to zero): its HTTP API ("" : none, so nothing scales to zero) and token.
+    activator_url: str = ""
+    activator_token: str = field(default="", repr=False)
 
 
 Reconcile = Callable[["OperatorContext", str, str], "float | None"]
@@ -75,6 +78,7 @@ class OperatorContext:
     traffic_pending: dict[Key, bool] = field(default_factory=dict)
     queue: WorkQueue[Key] = field(init=False)
     executor: ThreadPoolExecutor = field(init=False)
+    demand: asyncio.Task[None] | None = field(init=False, default=None)  # activation.watch (scale to zero)
 
     def __post_init__(self) -> None:
         self.queue = WorkQueue(self._run, self.settings.workers)
@@ -87,7 +91,13 @@ class OperatorContext:
 
     def start(self) -> None:
         self.queue.start()
+        if self.settings.activator_url:
+            self.demand = asyncio.get_running_loop().create_task(
+                activation.watch(self.settings.activator_url, self.settings.activator_token, self.queue.add))
 
     async def stop(self) -> None:
+        if self.demand is not None:
+            self.demand.cancel()
+            await asyncio.gather(self.demand, return_exceptions=True)
         await self.queue.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)

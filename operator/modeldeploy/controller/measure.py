@@ -105,3 +105,20 @@ def autoscaler_metric(a: api.Autoscaling, default_url: str, namespace: str, name
     if value is not None and api.Metric(a.metric) == api.Metric.rps and not math.isnan(value):
         value = value / ready if ready else None  # per ready replica
     return autoscale.Measured(now, value, answer.problem)
+
+
+def idle_requests(url: str, namespace: str, name: str, window_s: int) -> tuple[float | None, str]:
+    """Inference requests in the last `window_s` seconds (scale to zero), or None and why: no URL,
+    Prometheus unreachable, or no fresh scrape of the pods (no series while they are scraped is 0)."""
+    if not url:
+        return None, "no Prometheus URL (spec.autoscaling.prometheus.url, or the operator's --prometheus-url)"
+    age = prometheus.instant(url, queries.scrape_age_seconds(namespace, name))
+    if age.value is None or math.isnan(age.value):
+        return None, age.problem or "no scrape of the pods yet"
+    if age.value > max(60.0, window_s / 2):
+        return None, f"the freshest samples are {age.value:.0f} s old (stale)"
+    answer = prometheus.instant(url, queries.inference_requests(namespace, name, f"{window_s}s"))
+    if answer.value is None and not answer.problem.startswith("no series"):
+        return None, answer.problem
+    value = answer.value
+    return (0.0 if value is None or math.isnan(value) else value), ""

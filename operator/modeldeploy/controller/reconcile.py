@@ -28,11 +28,11 @@ import time
 from typing import TYPE_CHECKING
 
 from modeldeploy.api import v1alpha1 as api
-from modeldeploy.clients import servers
+from modeldeploy.clients import activator, servers
 from modeldeploy.clients.kube import KubeError
 from modeldeploy.controller import measure, metrics
 from modeldeploy.controller.workqueue import Retry
-from modeldeploy.decisions import admintoken, autoscale, plan, render, rollout
+from modeldeploy.decisions import admintoken, autoscale, plan, render, rollout, scaletozero
 from modeldeploy.decisions.plan import Event, Observed, Outcome, Plan, parse_spec
 from modeldeploy.decisions.records import Endpoint, PodReport, PushResult, VersionReport
 
@@ -122,8 +122,31 @@ def observe(ctx: OperatorContext, body: Obj) -> Observed:
     now_s = time.time()
     measured = measure_autoscaler(ctx, body, spec, children, now_s)
     checked = measure_rollout(ctx, body, spec, now_s)
+    act, ready_pods, idle, idle_problem = observe_zero(ctx, spec, namespace, name, children)
     return Observed(body, None if isinstance(parsed, plan.Problem) else parsed, problem, children, served, endpoints,
-                    pods, token, due, refused, measured, checked, now_s, tuple(ctx.cache.pods(namespace, name)))
+                    pods, token, due, refused, measured, checked, now_s, tuple(ctx.cache.pods(namespace, name)),
+                    act, ready_pods, idle, idle_problem)
+
+
+def observe_zero(ctx: OperatorContext, spec: api.ModelDeploymentSpec | None, namespace: str, name: str,
+                 children: dict[plan.ChildKey, Obj]
+                 ) -> tuple[scaletozero.Activator | None, tuple[scaletozero.PodEndpoint, ...], float | None, str]:
+    """Scale to zero: the ready pods' model ports (the admin Service's slices), the activator told
+    them (an idempotent PUT, whose answer is what it holds and where its ports are), and, while pods
+    run and nothing is held, the inference requests of the idle window from Prometheus."""
+    a = spec.autoscaling if spec is not None else None
+    limits = a.to_zero if a is not None and a.mode == api.AutoscalingMode.operator else None
+    if a is None or limits is None:
+        return None, (), None, ""
+    pods = scaletozero.pod_endpoints(ctx.cache.endpoint_slices(namespace, render.admin_service_name(name)))
+    url = ctx.settings.activator_url
+    act = activator.sync(url, ctx.settings.activator_token, namespace, name, limits, pods) if url else None
+    running = int((((children.get(("Deployment", name)) or {}).get("spec")) or {}).get("replicas") or 0) > 0
+    if not running or act is None or not act.reachable or act.held:
+        return act, tuple(pods), None, ""
+    prom = a.prometheus.url if a.prometheus else ctx.settings.prometheus_url
+    requests, why = measure.idle_requests(prom, namespace, name, limits.idle_seconds)
+    return act, tuple(pods), requests, why
 
 
 def ask_servers(ctx: OperatorContext, spec: api.ModelDeploymentSpec | None, namespace: str, name: str,
@@ -203,8 +226,15 @@ def claim_exists(ctx: OperatorContext, namespace: str, claim: str) -> bool:
 # -- execute --
 def execute(ctx: OperatorContext, body: Obj, decided: Plan) -> Outcome | None:
     """Do what the plan says; None when the ModelDeployment went away meanwhile."""
+    if decided.finalizer == "remove" and ctx.settings.activator_url:
+        meta = body["metadata"]
+        activator.forget(ctx.settings.activator_url, ctx.settings.activator_token, meta["namespace"], meta["name"])
     if decided.finalizer is not None and not _finalizer(ctx, body, decided.finalizer):
         return None
+    if not body["metadata"].get("deletionTimestamp"):
+        problem = sync_slices(ctx, body, decided.slices)
+        if problem is not None:
+            return Outcome({}, problem)
     applied: dict[plan.ChildKey, Obj] = {}
     for action in decided.writes:
         try:
@@ -230,6 +260,28 @@ def execute(ctx: OperatorContext, body: Obj, decided: Plan) -> Outcome | None:
                 log.info("routing push to %s/%s pod %s: %s", body["metadata"]["namespace"], body["metadata"]["name"],
                          r.pod, r.error)
     return Outcome(applied, pushed=pushed)
+
+
+def sync_slices(ctx: OperatorContext, body: Obj, desired: tuple[Obj, ...]) -> plan.Problem | None:
+    """The Service's EndpointSlices that the operator writes (scale to zero), before the children:
+    the activator's slice is in place before a Deployment scaled to zero loses its pods. Slices of
+    ours no longer wanted (the pods moved, scale to zero turned off) are deleted."""
+    meta = body["metadata"]
+    live = {s["metadata"]["name"]: s for s in ctx.cache.endpoint_slices(meta["namespace"], meta["name"])
+            if scaletozero.ours(s)}
+    try:
+        for s in desired:
+            if not scaletozero.slice_in_sync(s, live.get(s["metadata"]["name"])):
+                ctx.cache.wrote(ctx.kube.apply(s))
+        for gone in sorted(set(live) - {s["metadata"]["name"] for s in desired}):
+            ctx.kube.delete("discovery.k8s.io/v1", "EndpointSlice", meta["namespace"], gone)
+            ctx.cache.deleted(live[gone])
+    except KubeError as exc:
+        metrics.API_ERRORS.labels(status=str(exc.status)).inc()
+        if exc.transient:
+            raise Retry(f"writing the Service's EndpointSlices: {exc}", 1) from exc
+        return plan.Problem("ApplyFailed", f"the API server rejected an EndpointSlice: {exc.message}")
+    return None
 
 
 class NotOurs(Exception):

@@ -308,13 +308,14 @@ def scale(spec: api.ModelDeploymentSpec, deployment: Obj | None, hpa: Obj | None
         return Scaling(None, hpa_status(a, hpa))
     prev = previous or {}
     dep_spec = (deployment or {}).get("spec") or {}
-    current = int(prev.get("desiredReplicas") or dep_spec.get("replicas") or a.min_replicas)
+    floor = max(1, a.min_replicas)  # minReplicas 0: the algorithm keeps 1; scaling to zero is scaletozero.decide's
+    current = int(prev.get("desiredReplicas") or dep_spec.get("replicas") or floor)
     ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
     if measured is None:  # not due: keep the last decision (a hand edit of the replicas is undone)
-        kept = min(max(current, a.min_replicas), a.max_replicas)
+        kept = min(max(current, floor), a.max_replicas)
         return Scaling(kept, prev or None)
     recs, evs = history_of(prev)
-    obs = Observation(measured.at, current, ready, measured.value, a.target, a.min_replicas,
+    obs = Observation(measured.at, current, ready, measured.value, a.target, floor,
                                 a.max_replicas, measured.missing, behavior_of(a), recs, evs)
     d = decide(obs)
     status = {**status_of(d, obs, a.metric, prev), "summary": summary(a.metric, obs.value if

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from modeldeploy.api import v1alpha1 as api
-from modeldeploy.decisions import admintoken, autoscale, render, rollout, serverconfig, traffic
+from modeldeploy.decisions import admintoken, autoscale, render, rollout, scaletozero, serverconfig, traffic
 from modeldeploy.decisions import policy as admin_policy
 from modeldeploy.decisions.records import Endpoint, PodReport, PushResult, VersionReport
 from modeldeploy.decisions.status import Problem, compute_status, container_failure, failure_text
@@ -67,6 +67,12 @@ class Observed:
     rollout_measured: rollout.Measured | None = None  # a rollout's check, when one was due
     now: float = 0.0  # Unix seconds of this reconcile (rollout steps)
     server_pods: tuple[Obj, ...] = ()  # the Deployment's pods as the API server has them (container states)
+    # scale to zero: the activator's answer, the ready pods' model ports, the inference requests of
+    # the idle window (None: unknown, with why)
+    activator: scaletozero.Activator | None = None
+    ready_pods: tuple[scaletozero.PodEndpoint, ...] = ()
+    idle_requests: float | None = None
+    idle_problem: str = ""
 
     @property
     def deleting(self) -> bool:
@@ -98,6 +104,8 @@ class Plan:
     scaling: autoscale.Scaling | None = None
     rollout: rollout.Step | None = None
     problem: Problem | None = None  # why nothing is written (ChildNotOwned)
+    zero: scaletozero.Decision | None = None  # scale to zero's replicas and reason (None: off)
+    slices: tuple[Obj, ...] = ()  # the Service's EndpointSlices the operator writes (scale to zero)
 
     @property
     def writes(self) -> tuple[ChildAction, ...]:
@@ -270,8 +278,10 @@ def plan(observed: Observed, defaults: render.Defaults) -> Plan:
     scaled = autoscale.scale(spec, observed.children.get(("Deployment", owner.name)),
                             observed.children.get(("HorizontalPodAutoscaler", owner.name)), previous.get("autoscaler"),
                             observed.measured)
+    zero = scaletozero.plan(spec, observed.children.get(("Deployment", owner.name)), scaled.replicas, observed.activator,
+                            observed.idle_requests, observed.idle_problem, previous.get("scaleToZero"), observed.now)
     serving = render.Serving(decision.load_versions, decision.table.document(api.model_name(spec, owner.name)),
-                             scaled.replicas)
+                             scaled.replicas if zero is None else zero.replicas)
     children = render.render_all(spec, owner, defaults, serving)
     for c in children:
         live = observed.children.get((c["kind"], c["metadata"]["name"]))
@@ -283,7 +293,9 @@ def plan(observed: Observed, defaults: render.Defaults) -> Plan:
     targets = tuple(ep for ep in observed.endpoints if ep.pod in decision.push_to)
     return Plan(finalizer=finalizer, children=actions, config_hash=render.config_hash_of(children),
                 traffic=decision, routing=serving.routing, push_to=targets if observed.token else (),
-                token=observed.token, scaling=scaled, rollout=stepped)
+                token=observed.token, scaling=scaled, rollout=stepped, zero=zero,
+                slices=tuple(scaletozero.service_slices(owner, list(observed.ready_pods) if zero.replicas else [],
+                                                        observed.activator)) if zero else ())
 
 
 def secret_action(owner: render.Owner, observed: Observed) -> ChildAction:
@@ -360,6 +372,11 @@ def report(observed: Observed, plan_: Plan, outcome: Outcome, now: str) -> Repor
                                          render.token_secret_name(meta["name"]), meta["namespace"])
         if observed.token_refused and problem is None else None,
     )
+    if plan_.zero is not None and problem is None:
+        status = scaletozero.with_status(status, plan_.zero, observed.activator, observed.idle_requests,
+                                         scaletozero.cold_start(observed.activator, list(observed.server_pods),
+                                                                _warmup_seconds(observed.pods)),
+                                         previous, generation, now)
     event = summary_event(problem, previous, generation, plan_.config_hash)
     events = ((event,) if event else ()) + failed_version_event(status, previous) + failing_event(status, previous) \
         + token_event(status, previous)
@@ -367,8 +384,16 @@ def report(observed: Observed, plan_: Plan, outcome: Outcome, now: str) -> Repor
         events += tuple(Event(t, r, m) for t, r, m in plan_.scaling.events)
     if plan_.rollout is not None and problem is None:
         events += tuple(Event(t, r, m) for t, r, m in plan_.rollout.events)
+    if plan_.zero is not None and plan_.zero.event is not None and problem is None:
+        events += (Event(*plan_.zero.event),)
     patch = merge_patch(previous, status) if _differs(status, previous) else None
     return Report(patch, events, problem)
+
+
+def _warmup_seconds(pods: tuple[PodReport, ...] | None) -> float | None:
+    """The longest warmup a ready pod reported (the cold start's "warmed up" part)."""
+    found = [float(w["seconds"]) for p in pods or () for w in p.warmup.values() if isinstance(w.get("seconds"), int | float)]
+    return max(found) if found else None
 
 
 def merge_patch(old: Obj, new: Obj) -> Obj:

@@ -78,6 +78,12 @@ def error_ratio(namespace: str, name: str, window: str, codes: str = SERVER_ERRO
             f"sum(rate(modelserver_requests_total{sel}[{window}]))")
 
 
+def inference_requests(namespace: str, name: str, window: str) -> str:
+    """Inference requests answered in the window, every pod and code (scale to zero's idle test;
+    no series at all, with the pods scraped, is 0)."""
+    return f"sum(increase(modelserver_requests_total{selector(namespace, name, api=INFERENCE_APIS)}[{window}]))"
+
+
 def in_flight_per_pod(namespace: str, name: str) -> str:
     return f"avg(modelserver_in_flight_requests{selector(namespace, name)})"
 

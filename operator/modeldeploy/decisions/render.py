@@ -301,20 +301,20 @@ def render_deployment(
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(owner, owner.name), "spec": deployment_spec}
 
 
-def render_service(owner: Owner) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _meta(owner, owner.name),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector_labels(owner),
-            "ports": [
-                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
-                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"},
-            ],
-        },
-    }
+def _model_ports() -> list[dict[str, Any]]:
+    return [
+        {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
+        {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"},
+    ]
+
+
+def render_service(owner: Owner, scale_to_zero: bool = False) -> dict[str, Any]:
+    """The clients' Service. With scale to zero it has no selector: the operator writes its
+    EndpointSlices (the ready pods, or the activator while there are none: decisions.scaletozero)."""
+    spec: dict[str, Any] = {"type": "ClusterIP", "ports": _model_ports()}
+    if not scale_to_zero:
+        spec["selector"] = selector_labels(owner)
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(owner, owner.name), "spec": spec}
 
 
 def token_secret_name(owner_name: str) -> str:
@@ -332,9 +332,11 @@ def render_token_secret(owner: Owner, token: str) -> dict[str, Any]:
             "type": "Opaque", "stringData": {TOKEN_KEY: token}}
 
 
-def render_admin_service(owner: Owner) -> dict[str, Any]:
+def render_admin_service(owner: Owner, scale_to_zero: bool = False) -> dict[str, Any]:
     """Headless (no virtual IP, no load balancing): its EndpointSlices list each ready pod's admin
-    address, which the operator calls directly. Model clients use the other Service."""
+    address, which the operator calls directly. Model clients use the other Service. With scale to
+    zero they also list the model ports, which the operator copies into the other's slices."""
+    ports = [{"name": "admin", "port": ADMIN_PORT, "targetPort": "admin", "protocol": "TCP", "appProtocol": "http"}]
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -342,7 +344,7 @@ def render_admin_service(owner: Owner) -> dict[str, Any]:
         "spec": {
             "clusterIP": "None",
             "selector": selector_labels(owner),
-            "ports": [{"name": "admin", "port": ADMIN_PORT, "targetPort": "admin", "protocol": "TCP", "appProtocol": "http"}],
+            "ports": ports + (_model_ports() if scale_to_zero else []),
         },
     }
 
@@ -460,12 +462,13 @@ def render_all(spec: ModelDeploymentSpec, owner: Owner, defaults: Defaults | Non
     """Every child but the token Secret (plan.secret_action), in apply order (the ConfigMap
     before the pods that mount it)."""
     defaults = defaults or Defaults()
+    to_zero = spec.autoscaling is not None and spec.autoscaling.to_zero is not None
     configmap = render_configmap(spec, owner, serving or default_serving(spec, owner.name))
     children = [
         configmap,
         render_deployment(spec, owner, defaults, configmap, serving.replicas if serving else -1),
-        render_service(owner),
-        render_admin_service(owner),
+        render_service(owner, to_zero),
+        render_admin_service(owner, to_zero),
         render_pdb(owner),
     ]
     if spec.autoscaling and spec.autoscaling.mode == api.AutoscalingMode.hpa:
