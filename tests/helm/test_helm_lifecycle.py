@@ -9,16 +9,14 @@ children; without an operator a deletion waits on
 kopf's finalizer, and removing it by hand (the docs' `kubectl patch`) lets the model go with its
 children.
 
-Fake API server specifics: it serves no OpenAPI v2 document, so Helm's client-side OpenAPI
-validation is off (the fake validates built-in kinds itself with kubernetes-validate --strict); it
-speaks JSON only, so Helm keeps its release records in memory (the `memory` storage driver) instead
-of protobuf-encoded Secrets. RBAC kinds are registered on the fake for this test.
+As a user runs them: Helm validates the manifests against the API server's OpenAPI document (the
+local API server serves v2 and v3) and keeps its release records in Secrets. RBAC kinds are
+registered on the fake for this test.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,6 @@ from typing import Any
 import helm_python as helm
 import pytest
 from chart_support import CHART, OperatorProcess
-from helm_python import _native
 from localcluster import fakeapi
 from support import condition, wait_for
 
@@ -46,23 +43,6 @@ HALF_PLUS_TWO = {
         "resources": {"gpu": 1, "cpu": "2", "memory": "8Gi"},
     },
 }
-
-
-def _release_action(action: str, cfg: helm.Config, values: dict[str, Any]) -> dict[str, Any]:
-    """helm install / upgrade with --disable-openapi-validation (not exposed by helm-python's API)."""
-    opts = {"namespace": NS, "timeout_seconds": 60, "disable_openapi_validation": True}
-    payload = _native.call_string(
-        action,
-        cfg._raw(),
-        _native.HANDLE(0),
-        _native.HANDLE(0),
-        str(CHART),
-        RELEASE,
-        json.dumps(values),
-        json.dumps(opts),
-    )
-    release: dict[str, Any] = json.loads(payload)
-    return release
 
 
 @pytest.fixture
@@ -113,11 +93,12 @@ def _server_image(fake: Any) -> str:
 def test_install_upgrade_uninstall(fake: Any, tmp_path: Path) -> None:
     kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
     operator: OperatorProcess | None = None
-    with helm.Config(kubeconfig_path=kubeconfig, namespace=NS, storage_driver="memory") as cfg:
+    with helm.Config(kubeconfig_path=kubeconfig, namespace=NS) as cfg:
         try:
             # helm install
-            release = _release_action("helm_install", cfg, {})
+            release = cfg.install(str(CHART), RELEASE, {}, namespace=NS, timeout=60)
             assert release["status"] == "deployed" and "get md my-model -w" in release["notes"]
+            assert fake.get("", "secrets", NS, f"sh.helm.release.v1.{RELEASE}.v1")  # Helm's release record
             assert fake.get(
                 "apiextensions.k8s.io", "customresourcedefinitions", "", f"modeldeployments.{GROUP}"
             )
@@ -140,7 +121,7 @@ def test_install_upgrade_uninstall(fake: Any, tmp_path: Path) -> None:
 
             # helm upgrade with a new server image; the Deployment's Recreate strategy: old operator
             # stops, the new one starts from the upgraded Deployment and rolls the model pods.
-            release = _release_action("helm_upgrade", cfg, {"serverImage": {"tag": "0.1.1"}})
+            release = cfg.upgrade(str(CHART), RELEASE, {"serverImage": {"tag": "0.1.1"}}, namespace=NS, timeout=60)
             assert release["revision"] == 2
             upgraded = fake.get("apps", "deployments", NS, RELEASE)
             assert (
