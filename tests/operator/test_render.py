@@ -224,6 +224,8 @@ CASES = {
     "image": {"model": {"storage": {"image": {"reference": "reg/models/x:1", "subPath": "x"}}}},
     "batching+labels": {"model": {"storage": {"pvc": {"claimName": "m"}}, "versions": [1, 2]}, "versionLabels": {"stable": 1}, "batching": {"allowedBatchSizes": [16, 32]}},
     "autoscaling": {"autoscaling": {"mode": "hpa", "minReplicas": 2, "maxReplicas": 5, "target": 100}},
+    "tracing+logging": {"observability": {"tracing": {"endpoint": "http://otel.monitoring:4317"}},
+                        "logging": {"url": "http://sink.monitoring/events", "mode": "request"}},
 }
 
 

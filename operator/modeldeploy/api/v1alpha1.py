@@ -443,6 +443,33 @@ class Server(_Model):
                            "(--enable_reload_config_rpc): a client could replace the served models")
 
 
+class Tracing(_Model):
+    """OpenTelemetry traces of the pods' requests: rendered as the model-server container's
+    standard OTEL_* environment (exporter otlp, endpoint, protocol, service name, a parent-based
+    ratio sampler)."""
+
+    endpoint: str = Field(pattern=r"^https?://", description="the OTLP collector, e.g. http://otel-collector.monitoring:4317")
+    protocol: Literal["grpc", "http/protobuf"] = Field(
+        "grpc", description="OTLP over gRPC (port 4317 by convention) or HTTP (4318)")
+    sampling_ratio: float = Field(
+        1.0, ge=0, le=1, description="share of new traces sampled; a client's sampled traceparent is always followed")
+    service_name: str | None = Field(None, max_length=253, description="OTEL_SERVICE_NAME (default: the model's name)")
+
+
+class Observability(_Model):
+    tracing: Tracing | None = None
+
+
+class PayloadLogging(_Model):
+    """Sampled inference requests and answers sent as CloudEvents to an HTTP sink (model-server's
+    --payload_log_* flags), from a bounded queue: serving never waits for the sink."""
+
+    url: str = Field(pattern=r"^https?://", description="the sink, e.g. http://payload-sink.monitoring/events")
+    mode: Literal["request", "response", "all"] = Field("all", description="what is sent")
+    sample_rate: float = Field(1.0, ge=0, le=1, description="share of inference requests logged")
+    queue_size: int = Field(1000, ge=1, le=1_000_000, description="events waiting for the sink, at most (more: dropped)")
+
+
 class ModelDeploymentSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra=_cel(
@@ -475,6 +502,8 @@ class ModelDeploymentSpec(_Model):
     replicas: int = Field(1, ge=0, le=1000, description="pod count when autoscaling is off")
     autoscaling: Autoscaling | None = None
     server: Server = Field(default_factory=lambda: Server.model_validate({}), json_schema_extra={"default": {}})
+    observability: Observability | None = None
+    logging: PayloadLogging | None = None
 
     @field_validator("version_labels")
     @classmethod

@@ -197,7 +197,7 @@ def render_pod_spec(spec: ModelDeploymentSpec, owner: Owner, defaults: Defaults)
         ],
         # The root filesystem is read-only: caches that default to $HOME (CUDA's JIT cache in
         # ~/.nv, TensorFlow's and Keras' in ~/.keras) go to the writable /tmp volume instead.
-        "env": [{"name": "HOME", "value": "/tmp"}],
+        "env": [{"name": "HOME", "value": "/tmp"}, *serverconfig.tracing_env(spec, owner.namespace, owner.name)],
         "resources": _resources(spec),
         # Warmup gates traffic: ready only when every configured model has an AVAILABLE version.
         "readinessProbe": _probe(contract.HEALTH_READY_PATH, period=2, failures=2),

@@ -19,7 +19,7 @@ from modelserver.config import (
     flags as server_flags,  # the server's own flag parser (pure Python, no TensorFlow)
 )
 
-from modeldeploy.api.v1alpha1 import Batching, ModelDeploymentSpec, WarmupSource
+from modeldeploy.api.v1alpha1 import Batching, ModelDeploymentSpec, WarmupSource, model_name
 
 CONFIG_DIR = "/config"
 MODELS_DIR = "/models"
@@ -169,8 +169,29 @@ def server_args(spec: ModelDeploymentSpec) -> list[str]:
     args.append(f"--drain_timeout_seconds={drain_seconds(spec.server.termination_grace_period_seconds)}")
     if spec.batching and spec.batching.enabled:
         args += ["--enable_batching=true", f"--batching_parameters_file={CONFIG_DIR}/{BATCHING_CONFIG}"]
+    if spec.logging is not None:
+        args += [f"--payload_log_url={spec.logging.url}", f"--payload_log_mode={spec.logging.mode}",
+                 f"--payload_log_sample_rate={spec.logging.sample_rate:g}",
+                 f"--payload_log_queue_size={spec.logging.queue_size}"]
     args += list(spec.server.extra_args or [])
     return args
+
+
+def tracing_env(spec: ModelDeploymentSpec, namespace: str, owner_name: str) -> list[dict[str, str]]:
+    """The OpenTelemetry SDK's standard variables for spec.observability.tracing ([] when off)."""
+    tracing = spec.observability.tracing if spec.observability is not None else None
+    if tracing is None:
+        return []
+    values = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": tracing.endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": tracing.protocol,
+        "OTEL_SERVICE_NAME": tracing.service_name or model_name(spec, owner_name),
+        "OTEL_RESOURCE_ATTRIBUTES": f"k8s.namespace.name={namespace},modeldeploy.name={owner_name}",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": f"{tracing.sampling_ratio:g}",
+    }
+    return [{"name": k, "value": v} for k, v in values.items()]
 
 
 def args_problem(spec: ModelDeploymentSpec) -> str | None:
