@@ -1,9 +1,11 @@
 """The whole local cluster, started and stopped as named steps on an AsyncExitStack.
 
 Start order: the API server (with the CRDs of `crds/`), the Service proxy and the Service-name HTTP
-proxy, Prometheus, the operator (the real `modeldeploy operator` process), the controllers, the node
-agent. Stop is the reverse: pods first (preStop, SIGTERM, grace, SIGKILL, all at once), then the
-controllers, the operator, Prometheus, the proxies and the API server, so that nothing is left
+proxy, Prometheus, the activator (`python -m modeldeploy.activator`, where the requests of a
+ModelDeployment scaled to zero wait, as the chart's activator Deployment), the operator (the real
+`modeldeploy operator` process, told where the activator is), the controllers, the node agent. Stop
+is the reverse: pods first (preStop, SIGTERM, grace, SIGKILL, all at once), then the controllers,
+the operator, the activator, Prometheus, the proxies and the API server, so that nothing is left
 running and no port stays bound.
 """
 
@@ -63,6 +65,8 @@ class LocalCluster:
         self.operator: asyncio.subprocess.Process | None = None
         self.operator_metrics_port = 0
         self.operator_health_port = 0
+        self.activator: asyncio.subprocess.Process | None = None
+        self.activator_port = 0
         self._stack = contextlib.AsyncExitStack()
 
     @property
@@ -81,7 +85,8 @@ class LocalCluster:
     async def start(self) -> LocalCluster:
         loop = asyncio.get_running_loop()
         try:
-            for step in (self._start_api, self._start_proxies, self._start_prometheus, self._start_operator,
+            for step in (self._start_api, self._start_proxies, self._start_prometheus, self._start_activator,
+                         self._start_operator,
                          self._start_controllers, self._start_agent):
                 log.info("starting: %s", step.__name__.removeprefix("_start_"))
                 await step(loop)
@@ -116,7 +121,11 @@ class LocalCluster:
             return
         if self.config.operator:
             self.operator_metrics_port = _free_port()
+        if self.config.operator:
+            self.activator_port = _free_port()
         jobs = {"modeldeploy-operator": f"127.0.0.1:{self.operator_metrics_port}"} if self.operator_metrics_port else {}
+        if self.activator_port:
+            jobs["modeldeploy-activator"] = f"127.0.0.1:{self.activator_port}"
         assert self.client is not None, "the API server starts first"
         prom = PrometheusServer(self.client, loop, self.state / "prometheus", self.logs / "prometheus.log",
                                 self.config.scrape_interval, jobs)
@@ -129,6 +138,44 @@ class LocalCluster:
             return
         self.prometheus = prom
         self._stack.push_async_callback(prom.stop)
+
+    async def _start_activator(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The activator on loopback (its per-ModelDeployment ports too: pods and the Service proxy
+        reach it at 127.0.0.1, the address the operator writes into EndpointSlices)."""
+        if not self.config.operator:
+            return
+        self.activator_port = self.activator_port or _free_port()
+        argv = [sys.executable, "-m", "modeldeploy.activator", "--bind", "127.0.0.1", "--advertise-address",
+                "127.0.0.1", "--admin-port", str(self.activator_port), f"--token-file={self._activator_token()}"]
+        self.activator = await processes.spawn(argv, self.client_env(), ROOT, self.logs / "activator.log")
+        self._stack.push_async_callback(self._stop_activator)
+        await self._wait_http(loop, self.activator, f"http://127.0.0.1:{self.activator_port}/healthz", "activator")
+
+    def _activator_token(self) -> Path:
+        """The activator API's bearer token (the chart keeps one in a Secret both mount), made once."""
+        path = self.state / "activator-token"
+        if not path.exists():
+            path.write_text(secrets.token_hex(16) + "\n")
+            path.chmod(0o600)
+        return path
+
+    async def _stop_activator(self) -> None:
+        if self.activator is not None:
+            await processes.stop(self.activator, 15)
+
+    async def _wait_http(self, loop: asyncio.AbstractEventLoop, proc: asyncio.subprocess.Process, url: str, what: str,
+                         timeout: float = 60) -> None:
+        deadline = loop.time() + timeout
+        async with aiohttp.ClientSession() as session:
+            while loop.time() < deadline:
+                if proc.returncode is not None:
+                    raise RuntimeError(f"the {what} exited with {proc.returncode}; see {self.logs / (what + '.log')}")
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with session.get(url) as resp:
+                        if resp.status == 200:
+                            return
+                await asyncio.sleep(0.1)
+        raise TimeoutError(f"the {what} did not start within {timeout:g}s; see {self.logs / (what + '.log')}")
 
     async def _start_operator(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self.config.operator:
@@ -145,7 +192,9 @@ class LocalCluster:
         argv = [*cmd, "operator", "--metrics-port", str(self.operator_metrics_port),
                 "--health-port", str(self.operator_health_port), "--bind", "127.0.0.1",
                 "--server-image", "modeldeploy/model-server:local", *prometheus,
-                f"--token-key-file={self._token_key()}", "--allow-host-path", *self.config.operator_args]
+                f"--token-key-file={self._token_key()}", "--allow-host-path",
+                f"--activator-url=http://127.0.0.1:{self.activator_port}",
+                f"--activator-token-file={self._activator_token()}", *self.config.operator_args]
         self.operator = await processes.spawn(argv, self.client_env(), ROOT, self.logs / "operator.log")
         self._stack.push_async_callback(self._stop_operator)
         await self._wait_operator(loop)
@@ -223,10 +272,12 @@ class LocalCluster:
             "operator_pid": self.operator.pid if self.operator else None, "logs": str(self.logs),
             "operator_metrics": f"http://127.0.0.1:{self.operator_metrics_port}/metrics" if self.operator else "",
             "operator_health": f"http://127.0.0.1:{self.operator_health_port}/healthz" if self.operator else "",
+            "activator": f"http://127.0.0.1:{self.activator_port}" if self.activator else "",
         }
 
     def child_pids(self) -> list[int]:
-        pids = [p.pid for p in (self.operator, self.prometheus.proc if self.prometheus else None) if p is not None]
+        pids = [p.pid for p in (self.operator, self.activator, self.prometheus.proc if self.prometheus else None)
+                if p is not None]
         for w in (self.agent.workers.values() if self.agent else []):
             pids += [r.proc.pid for r in w.runners if r.proc is not None and r.proc.returncode is None]
         return pids

@@ -1,12 +1,14 @@
 """Services reachable from this machine: kube-proxy's part of the local cluster.
 
-Every port of every Service with a selector listens on 127.0.0.1 (a port the OS picks, recorded in
+Every port of every Service but the headless ones listens on 127.0.0.1 (a port the OS picks, recorded in
 the Service's annotation `localcluster.modeldeploy.io/ports`, port name -> local port) and forwards
 each accepted connection, whole, to one endpoint of the Service's EndpointSlices, round-robin over
 the ready endpoints (if none is ready, over the serving ones that are terminating, as kube-proxy
 falls back to; with none at all, the connection is reset, as kube-proxy rejects it). Balancing is
 per connection, as with kube-proxy: a long-lived connection (a gRPC channel, an HTTP keep-alive
-session) stays on the pod it was opened to until one side closes it.
+session) stays on the pod it was opened to until one side closes it. A Service without a selector is
+routed the same way, by the EndpointSlices someone else writes (kube-proxy does not care who wrote
+them: the operator writes them for a ModelDeployment that scales to zero).
 """
 
 from __future__ import annotations
@@ -127,9 +129,10 @@ class ServiceProxy:
     async def _sync(self, ns: str, name: str) -> None:
         svc = self.client.get("", "services", ns, name)
         spec = (svc or {}).get("spec") or {}
-        # kube-proxy gives no virtual IP to a Service without a selector or a headless one
-        # (clusterIP: None): clients reach those pods through their EndpointSlices
-        proxied = bool(svc and spec.get("selector") and spec.get("clusterIP") != "None")
+        # kube-proxy gives no virtual IP to a headless Service (clusterIP: None): clients reach
+        # those pods through their EndpointSlices; a Service without a selector has one, and its
+        # traffic goes to the endpoints of the slices labelled with its name, whoever wrote them
+        proxied = bool(svc and spec.get("clusterIP") != "None")
         wanted = {port_key(p): p for p in spec.get("ports") or []} if proxied else {}
         for gone in [k for k in self.listeners if k[:2] == (ns, name) and k[2] not in wanted]:
             await self.listeners.pop(gone).close()
