@@ -50,6 +50,7 @@ class Proxy:
         self.target = target
         self.port = support.free_port()
         self.rate: float | None = None
+        self.down = False  # while set, connections are refused (closed at once), as by a store that is down
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -69,6 +70,9 @@ class Proxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self.down:
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
                 upstream.settimeout(None)
@@ -216,14 +220,16 @@ class MotoS3(Store):
         return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
     def stop(self) -> None:
-        self._server.stop()
+        self.proxy.down = True
         self.proxy.cut()
+        self._server.stop()
 
     def start(self) -> None:
         from moto.server import ThreadedMotoServer
 
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self._server.start()
+        self.proxy.down = False
 
     def close(self) -> None:
         from moto import settings
@@ -250,6 +256,8 @@ class _Process(Store):
         self.log = open(self.root.parent / f"{self.kind}-{self.port}.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.command(), stdout=self.log, stderr=subprocess.STDOUT)
         support.wait_for(self._up, f"{self.kind} on port {self.port}", timeout=30)
+        if hasattr(self, "proxy"):
+            self.proxy.down = False
 
     def _up(self) -> bool:
         assert self.proc is not None
@@ -260,17 +268,19 @@ class _Process(Store):
         return False
 
     def stop(self) -> None:
+        self.proxy.down = True  # the store is gone for the server at once, however long its process takes to exit
+        self.proxy.cut()
         if self.proc is not None:
             support.stop_process(self.proc)
             self.proc = None
             self.log.close()
-        self.proxy.cut()
 
 
 class FakeGCS(_Process):
     kind = "gcs"
 
     def __init__(self, root: Path) -> None:
+        self._refuser: TokenRefuser | None = None
         super().__init__(root)
         self._call("POST", "/storage/v1/b?project=test", json.dumps({"name": BUCKET}).encode(), "application/json")
 
@@ -291,7 +301,22 @@ class FakeGCS(_Process):
         return {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{self.proxy.port}"}
 
     def wrong_credentials(self) -> dict[str, str]:
-        raise NotImplementedError("fake-gcs-server checks no credentials: see test_storage_server's token endpoint")
+        """fake-gcs-server checks no credentials, and clients send none to an emulator: the refusal
+        comes from Google's token endpoint instead, as for a revoked service-account key. The
+        environment names no emulator and a service-account key file (a real RSA key) whose
+        token_uri is a local endpoint answering as Google's does for a key it does not know (400
+        invalid_grant), so the server's first request, the token exchange, is refused."""
+        if self._refuser is None:
+            self._refuser = TokenRefuser()
+        key_file = self.root.parent / "gcs-service-account.json"
+        if not key_file.exists():
+            key_file.write_text(json.dumps(service_account_key(self._refuser.url)))
+        return {"GOOGLE_APPLICATION_CREDENTIALS": str(key_file)}
+
+    def close(self) -> None:
+        super().close()
+        if self._refuser is not None:
+            self._refuser.close()
 
     def uri(self, prefix: str, bucket: str = BUCKET) -> str:
         return f"gs://{bucket}/{prefix}"
@@ -308,20 +333,64 @@ class FakeGCS(_Process):
         return [i["name"] for i in doc.get("items") or []]
 
 
+class TokenRefuser:
+    """An OAuth token endpoint on loopback that refuses every grant as Google's does for a key it
+    does not know (400 invalid_grant)."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = json.dumps({"error": "invalid_grant", "error_description": "Invalid JWT Signature."}).encode()
+                self.send_response(400)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/token"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def service_account_key(token_uri: str) -> dict[str, str]:
+    """A service-account key file's content with a fresh RSA key (google-auth signs with it)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    return {"type": "service_account", "project_id": "test", "private_key_id": "0123456789abcdef",
+            "private_key": pem, "client_email": "models@test.iam.gserviceaccount.com", "client_id": "1",
+            "token_uri": token_uri}
+
+
 class Azurite(_Process):
     kind = "azure"
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
-        self.client().create_container(BUCKET)
+        with self.client() as c:
+            c.create_container(BUCKET)
 
     def command(self) -> list[str]:
         if not AZURITE.exists():
             raise AssertionError(f"{AZURITE} is missing: `make setup` installs azurite under .tools/")
         return [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location", str(self.root),
-                "--silent", "--skipApiVersionCheck", "--loose"]
+                "--silent", "--skipApiVersionCheck", "--loose", "--disableTelemetry"]
 
     def client(self) -> Any:
+        """A client of the store itself (not through the proxy); use it in a `with`, so that its
+        connections are closed: Azurite waits for open connections before it exits."""
         from azure.storage.blob import BlobServiceClient
 
         conn = (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
@@ -340,13 +409,16 @@ class Azurite(_Process):
         return f"az://{bucket}/{prefix}"
 
     def put(self, key: str, data: bytes) -> None:
-        self.client().get_blob_client(BUCKET, key).upload_blob(data, overwrite=True)
+        with self.client() as c:
+            c.get_blob_client(BUCKET, key).upload_blob(data, overwrite=True)
 
     def delete(self, key: str) -> None:
-        self.client().get_blob_client(BUCKET, key).delete_blob()
+        with self.client() as c:
+            c.get_blob_client(BUCKET, key).delete_blob()
 
     def keys(self, prefix: str) -> list[str]:
-        return [b.name for b in self.client().get_container_client(BUCKET).list_blobs(name_starts_with=prefix + "/")]
+        with self.client() as c:
+            return [b.name for b in c.get_container_client(BUCKET).list_blobs(name_starts_with=prefix + "/")]
 
 
 def start_store(kind: str, root: Path) -> Store:

@@ -209,5 +209,8 @@ def test_eviction_keeps_what_is_served(tmp_path: Path) -> None:
     assert cache.evict({one, second}) == [] and one.exists() and second.exists()
     assert cache.evict({second}) == [one] and not one.exists() and second.exists()
     cache.max_bytes = 10**9
-    cache.release(second)
     assert cache.evict(set()) == [] and second.exists()  # under the limit: kept for a restart
+    cache.max_bytes = 0
+    assert cache.evict(set()) == [second]  # a version this server no longer serves goes at once
+    _, third = fetch(Cache(tmp_path, max_bytes=0), DictStore(dict(MODEL)))
+    assert cache.evict(set()) == [] and third.exists()  # another server's, used just now: left to it

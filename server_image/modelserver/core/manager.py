@@ -355,7 +355,7 @@ class Manager:
         except StoreError as exc:
             err = serving_error(exc)
             if rec.storage_error is None or rec.storage_error.message != err.message:
-                log.error("model %s: cannot list %s: %s (retrying at every poll)", name, redact(base), exc.message)
+                log.error("model %s: cannot list the store: %s (retrying at every poll)", name, exc.message)
             rec.storage_error = err
             return None
         if rec.storage_error is not None:
@@ -444,8 +444,6 @@ class Manager:
         vr.servable = None  # in-flight requests keep their own reference until they finish
         self._refresh_latest(rec)
         vr.state = END
-        if vr.download is not None and self.storage is not None:
-            self.storage.cache.release(vr.download.path)
         log.info("model %s version %d unloaded", rec.config.name, version)
 
     async def _unload_all(self, rec: ModelRecord) -> None:

@@ -79,7 +79,9 @@ class Cache:
         self.max_bytes = max(0, max_bytes)
         self.part_bytes = max(1, part_bytes)
         self._reads = asyncio.Semaphore(max(1, concurrency))
-        self._mine: set[Path] = set()  # version dirs this server downloaded or reused
+        # version dirs this server downloaded or reused: evicted by the limit once it no longer serves
+        # them (in_use), where another server's are left alone for SHARED_GRACE_S after their last use
+        self._mine: set[Path] = set()
         self._partials: set[Path] = set()
 
     def version_dir(self, model: str, uri: StorageURI, listing: VersionListing) -> Path:
@@ -146,10 +148,6 @@ class Cache:
         await loop.run_in_executor(None, _verify, dest, obj, f"{store.uri}: {listing.dirname}/{obj.path}")
 
     # -- eviction --
-    def release(self, path: Path) -> None:
-        """The server no longer serves this version: it may be evicted."""
-        self._mine.discard(path)
-
     def evict(self, in_use: set[Path]) -> list[Path]:
         """Removes versions not in use, least recently used first, while over the limit."""
         self._clean_partials()
