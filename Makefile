@@ -9,9 +9,13 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Debian packages the tests and benchmarks use (a real Prometheus server; wrk for REST load).
 APT_PACKAGES := prometheus wrk libb64-0d
 
+# Azure's Blob emulator (npm `azurite`, on Node 20) for the object-storage tests, under .tools/ (git-ignored).
+AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
+AZURITE_VERSION := 3.37.0
+
 .PHONY: setup system-deps test-tools run serve test e2e bench bench-rollouts lint docs crds chart image demo-models clean
 
-setup: $(STAMP) system-deps
+setup: $(STAMP) system-deps $(AZURITE)
 
 $(STAMP): pyproject.toml dev/pyproject.toml
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
@@ -28,6 +32,11 @@ system-deps:
 	  echo "installing Debian packages:$$missing"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+
+$(AZURITE):
+	@command -v npm >/dev/null || { echo "npm (Node 20) is needed to install azurite for the storage tests" >&2; exit 1; }
+	mkdir -p .tools/azurite
+	npm install --prefix .tools/azurite --save-exact --no-audit --no-fund --silent azurite@$(AZURITE_VERSION)
 
 # The demo SavedModels (rebuilt when the builder changes), and warmup files for the two versions
 # that the local cluster's example serves (its pods turn ready only after replaying them).
@@ -54,8 +63,9 @@ serve: demo-models
 
 # The load tool bench/test_bench.py drives: perf_analyzer from the tritonclient wheel and its
 # libcudart, under bench/work/ (git-ignored; bench/setup.sh installs the rest for make bench).
-test-tools: $(STAMP) system-deps
+test-tools: $(STAMP) system-deps $(AZURITE)
 	bash bench/setup.sh --tools-only
+	$(AZURITE) --version >/dev/null
 
 test: setup test-tools
 	$(PY) -m pytest -m "not e2e" -q
