@@ -1,4 +1,5 @@
-"""The load tools: perf_analyzer (gRPC, TF Serving or Triton protocol) and wrk (REST).
+"""The load tools: perf_analyzer (TF Serving's gRPC API, or the v2 protocol over gRPC or HTTP) and
+wrk (TF Serving's REST API).
 
 Each call measures one concurrency level against one model and returns a Point; a failed
 measurement is a Point with `error` set (the run goes on and the report shows it).
@@ -25,7 +26,7 @@ class Point:
 
     server: str
     model: str
-    protocol: str  # "grpc" | "rest"
+    protocol: str  # "grpc" | "rest" (wrk) | "http" (perf_analyzer, v2 over HTTP)
     concurrency: int
     throughput: float = 0.0
     p50_us: float = 0.0
@@ -64,15 +65,22 @@ def parse_perf_csv(text: str) -> dict[str, float]:
 
 
 def perf_analyzer_argv(port: int, model: str, concurrency: int, kind: str, csv_path: Path,
-                       settings: Settings, token: str | None = None) -> list[str]:
+                       settings: Settings, token: str | None = None, http: bool = False,
+                       version: str | None = None, shape: str | None = None) -> list[str]:
+    """`version` (-x) and `shape` (--shape) for model-server's v2 protocol: perf_analyzer finds
+    an unnamed version nowhere in its statistics, and model-server declares no batch dimension."""
     argv = [
-        str(PERF_ANALYZER), f"--service-kind={kind}", "-i", "grpc", "-u", f"{LOCALHOST}:{port}",
+        str(PERF_ANALYZER), f"--service-kind={kind}", "-i", "http" if http else "grpc", "-u", f"{LOCALHOST}:{port}",
         "-m", model, "-b", "1", "--concurrency-range", f"{concurrency}:{concurrency}",
         "-p", str(settings.window_ms), "-r", str(settings.max_trials), "-s", str(settings.stability_pct),
         "-f", str(csv_path),
     ]
     if kind == "tfserving" and model == "half_plus_two":
         argv += ["--shape", "x:1"]  # the signature's x is [None]: one value per request
+    if shape:
+        argv += ["--shape", shape]
+    if version:
+        argv += ["-x", version]
     if token:
         argv += ["-H", f"triton-grpc-protocol-triton-access-token:{token}"]
     return argv
@@ -94,20 +102,22 @@ def _perf_once(argv: list[str], csv_path: Path, limit: float) -> tuple[dict[str,
 
 
 def perf_analyzer(server: str, port: int, model: str, concurrency: int, settings: Settings,
-                  kind: str = "tfserving", token: str | None = None) -> Point:
+                  kind: str = "tfserving", token: str | None = None, http: bool = False,
+                  version: str | None = None, shape: str | None = None) -> Point:
     """One concurrency level. When the windows do not agree within the stability threshold (a
     noisy machine), measures again without the check and notes it: the average of the last 3
     windows is still a measurement, but a less repeatable one."""
-    point = Point(server, model, "grpc", concurrency)
+    point = Point(server, model, "http" if http else "grpc", concurrency)
+    extra = {"http": http, "version": version, "shape": shape}
     limit = 60 + settings.window_ms * settings.max_trials / 1000 * 2
     with tempfile.TemporaryDirectory(dir=WORK) as tmp:
         csv_path = Path(tmp) / "pa.csv"
-        figs, why = _perf_once(perf_analyzer_argv(port, model, concurrency, kind, csv_path, settings, token),
-                               csv_path, limit)
+        figs, why = _perf_once(perf_analyzer_argv(port, model, concurrency, kind, csv_path, settings, token,
+                                                  **extra), csv_path, limit)  # type: ignore[arg-type]
         if figs is None and "stable" in why:
             loose = Settings(settings.window_ms, 3, 1000, settings.wrk_seconds)
-            figs, why2 = _perf_once(perf_analyzer_argv(port, model, concurrency, kind, csv_path, loose, token),
-                                    csv_path, limit)
+            figs, why2 = _perf_once(perf_analyzer_argv(port, model, concurrency, kind, csv_path, loose, token,
+                                                       **extra), csv_path, limit)  # type: ignore[arg-type]
             why = f"windows varied by more than {settings.stability_pct}%" if figs else why2
     if figs is not None:
         for k, v in figs.items():

@@ -12,6 +12,7 @@ SERVER_TITLES = {
     "pytriton": "PyTriton (peer)",
     "model-server-off": "model-server, batching off",
     "model-server-on": "model-server, batching on",
+    "model-server-on-v2": "model-server, batching on, v2 protocol",
 }
 
 
@@ -85,7 +86,8 @@ def render(r: Mapping[str, Any], findings: str = "") -> str:
         f"{r['tf_version']} (CPU), 2 intra-op and 2 inter-op threads in every server and in-process.",
         f"- Load average (1/5/15 min) at start {cond['load_start']}, at end {cond['load_end']}. "
         f"Other busy processes at start: {cond['busy_start'] or 'none'}.",
-        f"- Load: perf_analyzer 2.50 (`--service-kind=tfserving -i grpc`, PyTriton: `--service-kind=triton`), "
+        f"- Load: perf_analyzer 2.50 (`--service-kind=tfserving -i grpc`; PyTriton and model-server's v2 protocol: "
+        "`--service-kind=triton`, model-server's with `-x 1` and `--shape`), "
         f"batch-1 requests, windows of {r['settings']['window_ms']} ms, up to {r['settings']['max_trials']} "
         f"windows until stable within {r['settings']['stability_pct']}%; wrk 4.1 over REST "
         f"(`{{\"instances\": [...]}}`), {r['settings']['wrk_seconds']} s per point. The load tool runs on the "
@@ -131,7 +133,7 @@ def render(r: Mapping[str, Any], findings: str = "") -> str:
               "`predict()` is the whole transport-free Predict with the model run inline; `handler` the whole "
               "gRPC Predict handler with a model answering a constant, `batched handler` the same with 32 "
               "handlers at once through the Batcher (µs of event-loop CPU per request)."]
-    servers = ["noop", "pytriton", "model-server-off", "model-server-on"]
+    servers = ["noop", "pytriton", "model-server-off", "model-server-on", "model-server-on-v2"]
     susp = [(m, s, c) for m in models for s in ("noop", "noop-yield", "noop-thread") for c in (1, 32)]
     if any(s != "noop" and _find(r["points"], s, m, "grpc", c) for m, s, c in susp):
         L += ["", "## What suspending a grpc.aio handler costs (no-op server, perf_analyzer)", "",
@@ -154,6 +156,11 @@ def render(r: Mapping[str, Any], findings: str = "") -> str:
         L += ["## REST (wrk, model-server)", ""]
         for m in models:
             L += [f"### {m}", ""] + _tables(r["points"], m, "rest", servers, cs)
+    v2_http = _tables(r["points"], models[0], "http", servers, cs) if models else []
+    if v2_http:
+        L += ["## The v2 protocol over HTTP (perf_analyzer `--service-kind=triton -i http`, model-server)", ""]
+        for m in models:
+            L += [f"### {m}", ""] + _tables(r["points"], m, "http", servers, cs)
     if r.get("profiles"):
         L += ["## Profiles (py-spy on model-server under load, taken because a target was missed)", ""]
         L += [p["markdown"] for p in r["profiles"]]

@@ -6,7 +6,8 @@
 3. the no-op gRPC server (bench/noop_server.py): the limit of the setup;
 4. the peer: PyTriton with dynamic batching (bench/pytriton_peer.py);
 5. model-server with batching off, then on (bench/batching_parameters.txt): perf_analyzer over
-   gRPC and wrk over REST;
+   gRPC and wrk over REST; with batching on, also the v2 protocol (perf_analyzer
+   --service-kind=triton over gRPC and HTTP, as for PyTriton);
 6. the targets (bench/targets.py); a py-spy profile of model-server for each missed one.
 
 Every server is started here on 127.0.0.1 with free ports and stopped by its PID; every
@@ -55,6 +56,7 @@ QUICK_CONCURRENCIES = (1, 32)
 BATCHING_FILE = BENCH / "batching_parameters.txt"
 MONITORING_FILE = BENCH / "monitoring.config"  # metrics on, as the operator deploys it
 TF_THREADS = 2
+V2_SHAPES = {"half_plus_two": "x:1", "mlp": "x:1,784"}  # model-server's v2 shapes have no batch dimension
 
 
 def ensure_models(force: bool = False) -> Path:
@@ -146,6 +148,17 @@ class Run:
                 p = perf_analyzer(server, port, m, c, self.settings, kind, token)
                 p.avg_batch = avg_batch(before, batch_counts(metrics_port, m))
                 self.add(p)
+
+    def v2(self, server: str, grpc_port: int, rest_port: int, metrics_port: int | None = None) -> None:
+        """model-server's v2 protocol, as perf_analyzer drives Triton: gRPC, then HTTP."""
+        for http, port in ((False, grpc_port), (True, rest_port)):
+            for m in MODEL_NAMES:
+                for c in self.concurrencies:
+                    before = batch_counts(metrics_port, m)
+                    p = perf_analyzer(server, port, m, c, self.settings, "triton", http=http, version="1",
+                                      shape=V2_SHAPES[m])
+                    p.avg_batch = avg_batch(before, batch_counts(metrics_port, m))
+                    self.add(p)
 
     def rest_load(self, server: str, port: int, metrics_port: int | None = None) -> None:
         for m in MODEL_NAMES:
@@ -251,6 +264,8 @@ def measure_model_server(run: Run, cfg: Path, mode: str, inproc: dict[str, Any],
         run.grpc(name, g, metrics_port=metrics_port)
         if run.rest:
             run.rest_load(name, r, metrics_port)
+        if mode == "on":
+            run.v2(f"{name}-v2", g, r, metrics_port)
         if not do_profile:
             return
         for m in MODEL_NAMES:  # profile what this mode misses, while it is running

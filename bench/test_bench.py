@@ -51,6 +51,9 @@ def test_perf_analyzer_argv() -> None:
     assert "--shape" not in peer
     assert "triton-grpc-protocol-triton-access-token:t0k" in peer
     assert "--service-kind=triton" in peer
+    v2 = load.perf_analyzer_argv(1234, "mlp", 1, "triton", Path("x.csv"), s, http=True, version="1", shape="x:1,784")
+    assert v2[v2.index("-i") + 1] == "http" and v2[v2.index("-x") + 1] == "1"
+    assert v2[v2.index("--shape") + 1] == "x:1,784"
 
 
 def test_rest_body_is_batch_one() -> None:
@@ -104,6 +107,7 @@ def test_spy_summarize() -> None:
 
 def test_report_renders_every_section() -> None:
     pt = load.Point("model-server-on", "mlp", "grpc", 32, 1000.0, 1000, 2000, 3000, avg_batch=8.0).as_dict()
+    v2 = load.Point("model-server-on-v2", "mlp", "http", 32, 900.0, 1000, 2000, 3000).as_dict()
     v = targets.verdicts(_figures())
     results = {
         "command": "make bench", "started": "2026-01-01 00:00", "elapsed_s": 60.0, "tf_version": "2.21.0",
@@ -114,11 +118,12 @@ def test_report_renders_every_section() -> None:
         "inprocess": {"mlp": {"results": [{"batch": 1, "calls_per_s": 800.0, "inferences_per_s": 800.0,
                                            "call_p50_us": 1200.0, "call_p99_us": 2000.0}]}},
         "hotpath": {"mlp": {"parse": 1.0, "model": 1000.0}},
-        "points": [pt], "verdicts": [x.as_dict() for x in v], "profiles": [],
+        "points": [pt, v2], "verdicts": [x.as_dict() for x in v], "profiles": [],
     }
     text = report.render(results, "findings here")
     for needle in ("## Targets", "yes (batching on)", "## In-process limit", "## gRPC", "1,000",
-                   "Mean executed batch size", "findings here", "own steps"):
+                   "Mean executed batch size", "findings here", "own steps", "## The v2 protocol over HTTP",
+                   "model-server, batching on, v2 protocol", "900"):
         assert needle in text
 
 

@@ -385,6 +385,23 @@ def test_tf_serving_testdata_models(start_server, tmp_path: Path) -> None:  # ty
         assert c.infer("three", [infer_input(grpcclient, "x", x, "FP32")]).as_numpy("y").tolist() == [[3.5], [4.0]]
 
 
+# ---- perf_analyzer ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("http_port", [False, True], ids=["grpc", "http"])
+def test_perf_analyzer_drives_model_server(server, http_port: bool, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The bench's load tool, as it drives Triton (`--service-kind=triton`), over either port;
+    `make test` installs it (bench/setup.sh --tools-only)."""
+    import load
+    from common import PERF_ANALYZER
+
+    assert PERF_ANALYZER.exists(), "run `bash bench/setup.sh --tools-only`"
+    settings = load.Settings(window_ms=500, max_trials=3, stability_pct=1000)
+    point = load.perf_analyzer("model-server", server.rest_port if http_port else server.grpc_port, "half_plus_two",
+                               2, settings, "triton", http=http_port, version="1", shape="x:1")
+    assert point.throughput > 0 and 0 < point.p50_us <= point.p99_us, point
+
+
 # ---- the .proto -------------------------------------------------------------------------------------
 
 
