@@ -34,6 +34,7 @@ from modelserver.core.request_context import RequestContext
 from modelserver.core.state import ServerState
 from modelserver.protocol import v2_model
 from modelserver.protocol.rest import (
+    _READING,
     INLINE_BODY_BYTES,
     RestApi,
     error_response,
@@ -254,12 +255,18 @@ class V2Rest:
                                           route_key=key.encode("utf-8", "surrogateescape") if key is not None
                                           else None) as ctx:
                 seen = ctx
+                if self.state.trace_context:  # OpenTelemetry or payload logging is on
+                    ctx.traceparent, ctx.tracestate = request.headers.get("traceparent"), request.headers.get("tracestate")
                 if request.content_length is None or request.content_length > INLINE_BODY_BYTES:
                     async with self.api._lane_turn():
                         body, head = await self._infer(request, m, ctx, self.api._on_lane)
                 else:
                     body, head = await self._infer(request, m, ctx, _inline)
+                if ctx.request_payload is not None:
+                    ctx.response_payload = body
         except ServingError as exc:
+            if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED and request.get(_READING):
+                exc = ServingError(exc.code, f"{exc.message}: the request body did not arrive in time", http=408)
             return with_version_headers(error_response(exc), seen)
         if head is None:
             return with_version_headers(web.Response(body=body, content_type=_JSON), seen)
@@ -270,6 +277,8 @@ class V2Rest:
     async def _infer(self, request: web.Request, m: re.Match[str], ctx: RequestContext, run: Any
                      ) -> tuple[bytes, int | None]:
         raw = await self.api._read(request)
+        if self.state.capture_payloads:
+            ctx.request_payload = raw
         req: InferRequest = await run(decode_infer, raw, request.headers.get(HEADER_LENGTH),
                                       self.api.max_tensor_bytes)
         del raw
