@@ -90,6 +90,7 @@ class _Http:
         handler_cls.owner = self  # type: ignore[attr-defined]
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), handler_cls)
         self._httpd.daemon_threads = True
+        self._httpd.handle_error = lambda *args: None  # type: ignore[method-assign]  # a client gone at exit
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
 
@@ -101,6 +102,7 @@ class _Http:
 
 class _Quiet(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # an answer's head and body are two writes: no 40 ms delayed-ACK stall
 
     def log_message(self, *args: Any) -> None:
         pass

@@ -11,6 +11,7 @@ import re
 
 import grpc
 import numpy as np
+import pytest
 import requests
 from modelserver.core.request_context import RequestContext
 from modelserver.observability.payload import PayloadLogger, event_headers
@@ -143,3 +144,56 @@ def test_a_refusing_slow_or_absent_sink_never_fails_serving(models_dir, tmp_path
             server.stop()
     warnings = re.findall(r"payload log: \d+ events dropped", server.log_path.read_text())
     assert 1 <= len(warnings) <= 1 + 60 // 10, warnings  # logged, at most once every 10 s
+
+
+def test_the_sender_reads_chunked_and_closing_answers():
+    """httppost.KeepAliveClient against answers http.client would take too: chunked bodies (with a
+    trailer), `Connection: close`, and an HTTP/1.0 one; each counts, none stalls the sender."""
+    import socket
+    import threading
+
+    from modelserver.observability.httppost import KeepAliveClient, SinkError
+    from support import free_port
+
+    answers = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=1\r\nabc\r\n0\r\nX-T: 1\r\n\r\n",
+               b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+               b"HTTP/1.0 204 No Content\r\n\r\n",
+               b"SSH-2.0-OpenSSH\r\n\r\n"]
+    port = free_port()
+    listener = socket.create_server(("127.0.0.1", port))
+    got: list[bytes] = []
+
+    def serve() -> None:
+        pending = list(answers)
+        while pending:
+            conn, _ = listener.accept()
+            with conn:
+                buf = b""
+                while pending:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    buf += data
+                    while b"\r\n\r\n" in buf and buf.endswith(b"{}"):
+                        got.append(buf)
+                        buf = b""
+                        answer = pending.pop(0)
+                        conn.sendall(answer)
+                        if b"close" in answer or answer.startswith(b"HTTP/1.0"):
+                            break
+                    else:
+                        continue
+                    if b"close" in answer or answer.startswith(b"HTTP/1.0"):
+                        break
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    client = KeepAliveClient(f"http://127.0.0.1:{port}/e?x=1", timeout=5)
+    try:
+        assert [client.post({"ce-id": str(i)}, b"{}") for i in range(3)] == [200, 202, 204]
+        with pytest.raises(SinkError):
+            client.post({"ce-id": "3"}, b"{}")
+    finally:
+        client.close()
+        listener.close()
+    assert len(got) == 4 and got[0].startswith(b"POST /e?x=1 HTTP/1.1\r\n") and b"ce-id: 0\r\n" in got[0]

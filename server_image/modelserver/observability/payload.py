@@ -12,7 +12,7 @@ it got (`application/json`); a gRPC one is the serialized protobuf message
 
 Serving never waits for the sink: the request-completion hook only appends the event to a
 bounded queue (`--payload_log_queue_size` events, `--payload_log_queue_bytes` bytes) and one
-thread of its own drains it, a batch at a time, over one kept-alive connection. An event that
+thread of its own drains it, a batch at a time, over one kept-alive connection (httppost.py). An event that
 does not fit the queue, or that the sink refuses, does not answer in PAYLOAD_TIMEOUT_S, or
 cannot be reached for, is dropped: counted in `modelserver_payload_log_dropped_total{reason}`
 (`queue_full` or `sink_error`) and logged at most once every LOG_INTERVAL_S.
@@ -21,7 +21,6 @@ cannot be reached for, is dropped: counted in `modelserver_payload_log_dropped_t
 from __future__ import annotations
 
 import collections
-import http.client
 import logging
 import os
 import random
@@ -35,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from modelserver.core.request_context import RequestContext
+from modelserver.observability.httppost import KeepAliveClient
 
 log = logging.getLogger("modelserver.observability.payload")
 
@@ -51,8 +51,13 @@ _SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in '"%')
 
 @dataclass(slots=True)
 class Event:
-    headers: dict[str, str]
+    """One event waiting for the sink; its headers are built on the sender thread."""
+
+    kind: str  # request | response
+    ctx: RequestContext
     body: bytes
+    content_type: str
+    schema: str | None
 
 
 def encode_payload(payload: object) -> tuple[bytes, str, str | None]:
@@ -101,8 +106,7 @@ class PayloadLogger:
             raise ValueError(f"--payload_log_sample_rate must be between 0 and 1; was {sample_rate}")
         if max_events < 1 or max_bytes < 1:
             raise ValueError("--payload_log_queue_size and --payload_log_queue_bytes must be at least 1")
-        self._parts = parts
-        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._netloc = parts.netloc
         self.kinds = ("request", "response") if mode == "all" else (mode,)
         self.sample_rate = sample_rate
         self.max_events, self.max_bytes = max_events, max_bytes
@@ -117,7 +121,7 @@ class PayloadLogger:
         self._logged_drops = 0
         self._last_log = 0.0
         self._closing = False
-        self._conn: http.client.HTTPConnection | None = None
+        self._client = KeepAliveClient(url, PAYLOAD_TIMEOUT_S)
         self._thread = threading.Thread(target=self._run, name="payload-log", daemon=True)
         self._thread.start()
 
@@ -126,13 +130,11 @@ class PayloadLogger:
     def finish(self, ctx: RequestContext) -> None:
         if ctx.request_payload is None or (self.sample_rate < 1.0 and self._rng() >= self.sample_rate):
             return
-        when = ctx.t_receive + self._offset
         for kind in self.kinds:
             payload = ctx.request_payload if kind == "request" else ctx.response_payload
             if payload is None:  # no answer: the request failed (ce-status on its request event says how)
                 continue
-            body, content_type, schema = encode_payload(payload)
-            self._put(Event(event_headers(kind, ctx, self.source, content_type, schema, when), body))
+            self._put(Event(kind, ctx, *encode_payload(payload)))
 
     def _put(self, event: Event) -> None:
         size = len(event.body)
@@ -151,7 +153,7 @@ class PayloadLogger:
             total = sum(self.dropped.values())
             log.warning("payload log: %d events dropped since the last report (%s so far; the sink at %s is "
                         "down, slow or refusing)", total - self._logged_drops,
-                        ", ".join(f"{k} {v}" for k, v in self.dropped.items()), self._parts.netloc)
+                        ", ".join(f"{k} {v}" for k, v in self.dropped.items()), self._netloc)
             self._logged_drops, self._last_log = total, now
 
     # -- the sender thread --
@@ -176,36 +178,15 @@ class PayloadLogger:
                         self.sent += 1
                     else:
                         self._drop("sink_error")
-        if self._conn is not None:
-            self._conn.close()
-
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._conn is None:
-            cls = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
-            self._conn = cls(self._parts.hostname or "", self._parts.port, timeout=PAYLOAD_TIMEOUT_S)
-        return self._conn
+        self._client.close()
 
     def _send(self, event: Event) -> bool:
-        for attempt in range(2):  # once more on a fresh connection when a kept-alive one was closed
-            conn = self._connection()
-            try:
-                conn.request("POST", self._path, body=event.body, headers=event.headers)
-                resp = conn.getresponse()
-                resp.read()
-                if resp.will_close:
-                    self._reset()
-                return 200 <= resp.status < 300
-            except (OSError, http.client.HTTPException) as exc:
-                self._reset()
-                if attempt or not isinstance(exc, http.client.RemoteDisconnected | ConnectionResetError
-                                             | BrokenPipeError):
-                    return False
-        return False
-
-    def _reset(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        headers = event_headers(event.kind, event.ctx, self.source, event.content_type, event.schema,
+                                event.ctx.t_receive + self._offset)
+        try:
+            return 200 <= self._client.post(headers, event.body) < 300
+        except OSError:
+            return False
 
     def close(self, timeout: float = 2.0) -> None:
         """Sends what is queued for at most `timeout` seconds, then stops (the rest is lost)."""
