@@ -82,7 +82,7 @@ class Gate:
                 self._current.released_at = time.time()
             self._released.set()
         else:
-            self._released = asyncio.Event()
+            self._released.clear()  # the same event: requests already waiting on it stay held
 
     def retry_after(self) -> int:
         """Seconds a refused client should wait: the last cold start's length, else 5."""
