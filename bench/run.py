@@ -65,7 +65,7 @@ def ensure_models(force: bool = False) -> Path:
     if done.exists() and not force:
         return MODELS
     log("building the SavedModels (demomodels)")
-    code = ("import sys; from modelserver import demo; "
+    code = ("import sys; import demomodels as demo; "
             "demo.build_half_plus_two(sys.argv[1] + '/half_plus_two/1'); demo.build_mlp(sys.argv[1] + '/mlp/1')")
     subprocess.run([str(MAIN_PY), "-c", code, str(MODELS)], check=True, env=server_env(), capture_output=True)
     done.touch()
