@@ -197,3 +197,32 @@ def test_the_sender_reads_chunked_and_closing_answers():
         client.close()
         listener.close()
     assert len(got) == 4 and got[0].startswith(b"POST /e?x=1 HTTP/1.1\r\n") and b"ce-id: 0\r\n" in got[0]
+
+
+def test_replay_sends_logged_rest_requests_to_another_version_and_compares(models_dir, tmp_path, capsys):
+    from modeldeploy import cli
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    events = tmp_path / "events.jsonl"
+    with EventSink(events) as sink:
+        server = _server(models_dir, tmp_path, sink.url)
+        try:
+            for body in ({"instances": [1.0, 2.0]}, {"instances": [5.0]}, {"inputs": [3.0]}):
+                r = requests.post(f"{server.url}/v1/models/two_versions/labels/stable:predict", json=body, timeout=30)
+                assert r.status_code == 200
+            with grpc.insecure_channel(server.target) as channel:  # logged as protobuf: not replayed
+                prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+                    predict_request("half_plus_two", {"x": np.array([[3.0]], np.float32)}), timeout=30)
+            wait_for(lambda: len(sink.events) == 8, what="8 events", timeout=30)
+            logged = events.read_text()
+
+            assert cli.main(["replay", str(events), "--url", server.url, "--label", "canary"]) == 0
+            assert capsys.readouterr().out.split() == ["sent", "3", "ok", "3", "failed", "0", "same", "0",
+                                                       "different", "3", "without", "0", "skipped", "1"]
+            (tmp_path / "logged.jsonl").write_text(logged)
+            assert cli.main(["replay", str(tmp_path / "logged.jsonl"), "--url", server.url, "--version", "1",
+                             "--limit", "2"]) == 0
+            assert capsys.readouterr().out.split()[:10] == ["sent", "2", "ok", "2", "failed", "0", "same", "2",
+                                                            "different", "0"]
+        finally:
+            server.stop()

@@ -14,6 +14,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("modeldeploy.cli.operator", "run the ModelDeployment operator"),
     "trace-summary": ("modeldeploy.cli.trace_summary", "summarize a model-server request trace file"),
+    "replay": ("modeldeploy.cli.replay", "send the requests of a payload log (CloudEvents) to a model server again"),
     "promote": ("modeldeploy.cli.verbs:Promote", "promote the canary to stable (during a rollout: skip its remaining steps)"),
     "rollback": ("modeldeploy.cli.verbs:Rollback", "drop the canary (during a rollout: roll it back now)"),
     "abort": ("modeldeploy.cli.verbs:Abort", "roll back a progressive rollout now"),
