@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -212,5 +213,11 @@ def test_eviction_keeps_what_is_served(tmp_path: Path) -> None:
     assert cache.evict(set()) == [] and second.exists()  # under the limit: kept for a restart
     cache.max_bytes = 0
     assert cache.evict(set()) == [second]  # a version this server no longer serves goes at once
-    _, third = fetch(Cache(tmp_path, max_bytes=0), DictStore(dict(MODEL)))
+    other_server = Cache(tmp_path, max_bytes=0)
+    _, third = fetch(other_server, DictStore(dict(MODEL)))
     assert cache.evict(set()) == [] and third.exists()  # another server's, used just now: left to it
+    os.utime(third / MANIFEST, (1.0, 1.0))  # ... long ago: it goes, unless that server still serves it
+    other_server.evict({third})  # (each server's poll touches what it serves)
+    assert cache.evict(set()) == [] and third.exists()
+    os.utime(third / MANIFEST, (1.0, 1.0))
+    assert cache.evict(set()) == [third]

@@ -29,6 +29,11 @@ FORMS = ("s3://BUCKET/PREFIX", "gs://BUCKET/PREFIX", "az://CONTAINER/PREFIX",
          "https://HOST/PATH (a WebDAV server)")
 
 _BUCKET = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,254}$")
+# The forms above as one pattern (ECMA and RE2 alike: the CRD's `pattern` for spec.model.storage.uri):
+# a bucket name as `_BUCKET` reads it, no user or password, no query string or fragment. `parse`
+# checks the rest (an abfs URI's host, an https URL's cloud forms).
+URI_PATTERN = (r"^((s3|gs|az)://[a-zA-Z0-9][a-zA-Z0-9._-]{1,254}|abfss?://[a-zA-Z0-9][a-zA-Z0-9._-]{1,254}"
+               r"@[a-z0-9]{3,24}\.dfs\.core\.windows\.net|https?://[^/?#@\s]+)(/[^?#\s]*)?$")
 _AZ_HOST = re.compile(r"^(?P<account>[a-z0-9]{3,24})\.(?P<kind>blob|dfs)\.core\.windows\.net$")
 _S3_VHOST = re.compile(r"^(?P<bucket>.+)\.s3(?:[.-](?P<region>[a-z0-9-]+))?\.amazonaws\.com$")
 _S3_PATH = re.compile(r"^s3(?:[.-](?P<region>[a-z0-9-]+))?\.amazonaws\.com$")

@@ -149,8 +149,12 @@ class Cache:
 
     # -- eviction --
     def evict(self, in_use: set[Path]) -> list[Path]:
-        """Removes versions not in use, least recently used first, while over the limit."""
+        """Removes versions not in use, least recently used first, while over the limit. The
+        versions in use are touched first: in a cache shared by several servers, that is what
+        keeps the others from evicting a version this one serves."""
         self._clean_partials()
+        for vdir in in_use:
+            _touch(vdir / MANIFEST)
         entries = []
         for model_dir in _dirs(self.root):
             if model_dir.name.startswith("."):
