@@ -103,6 +103,13 @@ REJECTED = {
     "bad quantity": ({"model": PVC, "resources": {"memory": "lots"}}, "memory"),
     "unknown field": ({"model": PVC, "replica": 2}, 'unknown field "spec.replica"'),
     "missing model": ({}, "model"),
+    "uri and pvc": ({"model": {"storage": {"uri": "s3://models/m", "pvc": {"claimName": "m"}}}}, "exactly one of storage"),
+    "uri the server cannot read": ({"model": {"storage": {"uri": "ftp://models/m"}}}, "spec.model.storage.uri"),
+    "uri with a signature": ({"model": {"storage": {"uri": "s3://models/m?X-Amz-Signature=1"}}}, "spec.model.storage.uri"),
+    "uri with a password": ({"model": {"storage": {"uri": "https://u:p@models.example.com/m"}}}, "spec.model.storage.uri"),
+    "one-letter bucket": ({"model": {"storage": {"uri": "s3://b/m"}}}, "spec.model.storage.uri"),
+    "credentials without uri": ({"model": {"storage": {"pvc": {"claimName": "m"}, "credentials": {
+        "serviceAccountName": "reader"}}}}, "storage.credentials and storage.cacheSizeLimit need storage.uri"),
 }
 
 

@@ -316,3 +316,47 @@ def test_the_create_entry_is_dropped_once_our_apply_manages_the_fields() -> None
     assert without_create_entry({"metadata": {"managedFields": [create, other]}}) is None  # not applied yet: keep it
     assert without_create_entry({"metadata": {"managedFields": [applied, other]}}) is None  # nothing to drop
     assert without_create_entry({"metadata": {}}) is None
+
+
+def test_versions_from_object_storage_say_where_from_and_an_unlistable_store_is_reported_once() -> None:
+    """The pods' admin reports (as model-server answers GET /v1/admin/models for a storage.uri
+    model) give each version's source and download; a pod that cannot list the store makes
+    Degraded=StorageUnavailable with one Warning, and the condition clears when it lists again."""
+    from modeldeploy.clients.servers import parse_report
+    from modeldeploy.decisions.records import Endpoint
+
+    def answer(error: str = "") -> dict:
+        return {"ready": True, "routingGeneration": 1, "models": {"m": {
+            "versions": {"3": {"state": "AVAILABLE", "error": "", "warmup": None, "source": "s3://models/m/3",
+                               "download": {"seconds": 2.5, "bytes": 1048576, "cached": False}}},
+            "labels": {}, "storage": {"uri": "s3://models/m", "error": error, "code": "UNAVAILABLE" if error else "OK",
+                                      "pending": {}}}}}
+
+    unreachable = "s3://models/m: store unreachable (error sending request)"
+    b = body(finalizers=[plan.FINALIZER], model={"storage": {"uri": "s3://models/m"}})
+    endpoints = (Endpoint("m-1", "http://10.0.0.1:8502"), Endpoint("m-2", "http://10.0.0.2:8502"))
+    slow = answer()
+    slow["models"]["m"]["versions"]["3"]["download"] = {"seconds": 4.0, "bytes": 1048576, "cached": False}
+    pods = (parse_report("m-1", "m", answer()), parse_report("m-2", "m", slow))
+    o = observed(b, live_children(b), endpoints=endpoints, pods=pods)
+    r = plan.report(o, plan.plan(o, DEFAULTS), Outcome(), "T1")
+    assert r.status is not None and r.status["versions"] == [{"version": 3, "state": "Available", "source": "s3://models/m/3",
+                                                              "download": {"seconds": 4.0, "bytes": 1048576, "cached": False}}]
+    api_status = plan.api.ModelDeploymentStatus.model_validate(r.status)  # the CRD's status schema takes it
+    assert api_status.versions is not None and api_status.versions[0].download is not None
+    assert not [e for e in r.events if e.type == "Warning"]
+
+    pods = (parse_report("m-1", "m", answer(unreachable)), parse_report("m-2", "m", answer(unreachable)))
+    o = observed(b, live_children(b), endpoints=endpoints, pods=pods)
+    r = plan.report(o, plan.plan(o, DEFAULTS), Outcome(), "T2")
+    degraded = {c["type"]: c for c in r.status["conditions"]}["Degraded"]  # type: ignore[index]
+    assert (degraded["status"], degraded["reason"]) == ("True", "StorageUnavailable")
+    assert degraded["message"] == f"pod m-1: {unreachable}"
+    assert [(e.type, e.reason) for e in r.events if e.type == "Warning"] == [("Warning", "StorageUnavailable")]
+    assert r.status["versions"][0]["state"] == "Available"  # type: ignore[index]  # what is loaded keeps serving
+    again = body(finalizers=[plan.FINALIZER], status=r.status, model={"storage": {"uri": "s3://models/m"}})
+    o2 = observed(again, live_children(again), endpoints=endpoints, pods=pods)
+    assert not [e for e in plan.report(o2, plan.plan(o2, DEFAULTS), Outcome(), "T3").events if e.type == "Warning"]
+    o3 = observed(again, live_children(again), endpoints=endpoints, pods=(parse_report("m-1", "m", answer()),))
+    cleared = plan.report(o3, plan.plan(o3, DEFAULTS), Outcome(), "T4").status
+    assert cleared is not None and {c["type"]: c["status"] for c in cleared["conditions"]}["Degraded"] == "False"

@@ -166,6 +166,28 @@ def test_the_profiler_and_the_reload_rpc_are_off_unless_the_spec_asks(server: di
     assert flags["enable_profiler"] is profiler and flags["enable_reload_config_rpc"] is reload
 
 
+def test_a_model_from_object_storage() -> None:
+    """storage.uri: the server reads the URI itself (base_path, checked by its own config parser)
+    and downloads into an emptyDir; the Secret is referenced (envFrom), never read."""
+    from modelserver.config.flags import parse_args
+    from modelserver.config.model_config import model_configs_from_proto
+
+    s = spec(**CASES["objectStorage"])
+    (model,) = model_configs_from_proto(parse_models_config(serverconfig.models_config(s, "clf")))
+    assert model.base_path == "s3://models/clf"
+    assert parse_args(serverconfig.server_args(s)).values["model_cache_dir"] == serverconfig.MODEL_CACHE_DIR
+    pod = kinds(render.render_all(s, OWNER))["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["envFrom"] == [{"secretRef": {"name": "s3-reader"}}] and pod["serviceAccountName"] == "model-reader"
+    assert {"name": "model-cache", "emptyDir": {"sizeLimit": "20Gi"}} in pod["volumes"]
+    assert {"name": "model-cache", "mountPath": "/model-cache"} in container["volumeMounts"]
+    assert not any(v["name"] == "model" for v in pod["volumes"])  # nothing mounted at /models
+    plain = kinds(render.render_all(spec(model={"storage": {"uri": "gs://models/clf"}}), OWNER))["Deployment"]
+    pod = plain["spec"]["template"]["spec"]
+    assert "serviceAccountName" not in pod and "envFrom" not in pod["containers"][0]
+    assert {"name": "model-cache", "emptyDir": {}} in pod["volumes"]
+
+
 @pytest.mark.parametrize("extra", [[], ["--rest_api_timeout_in_ms=5000", "--tensorflow_intra_op_parallelism=2"],
                                    ["--enable_grpc_healthcheck_service"], ["--trace_sample_rate=10"]])
 def test_rendered_args_parse_with_the_servers_own_parser(extra: list[str]) -> None:
@@ -226,6 +248,8 @@ CASES = {
     "autoscaling": {"autoscaling": {"mode": "hpa", "minReplicas": 2, "maxReplicas": 5, "target": 100}},
     "tracing+logging": {"observability": {"tracing": {"endpoint": "http://otel.monitoring:4317"}},
                         "logging": {"url": "http://sink.monitoring/events", "mode": "request"}},
+    "objectStorage": {"model": {"storage": {"uri": "s3://models/clf", "credentials": {
+        "secretRef": {"name": "s3-reader"}, "serviceAccountName": "model-reader"}, "cacheSizeLimit": "20Gi"}}},
 }
 
 
@@ -301,7 +325,8 @@ def test_model_pods_meet_the_restricted_pod_security_standard(case: str) -> None
         assert sc["readOnlyRootFilesystem"] is True and not any("hostPort" in p for p in c["ports"])
         # the only writable place is /tmp, an emptyDir of bounded size
         writable = [m for m in c["volumeMounts"] if not m.get("readOnly")]
-        assert [m["mountPath"] for m in writable] == ["/tmp"]
+        cache = [serverconfig.MODEL_CACHE_DIR] if case == "objectStorage" else []  # its downloads, an emptyDir
+        assert [m["mountPath"] for m in writable] == [*cache, "/tmp"]
         # and caches that default to $HOME land there
         assert {"name": "HOME", "value": "/tmp"} in c["env"]
     volumes = {v["name"]: v for v in pod["volumes"]}

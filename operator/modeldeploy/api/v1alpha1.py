@@ -15,6 +15,7 @@ import re
 from enum import StrEnum
 from typing import Any, Literal
 
+from modelserver.config import storage_uri
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -70,26 +71,65 @@ class ImageSource(_Model):
     sub_path: str = Field("", max_length=1024, description="directory of the model inside the image")
 
 
+class SecretRef(_Model):
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                      description="a Secret in the same namespace")
+
+
+class StorageCredentials(_Model):
+    """How the pods reach object storage: a Secret whose keys become the server's environment
+    (AWS_ACCESS_KEY_ID, AZURE_STORAGE_ACCOUNT_KEY, ...), and/or a ServiceAccount for workload
+    identity (EKS IRSA or Pod Identity, GKE and AKS workload identity)."""
+
+    secret_ref: SecretRef | None = Field(None, description="a Secret whose keys become the server's environment "
+                                         "(envFrom); the operator references it and never reads it")
+    service_account_name: str | None = Field(None, min_length=1, max_length=253,
+                                             pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                                             description="the pods' ServiceAccount (workload identity)")
+
+
+STORAGE_KINDS = "storage.pvc, storage.hostPath, storage.image, storage.uri"
+
+
 class Storage(_Model):
-    """Where the SavedModel versions live: exactly one of pvc, hostPath, image."""
+    """Where the SavedModel versions live: exactly one of pvc, hostPath, image, uri."""
 
     model_config = ConfigDict(
         json_schema_extra=_cel(
             (
-                "(has(self.pvc) ? 1 : 0) + (has(self.hostPath) ? 1 : 0) + (has(self.image) ? 1 : 0) == 1",
-                "exactly one of storage.pvc, storage.hostPath, storage.image must be set",
-            )
+                "(has(self.pvc) ? 1 : 0) + (has(self.hostPath) ? 1 : 0) + (has(self.image) ? 1 : 0) "
+                "+ (has(self.uri) ? 1 : 0) == 1",
+                f"exactly one of {STORAGE_KINDS} must be set",
+            ),
+            ("has(self.uri) || (!has(self.credentials) && !has(self.cacheSizeLimit))",
+             "storage.credentials and storage.cacheSizeLimit need storage.uri"),
         )
     )
 
     pvc: PVCSource | None = None
     host_path: HostPathSource | None = None
     image: ImageSource | None = None
+    uri: str | None = Field(None, max_length=2048, pattern=storage_uri.URI_PATTERN,
+                            description="object storage the pods download versions from: s3://BUCKET/PREFIX, "
+                            "gs://BUCKET/PREFIX, az://CONTAINER/PREFIX, abfss://CONTAINER@ACCOUNT.dfs.core.windows.net/"
+                            "PREFIX, or an https:// URL (the model-server's --model_base_path forms)")
+    credentials: StorageCredentials | None = Field(None, description="with uri: how the pods authenticate "
+                                                   "(default: the environment the node and cluster give them)")
+    cache_size_limit: int | str | None = Field(
+        None, description="with uri: the size limit of the pods' download cache, an emptyDir (default: none)",
+        json_schema_extra=INT_OR_STRING)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Storage:
-        if sum(x is not None for x in (self.pvc, self.host_path, self.image)) != 1:
-            raise ValueError("exactly one of storage.pvc, storage.hostPath, storage.image must be set")
+        if sum(x is not None for x in (self.pvc, self.host_path, self.image, self.uri)) != 1:
+            raise ValueError(f"exactly one of {STORAGE_KINDS} must be set")
+        if self.uri is None and (self.credentials is not None or self.cache_size_limit is not None):
+            raise ValueError("storage.credentials and storage.cacheSizeLimit need storage.uri")
+        if self.uri is not None:
+            try:
+                storage_uri.parse(self.uri)
+            except ValueError as exc:
+                raise ValueError(f"storage.uri: {exc}") from None
         return self
 
 
@@ -555,12 +595,20 @@ class WarmupStatus(_Model):
                                            json_schema_extra={"additionalProperties": {"type": "string"}})
 
 
+class DownloadStatus(_Model):
+    seconds: float = Field(description="how long the download took (the longest of the pods that report it)")
+    bytes: int = Field(description="bytes downloaded (0: found in the pod's cache)")
+    cached: bool = Field(False, description="found in the pod's cache, nothing downloaded")
+
+
 class VersionStatus(_Model):
     version: int
     state: str = Field(description="Pending | Loading | Available | Unloading | Unloaded | Failed | Unknown")
     message: str | None = Field(None, description="the server's error message for this version")
     labels: list[str] | None = None
     warmup: WarmupStatus | None = Field(None, description="the warmup replayed before the version turned available")
+    source: str | None = Field(None, description="with storage.uri: where the version was downloaded from")
+    download: DownloadStatus | None = Field(None, description="with storage.uri: its download into the pods")
 
 
 class RolloutStatus(_Model):

@@ -159,6 +159,7 @@ def _parse_report(pod: str, model: str, body: Any) -> PodReport:
     versions: dict[int, str] = {}
     errors: dict[int, str] = {}
     warmup: dict[int, dict[str, Any]] = {}
+    downloads: dict[int, dict[str, Any]] = {}
     for v, rec in (entry.get("versions") or {}).items():
         try:
             version = int(v)
@@ -169,8 +170,15 @@ def _parse_report(pod: str, model: str, body: Any) -> PodReport:
             errors[version] = str(rec["error"])
         if isinstance((rec or {}).get("warmup"), dict) and rec["warmup"].get("records"):
             warmup[version] = dict(rec["warmup"])
+        if (rec or {}).get("source"):
+            download = rec.get("download")
+            downloads[version] = {"source": str(rec["source"]), "download": {
+                "seconds": float(download.get("seconds") or 0.0), "bytes": int(download.get("bytes") or 0),
+                "cached": bool(download.get("cached"))} if isinstance(download, dict) else None}
     labels = {str(k): int(v) for k, v in (entry.get("labels") or {}).items()}
-    return PodReport(pod, versions, errors, gen, labels=labels, warmup=warmup)
+    store_error = str(((entry.get("storage") or {}).get("error")) or "")
+    return PodReport(pod, versions, errors, gen, labels=labels, warmup=warmup, downloads=downloads,
+                     store_error=store_error)
 
 
 def _call(method: str, url: str, token: str, body: Obj | None, timeout: float) -> tuple[int, Any]:

@@ -29,7 +29,14 @@ from modeldeploy.api import v1alpha1 as api
 from modeldeploy.decisions import admintoken, autoscale, render, rollout, scaletozero, serverconfig, traffic
 from modeldeploy.decisions import policy as admin_policy
 from modeldeploy.decisions.records import Endpoint, PodReport, PushResult, VersionReport
-from modeldeploy.decisions.status import Problem, compute_status, container_failure, failure_text
+from modeldeploy.decisions.status import (
+    STORAGE_UNAVAILABLE,
+    Problem,
+    compute_status,
+    container_failure,
+    failure_text,
+    store_error_of,
+)
 
 Obj = dict[str, Any]
 ChildKey = tuple[str, str]  # (kind, name)
@@ -371,6 +378,7 @@ def report(observed: Observed, plan_: Plan, outcome: Outcome, now: str) -> Repor
         token_refused=admintoken.refusal(list(observed.token_refused), len(observed.endpoints),
                                          render.token_secret_name(meta["name"]), meta["namespace"])
         if observed.token_refused and problem is None else None,
+        store_error=store_error_of(observed.pods) if problem is None else None,
     )
     if plan_.zero is not None and problem is None:
         status = scaletozero.with_status(status, plan_.zero, observed.activator, observed.idle_requests,
@@ -379,7 +387,7 @@ def report(observed: Observed, plan_: Plan, outcome: Outcome, now: str) -> Repor
                                          previous, generation, now)
     event = summary_event(problem, previous, generation, plan_.config_hash)
     events = ((event,) if event else ()) + failed_version_event(status, previous) + failing_event(status, previous) \
-        + token_event(status, previous)
+        + token_event(status, previous) + storage_event(status, previous)
     if plan_.scaling is not None and problem is None:
         events += tuple(Event(t, r, m) for t, r, m in plan_.scaling.events)
     if plan_.rollout is not None and problem is None:
@@ -419,6 +427,16 @@ def failing_event(status: Obj, previous: Obj) -> tuple[Event, ...]:
 
 def _degraded(st: Obj) -> Obj:
     return {c.get("type"): c for c in st.get("conditions") or []}.get("Degraded") or {}
+
+
+def storage_event(status: Obj, previous: Obj) -> tuple[Event, ...]:
+    """A Warning when pods start failing to list the model's object storage, or fail for another
+    reason (not at every reconcile while they do)."""
+    now, was = _degraded(status), _degraded(previous)
+    if now.get("reason") == STORAGE_UNAVAILABLE and (was.get("reason"), was.get("message")) != (
+            STORAGE_UNAVAILABLE, now.get("message")):
+        return (Event("Warning", STORAGE_UNAVAILABLE, str(now.get("message", ""))),)
+    return ()
 
 
 def token_event(status: Obj, previous: Obj) -> tuple[Event, ...]:

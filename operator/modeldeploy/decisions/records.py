@@ -16,6 +16,8 @@ class VersionReport:
     message: str = ""
     labels: tuple[str, ...] = ()  # the labels the server resolves to this version
     warmup: dict[str, Any] | None = None  # what the server replayed before AVAILABLE (admin port report)
+    source: str = ""  # storage.uri: where the version was downloaded from
+    download: dict[str, Any] | None = None  # storage.uri: {seconds, bytes, cached} (the slowest pod's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,8 @@ class PodReport:
     labels: Mapping[str, int] = field(default_factory=dict)  # where its labels point now
     warmup: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)  # version -> the server's warmup report
     token_refused: bool = False  # it answered 401: its mounted token is not the one the operator derives
+    downloads: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)  # version -> {source, download}
+    store_error: str = ""  # storage.uri: why the server's last listing of the store failed
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,8 +131,12 @@ def render_configmap(spec: ModelDeploymentSpec, owner: Owner, serving: Serving) 
 
 
 def _model_volume(spec: ModelDeploymentSpec) -> tuple[dict[str, Any], str]:
-    """The pod volume holding the model, and the subPath to mount."""
+    """The pod volume holding the model, and the subPath to mount; with storage.uri, the emptyDir
+    the server downloads versions into (mounted at serverconfig.MODEL_CACHE_DIR)."""
     storage = spec.model.storage
+    if storage.uri:
+        limit = {"sizeLimit": str(storage.cache_size_limit)} if storage.cache_size_limit is not None else {}
+        return {"name": "model-cache", "emptyDir": limit}, ""
     if storage.pvc:
         return {
             "name": "model",
@@ -145,6 +149,19 @@ def _model_volume(spec: ModelDeploymentSpec) -> tuple[dict[str, Any], str]:
         "name": "model",
         "image": {"reference": storage.image.reference, "pullPolicy": storage.image.pull_policy},
     }, storage.image.sub_path
+
+
+def _storage_credentials(spec: ModelDeploymentSpec, pod: dict[str, Any], container: dict[str, Any]) -> None:
+    """storage.credentials: the Secret's keys as the server's environment (referenced, never read
+    by the operator; a missing Secret keeps the pod from starting, as kubectl describe shows), and
+    the ServiceAccount workload identity maps to a cloud role."""
+    creds = spec.model.storage.credentials
+    if creds is None:
+        return
+    if creds.secret_ref is not None:
+        container["envFrom"] = [{"secretRef": {"name": creds.secret_ref.name}}]
+    if creds.service_account_name:
+        pod["serviceAccountName"] = creds.service_account_name
 
 
 def _resources(spec: ModelDeploymentSpec) -> dict[str, Any]:
@@ -180,6 +197,8 @@ def render_pod_spec(spec: ModelDeploymentSpec, owner: Owner, defaults: Defaults)
     name = api.model_name(spec, owner.name)
     volume, sub_path = _model_volume(spec)
     model_mount: dict[str, Any] = {"name": "model", "mountPath": serverconfig.model_base_path(name), "readOnly": True}
+    if spec.model.storage.uri:
+        model_mount = {"name": "model-cache", "mountPath": serverconfig.MODEL_CACHE_DIR}
     if sub_path:
         model_mount["subPath"] = sub_path
     container: dict[str, Any] = {
@@ -248,6 +267,7 @@ def render_pod_spec(spec: ModelDeploymentSpec, owner: Owner, defaults: Defaults)
             "name": requests.name, "items": [{"key": requests.key, "path": serverconfig.WARMUP_REQUESTS_FILE}]}})
         container["volumeMounts"].append({"name": "warmup-requests", "mountPath": serverconfig.WARMUP_REQUESTS_DIR,
                                           "readOnly": True})
+    _storage_credentials(spec, pod, container)
     tolerations = _tolerations(spec)
     if tolerations:
         pod["tolerations"] = tolerations

@@ -23,6 +23,7 @@ from modeldeploy.api.v1alpha1 import Batching, ModelDeploymentSpec, WarmupSource
 
 CONFIG_DIR = "/config"
 MODELS_DIR = "/models"
+MODEL_CACHE_DIR = "/model-cache"  # storage.uri: where the pod's server downloads versions (an emptyDir)
 MODELS_CONFIG = contract.MODELS_CONFIG
 BATCHING_CONFIG = contract.BATCHING_CONFIG
 MONITORING_CONFIG = contract.MONITORING_CONFIG
@@ -71,6 +72,11 @@ def model_base_path(name: str) -> str:
     return f"{MODELS_DIR}/{name}"
 
 
+def base_path(spec: ModelDeploymentSpec, name: str) -> str:
+    """Where the server finds the model's versions: the object-storage URI, or the mounted volume."""
+    return spec.model.storage.uri or model_base_path(name)
+
+
 def models_config(spec: ModelDeploymentSpec, name: str, versions: tuple[int, ...] | None = None) -> str:
     """TF Serving's models.config for one model: the spec's versions (or `versions`, which the
     traffic decision widens while labels still point at versions the spec dropped), no labels."""
@@ -78,7 +84,7 @@ def models_config(spec: ModelDeploymentSpec, name: str, versions: tuple[int, ...
         "model_config_list {",
         "  config {",
         f"    name: {quote(name)}",
-        f"    base_path: {quote(model_base_path(name))}",
+        f"    base_path: {quote(base_path(spec, name))}",
         '    model_platform: "tensorflow"',
         "    model_version_policy {",
     ]
@@ -169,6 +175,8 @@ def server_args(spec: ModelDeploymentSpec) -> list[str]:
     args.append(f"--drain_timeout_seconds={drain_seconds(spec.server.termination_grace_period_seconds)}")
     if spec.batching and spec.batching.enabled:
         args += ["--enable_batching=true", f"--batching_parameters_file={CONFIG_DIR}/{BATCHING_CONFIG}"]
+    if spec.model.storage.uri:
+        args.append(f"--model_cache_dir={MODEL_CACHE_DIR}")
     if spec.logging is not None:
         args += [f"--payload_log_url={spec.logging.url}", f"--payload_log_mode={spec.logging.mode}",
                  f"--payload_log_sample_rate={spec.logging.sample_rate:g}",
@@ -177,8 +185,9 @@ def server_args(spec: ModelDeploymentSpec) -> list[str]:
     return args
 
 
-def tracing_env(spec: ModelDeploymentSpec, namespace: str, owner_name: str) -> list[dict[str, str]]:
-    """The OpenTelemetry SDK's standard variables for spec.observability.tracing ([] when off)."""
+def tracing_env(spec: ModelDeploymentSpec, namespace: str, owner_name: str) -> list[dict[str, Any]]:
+    """The OpenTelemetry SDK's standard variables for spec.observability.tracing ([] when off); the
+    pod's name comes from the downward API (POD_NAME, expanded in OTEL_RESOURCE_ATTRIBUTES)."""
     tracing = spec.observability.tracing if spec.observability is not None else None
     if tracing is None:
         return []
@@ -187,11 +196,13 @@ def tracing_env(spec: ModelDeploymentSpec, namespace: str, owner_name: str) -> l
         "OTEL_EXPORTER_OTLP_ENDPOINT": tracing.endpoint,
         "OTEL_EXPORTER_OTLP_PROTOCOL": tracing.protocol,
         "OTEL_SERVICE_NAME": tracing.service_name or model_name(spec, owner_name),
-        "OTEL_RESOURCE_ATTRIBUTES": f"k8s.namespace.name={namespace},modeldeploy.name={owner_name}",
+        "OTEL_RESOURCE_ATTRIBUTES": f"k8s.pod.name=$(POD_NAME),k8s.namespace.name={namespace},"
+                                    f"modeldeploy.name={owner_name}",
         "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
         "OTEL_TRACES_SAMPLER_ARG": f"{tracing.sampling_ratio:g}",
     }
-    return [{"name": k, "value": v} for k, v in values.items()]
+    pod_name = {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    return [pod_name, *({"name": k, "value": v} for k, v in values.items())]
 
 
 def args_problem(spec: ModelDeploymentSpec) -> str | None:

@@ -8,12 +8,13 @@ a message a user can act on; `lastTransitionTime` changes only when the conditio
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from modeldeploy.api import v1alpha1 as api
 from modeldeploy.api.v1alpha1 import ModelDeploymentSpec
-from modeldeploy.decisions.records import VersionReport
+from modeldeploy.decisions.records import PodReport, VersionReport
 
 Obj = dict[str, Any]
 
@@ -102,6 +103,14 @@ def failure_text(f: Obj) -> str:
     return f"pod {f['pod']}, container {f['container']}: {f['reason']}{code}{last}"
 
 
+STORAGE_UNAVAILABLE = "StorageUnavailable"
+
+
+def store_error_of(pods: Iterable[PodReport] | None) -> str | None:
+    """The first pod's report that it cannot list the model's object storage, as a condition's message."""
+    return next((f"pod {p.pod}: {p.store_error}" for p in pods or () if p.store_error and not p.unreachable), None)
+
+
 def pending_labels(spec: ModelDeploymentSpec | None, served: dict[int, VersionReport] | None) -> list[str]:
     """Labels the servers do not resolve as the spec says yet (`label→version`), from a server report."""
     if spec is None or served is None:
@@ -112,7 +121,8 @@ def pending_labels(spec: ModelDeploymentSpec | None, served: dict[int, VersionRe
 
 def conditions_for(problem: Problem | None, rollout: Rollout | None, generation: int, labels_pending: list[str] | None = None,
                    failed: list[str] | None = None, failing: Obj | None = None,
-                   unavailable: list[str] | None = None, token_refused: str | None = None) -> list[Obj]:
+                   unavailable: list[str] | None = None, token_refused: str | None = None,
+                   store_error: str | None = None) -> list[Obj]:
     """Ready, Progressing, Degraded, and kstatus' own pair: `Reconciling` (= Progressing) and `Stalled`
     (= Degraded), which kstatus-based tools (Flux health checks, kpt, Config Sync) read to tell
     InProgress / Failed / Current; without them they would call a ModelDeployment Current as soon as
@@ -135,6 +145,11 @@ def conditions_for(problem: Problem | None, rollout: Rollout | None, generation:
     if token_refused and problem is None and not any(c["type"] == "Degraded" and c["status"] == "True" for c in primary):
         # pods refuse the operator's admin token: someone changed their Secret (admintoken.py)
         primary = [_condition("Degraded", True, "AdminTokenRejected", token_refused, generation)
+                   if c["type"] == "Degraded" else c for c in primary]
+    if store_error and problem is None and not any(c["type"] == "Degraded" and c["status"] == "True" for c in primary):
+        # a pod cannot list the model's object storage (gone, denied, missing bucket): what it has
+        # loaded keeps serving, new versions wait, and the server retries at every poll
+        primary = [_condition("Degraded", True, STORAGE_UNAVAILABLE, store_error, generation)
                    if c["type"] == "Degraded" else c for c in primary]
     if unavailable and problem is None and rollout is not None and rollout.complete and rollout.wanted:
         # the pods are ready, but not every listed version is served yet: say which
@@ -247,6 +262,10 @@ def version_states(
                                    "requests": int(w.get("requests", 0)), "seconds": float(w.get("seconds", 0.0))}
                 if w.get("skipped"):
                     entry["warmup"]["skipped"] = {str(k): str(v) for k, v in w["skipped"].items()}
+            if report and report.source:
+                entry["source"] = report.source
+            if report and report.download:
+                entry["download"] = dict(report.download)
         if v in labels_by_version and "labels" not in entry:
             entry["labels"] = labels_by_version[v]
         out.append(entry)
@@ -291,6 +310,7 @@ def compute_status(
     progressive: Obj | None = None,
     failing: Obj | None = None,
     token_refused: str | None = None,
+    store_error: str | None = None,
 ) -> Obj:
     """The full status object (plain dict in the CRD's camelCase). `routing` is the routing table
     in force and its delivery (plan.routing_status)."""
@@ -302,7 +322,8 @@ def compute_status(
     failed = list((routing or {}).get("failed") or [])
     versions = version_states(spec, rollout, problem, served) if spec is not None else []
     unavailable = [f"version {v['version']} {v['state']}" for v in versions if v["state"] not in ("Available", "Unloaded")]
-    conds = conditions_for(problem, rollout, generation, pending, failed, failing, unavailable, token_refused)
+    conds = conditions_for(problem, rollout, generation, pending, failed, failing, unavailable, token_refused,
+                           store_error)
     if autoscaler is not None and problem is None:
         conds.append(scaling_condition(autoscaler, generation))
     if progressive is not None and problem is None:

@@ -200,5 +200,9 @@ def version_reports(pods: Sequence[PodReport], table: Table) -> dict[int, Versio
         else:
             state, message = "Loading", ""
         warmed = next((p.warmup[v] for p in answered if p.warmup.get(v)), None)
-        out[v] = VersionReport(state, message, tuple(labels.get(v, ())), dict(warmed) if warmed else None)
+        fetched = [p.downloads[v] for p in answered if p.downloads.get(v)]
+        taken = [f["download"] for f in fetched if f.get("download")]
+        out[v] = VersionReport(state, message, tuple(labels.get(v, ())), dict(warmed) if warmed else None,
+                               source=str(fetched[0]["source"]) if fetched else "",
+                               download=dict(max(taken, key=lambda d: d["seconds"])) if taken else None)
     return out
