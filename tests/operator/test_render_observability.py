@@ -24,13 +24,13 @@ def container(s: api.ModelDeploymentSpec) -> dict[str, Any]:
     return dep["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
 
 
-def env(s: api.ModelDeploymentSpec) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container(s)["env"]}
+def env(s: api.ModelDeploymentSpec) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(s)["env"]}
 
 
 def test_without_observability_the_pods_get_no_otel_variables_nor_payload_flags():
     c = container(spec())
-    assert not [e for e in c["env"] if e["name"].startswith("OTEL_")]
+    assert [e["name"] for e in c["env"]] == ["HOME"]
     assert not [a for a in c["args"] if a.startswith("--payload_log")]
 
 
@@ -45,7 +45,9 @@ def test_without_observability_the_pods_get_no_otel_variables_nor_payload_flags(
 def test_tracing_renders_the_standard_otel_environment(tracing, expected):
     got = env(spec(observability={"tracing": tracing}))
     assert got == {"HOME": "/tmp", "OTEL_TRACES_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-                   "OTEL_RESOURCE_ATTRIBUTES": "k8s.namespace.name=ml,modeldeploy.name=clf", **expected}
+                   "POD_NAME": {"fieldRef": {"fieldPath": "metadata.name"}},
+                   "OTEL_RESOURCE_ATTRIBUTES": "k8s.pod.name=$(POD_NAME),k8s.namespace.name=ml,modeldeploy.name=clf",
+                   **expected}
 
 
 def test_the_model_name_names_the_service_when_it_differs_from_the_deployment():
