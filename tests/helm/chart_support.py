@@ -88,6 +88,14 @@ def one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def operator_deployment(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The operator's Deployment (with activator.enabled the chart renders the activator's too)."""
+    found = [d for d in by_kind(objs, "Deployment")
+             if d["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/component") == "operator"]
+    assert len(found) == 1, f"expected one operator Deployment, found {len(found)}"
+    return found[0]
+
+
 def http_get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:

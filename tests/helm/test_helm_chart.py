@@ -21,6 +21,7 @@ from chart_support import (
     by_kind,
     objects,
     one,
+    operator_deployment,
     render,
 )
 from monitoring_schemas import SCHEMAS
@@ -112,9 +113,12 @@ def test_namespaced_objects_live_in_the_release_namespace(full_objects: list[dic
 
 @pytest.mark.parametrize("name", list(VALUE_SETS))
 def test_operator_pod_meets_the_restricted_pod_security_standard(name: str) -> None:
-    dep = one(objects(VALUE_SETS[name]), "Deployment")
-    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
-    pod = dep["spec"]["template"]["spec"]
+    for dep in by_kind(objects(VALUE_SETS[name]), "Deployment"):  # the operator's, and the activator's when enabled
+        assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+        _restricted(dep["spec"]["template"]["spec"])
+
+
+def _restricted(pod: dict) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
@@ -183,7 +187,7 @@ def test_operator_accepts_every_argument_the_chart_passes(name: str) -> None:
 
     parser = argparse.ArgumentParser(exit_on_error=False)
     operator_main.add_arguments(parser)
-    (container,) = one(objects(VALUE_SETS[name]), "Deployment")["spec"]["template"]["spec"]["containers"]
+    (container,) = operator_deployment(objects(VALUE_SETS[name]))["spec"]["template"]["spec"]["containers"]
     args = parser.parse_args(container["args"])
     assert (
         container["livenessProbe"]["httpGet"]["port"]
@@ -203,7 +207,7 @@ def test_operator_accepts_every_argument_the_chart_passes(name: str) -> None:
 def test_the_token_key_is_a_mounted_file(name: str) -> None:
     """The operator reads the admin-token key from a file the kubelet mounts: its RBAC reads no Secret."""
     objs = objects(VALUE_SETS[name])
-    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    pod = operator_deployment(objs)["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     mount = next(m for m in container["volumeMounts"] if m["name"] == "token-key")
     assert mount["readOnly"] is True and f"--token-key-file={mount['mountPath']}/key" in container["args"]

@@ -38,9 +38,18 @@ narrow a list or watch by label, and a read grant would be every Secret of every
   verbs: [list, watch, create, patch]
 # Which pods are ready and where their admin port is: the EndpointSlices of each ModelDeployment's
 # headless admin Service (they carry its labels), watched to push routing tables to each pod.
+{{- if .Values.activator.enabled }}
+# With the activator (scale to zero), also the EndpointSlices of each selector-less model Service:
+# applied server-side by the operator (the ready pods, or the activator; an apply that creates also
+# needs create), and deleted when no longer wanted.
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch, create, patch, delete]
+{{- else }}
 - apiGroups: [discovery.k8s.io]
   resources: [endpointslices]
   verbs: [list, watch]
+{{- end }}
 # The server pods (the Deployment's template labels), watched read-only: a container that crashes or
 # cannot start shows in status.lastFailureInfo and Degraded=ContainerFailing (the Deployment's own
 # status never says it).
