@@ -100,6 +100,11 @@ def test_cold_start_in_parts() -> None:
     assert parts == {"started": "2026-05-28T20:26:40Z", "seconds": 12.75, "scheduledSeconds": 1.0,
                      "loadedSeconds": 8.0, "warmedUpSeconds": 3.0, "firstAnswerSeconds": 0.25}
     assert scaletozero.cold_start(Activator("a", 1, 2, held_at=held), [], None) is None  # not answered yet
+    # a pod of a later cold start (ready after this one's answer) tells nothing about this one
+    later = scaletozero.cold_start(act, [pod("2026-05-28T20:30:00Z", "2026-05-28T20:29:00Z")], None)
+    assert later is not None and "scheduledSeconds" not in later
+    kept = scaletozero.status_of(scaletozero.decide(obs()), act, None, later, {"lastColdStart": parts})
+    assert kept["lastColdStart"] == parts
 
 
 def test_status_and_condition_keep_their_transition_time() -> None:

@@ -204,10 +204,12 @@ def cold_start(act: Activator | None, pods: list[Obj], warmup_seconds: float | N
     if act is None or act.held_at is None or act.answered_at is None:
         return None
     out: Obj = {"started": _rfc3339(act.held_at), "seconds": round(act.answered_at - act.held_at, 3)}
-    # the pod that became ready first after the request was held
-    ready = sorted((t, p) for p in pods if (t := _condition_time(p, "Ready")) is not None and t >= act.held_at - 1)
+    # the pod that became ready first after the request was held and before its answer (condition
+    # times have 1 s resolution); a later pod belongs to a later cold start
+    ready = sorted((t, i) for i, p in enumerate(pods)
+                   if (t := _condition_time(p, "Ready")) is not None and act.held_at - 1 <= t <= act.answered_at + 1)
     if ready:
-        ready_at, pod = ready[0]
+        ready_at, pod = ready[0][0], pods[ready[0][1]]
         scheduled = _condition_time(pod, "PodScheduled")
         if scheduled is not None:
             out["scheduledSeconds"] = round(max(0.0, scheduled - act.held_at), 3)
@@ -221,10 +223,13 @@ def cold_start(act: Activator | None, pods: list[Obj], warmup_seconds: float | N
 
 def status_of(d: Decision, act: Activator | None, requests: float | None, cold: Obj | None,
               previous: Obj | None) -> Obj:
+    before = (previous or {}).get("lastColdStart")
+    if cold and isinstance(before, dict) and before.get("started") == cold.get("started"):
+        cold = {**cold, **before}  # the parts found while its pod was there stay (the pod may be gone now)
     out: Obj = {"heldRequests": act.held if act is not None else None,
                 "waitingSince": _rfc3339(act.waiting_since) if act is not None else None,
                 "awakeSince": d.awake_since, "message": d.message,
-                "lastColdStart": cold or (previous or {}).get("lastColdStart")}
+                "lastColdStart": cold or before}
     if requests is not None:
         out["requestsInIdleWindow"] = requests
     return {k: v for k, v in out.items() if v is not None}
