@@ -172,3 +172,19 @@ def test_operator_scale_quick(tmp_path: Path) -> None:
     text = report.with_operator_section("# Results\n\n## Reproduce\n", section)
     assert text.index("Operator at scale") < text.index("## Reproduce")
     assert report.with_operator_section(text, section) == text  # replaced in place, not added twice
+
+
+def test_scale_to_zero_section_is_replaced_in_place(tmp_path: Path) -> None:
+    import scale_to_zero
+
+    out = {"when": "now", "warm": {"n": 3, "service": {"p50": 1.0, "p99": 2.0}, "pod": {"p50": 0.9, "p99": 1.8}},
+           "cold": [{"seconds": 7.5, "parts": {"scheduledSeconds": 0.1, "loadedSeconds": 5.0, "warmedUpSeconds": 1.0,
+                                               "firstAnswerSeconds": 0.2}}]}
+    text = scale_to_zero.section(out)
+    assert "| 1 | 7.50 | 0.10 | 5.00 | 1.00 | 0.20 |" in text and "p50 1.0" in text
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n")
+    scale_to_zero.write_section(results, text)
+    once = results.read_text()
+    scale_to_zero.write_section(results, text)
+    assert results.read_text() == once and once.count(scale_to_zero.START) == 1
