@@ -227,6 +227,42 @@ def test_versions_and_labels(server, http, grpcc) -> None:  # type: ignore[no-un
     assert r.json()["model_version"] == "2" and r.headers["X-Model-Version"] == "2"
 
 
+def test_unversioned_requests_follow_the_split_and_the_route_key(start_server, models_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A routing table splitting two_versions 50/50 between stable (1) and canary (2): an
+    unversioned v2 request is split as a TF Serving one is; one route key, one version, on either
+    port (the same key over REST and gRPC: the same label)."""
+    (tmp_path / "models.config").write_text(demo.model_config_text(
+        [(demo.TWO_VERSIONS, str(models_dir / demo.TWO_VERSIONS))], policies={demo.TWO_VERSIONS: "all {}"}))
+    (tmp_path / "routing.json").write_text(json.dumps({"generation": 1, "models": {demo.TWO_VERSIONS: {
+        "labels": {"stable": 1, "canary": 2}, "weights": {"stable": 50, "canary": 50}}}}))
+    srv = start_server([f"--model_config_file={tmp_path / 'models.config'}",
+                        f"--routing_config_file={tmp_path / 'routing.json'}"])
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [2.0]}]}
+    url = srv.url + "/v2/models/two_versions/infer"
+    seen = set()
+    with requests.Session() as s:
+        for _ in range(200):
+            r = s.post(url, json=body, timeout=30)
+            answer = r.json()
+            assert answer["outputs"][0]["data"] == {"1": [3.0], "2": [5.0]}[answer["model_version"]]
+            seen.add((answer["model_version"], r.headers["X-Model-Label"]))
+        assert seen == {("1", "stable"), ("2", "canary")}
+        keyed = {s.post(url, json=body, headers={"X-Model-Route-Key": "user-7"}, timeout=30).headers["X-Model-Label"]
+                 for _ in range(50)}
+    assert len(keyed) == 1
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    req = service_pb2.ModelInferRequest(model_name="two_versions")
+    req.inputs.add(name="x", datatype="FP32", shape=[1]).contents.fp32_contents.append(2.0)
+    with grpc.insecure_channel(srv.target) as ch:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(ch)
+        over_grpc = set()
+        for _ in range(50):
+            resp, call = stub.ModelInfer.with_call(req, metadata=(("x-model-route-key", "user-7"),), timeout=30)
+            over_grpc.add((resp.model_version, dict(call.trailing_metadata())["x-model-label"]))
+    assert len(over_grpc) == 1 and next(iter(over_grpc))[1] == next(iter(keyed))
+
+
 def test_a_request_parameter_names_the_signature(server, grpcc) -> None:  # type: ignore[no-untyped-def]
     import tensorflow as tf
 
