@@ -13,7 +13,7 @@ APT_PACKAGES := prometheus wrk libb64-0d
 AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 AZURITE_VERSION := 3.37.0
 
-.PHONY: setup system-deps test-tools run serve test e2e bench bench-rollouts lint docs crds chart image demo-models clean
+.PHONY: setup system-deps test-tools run serve test e2e bench bench-rollouts bench-storage lint docs crds chart image demo-models clean
 
 setup: $(STAMP) system-deps $(AZURITE)
 
@@ -78,10 +78,16 @@ bench: setup
 	$(PY) bench/run.py
 	$(PY) bench/operator_scale.py
 	$(PY) bench/rollouts.py
+	$(PY) bench/storage.py
 
 # Rollout judgement alone: 20 healthy, 10 slow and 10 erroring rollouts on the local cluster (about 15 min).
 bench-rollouts: setup
 	$(PY) bench/rollouts.py
+
+# Models from object storage: a new version's upload to AVAILABLE, and a 512 MB model's download against
+# `aws s3 cp`, on a local moto S3 server (about 3 min; bench/RESULTS.md's object-storage section).
+bench-storage: setup
+	$(PY) bench/storage.py
 
 # Lint: the same verdict on every machine (the tools are pinned in pyproject.toml's dev extra).
 lint: setup
