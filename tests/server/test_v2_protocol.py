@@ -400,6 +400,21 @@ def test_readiness_waits_for_every_model(start_server, models_dir: Path, tmp_pat
         assert not c.is_server_ready() and not c.is_model_ready("later") and c.is_model_ready("half_plus_two")
 
 
+def test_v2_grpc_over_tls(start_server, models_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """--ssl_config_file covers the v2 service on the gRPC port as it covers TF Serving's."""
+    from test_server_tls import pki, ssl_config
+
+    keys = pki.__wrapped__()  # type: ignore[attr-defined]  # the fixture's function: a CA and a server certificate
+    cfg = ssl_config(tmp_path / "ssl.config", keys["server_key"], keys["server_cert"])
+    (tmp_path / "ca.pem").write_bytes(keys["ca"])
+    srv = start_server([f"--model_config_file={models_dir / 'models.config'}", f"--ssl_config_file={cfg}"])
+    x = infer_input(grpcclient, "x", np.array([2.0], np.float32), "FP32")
+    with grpcclient.InferenceServerClient(srv.target, ssl=True, root_certificates=str(tmp_path / "ca.pem")) as c:
+        assert c.is_server_ready() and c.infer("half_plus_two", [x]).as_numpy("y").tolist() == [3.0]
+    with grpcclient.InferenceServerClient(srv.target) as c, pytest.raises(InferenceServerException):
+        c.infer("half_plus_two", [x])  # plaintext is not spoken there
+
+
 # ---- TF Serving's own testdata models -----------------------------------------------------------------
 
 
