@@ -98,11 +98,16 @@ def test_cold_start_in_parts() -> None:
     act = Activator("a", 1, 2, held_at=held, released_at=held + 12.5, answered_at=held + 12.75)
     parts = scaletozero.cold_start(act, [pod("2026-05-28T20:26:52Z", "2026-05-28T20:26:41Z")], warmup_seconds=3.0)
     assert parts == {"started": "2026-05-28T20:26:40Z", "seconds": 12.75, "scheduledSeconds": 1.0,
-                     "loadedSeconds": 8.0, "warmedUpSeconds": 3.0, "firstAnswerSeconds": 0.25}
+                     "loadedSeconds": 8.5, "warmedUpSeconds": 3.0, "firstAnswerSeconds": 0.25}
+    assert sum(parts[k] for k in ("scheduledSeconds", "loadedSeconds", "warmedUpSeconds",
+                                  "firstAnswerSeconds")) == pytest.approx(parts["seconds"])
+    # a scheduling time rounded past the release is capped: the parts still add up
+    late = scaletozero.cold_start(act, [pod("2026-05-28T20:26:52Z", "2026-05-28T20:26:53Z")], 0.0)
+    assert late is not None and late["scheduledSeconds"] == 12.5 and late["loadedSeconds"] == 0.0
     assert scaletozero.cold_start(Activator("a", 1, 2, held_at=held), [], None) is None  # not answered yet
     # a pod of a later cold start (ready after this one's answer) tells nothing about this one
     later = scaletozero.cold_start(act, [pod("2026-05-28T20:30:00Z", "2026-05-28T20:29:00Z")], None)
-    assert later is not None and "scheduledSeconds" not in later
+    assert later is not None and "scheduledSeconds" not in later and later["loadedSeconds"] == 12.5
     kept = scaletozero.status_of(scaletozero.decide(obs()), act, None, later, {"lastColdStart": parts})
     assert kept["lastColdStart"] == parts
 
@@ -164,3 +169,12 @@ def test_idle_goes_to_zero_with_the_activator_in_the_slice_first() -> None:
     assert any(e.reason == "ScaledToZero" for e in report.events)
     cond = next(c for c in report.status["conditions"] if c["type"] == "ScaledToZero")
     assert cond["status"] == "True" and cond["reason"] == "Idle"
+
+
+def test_with_scale_to_zero_the_probes_look_every_second() -> None:
+    """A held request waits for the kubelet to see the pod started and ready."""
+    b = body(finalizers=[plan.FINALIZER], autoscaling=ZERO)
+    dep = next(a.desired for a in plan.plan(observed(b), DEFAULTS).children if a.desired["kind"] == "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert c["startupProbe"]["periodSeconds"] == 1 and c["startupProbe"]["failureThreshold"] == 600
+    assert c["readinessProbe"]["periodSeconds"] == 1

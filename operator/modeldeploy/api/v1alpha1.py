@@ -699,9 +699,11 @@ class ColdStartStatus(_Model):
     started: str | None = Field(None, description="when the first request was held (RFC 3339)")
     seconds: float | None = Field(None, description="first held request -> its answer")
     scheduled_seconds: float | None = Field(None, description="first held request -> the pod scheduled")
-    loaded_seconds: float | None = Field(None, description="scheduled -> the model loaded (the server started)")
-    warmed_up_seconds: float | None = Field(None, description="loaded -> warmed up and ready")
-    first_answer_seconds: float | None = Field(None, description="ready -> the first held request answered")
+    loaded_seconds: float | None = Field(None, description="scheduled -> the model loaded (the server started, "
+                                                           "the model read; until the pod was known ready)")
+    warmed_up_seconds: float | None = Field(None, description="the warmup the server reports")
+    first_answer_seconds: float | None = Field(None, description="released to the ready pod -> the first held "
+                                                                 "request answered")
 
 
 class ScaleToZeroStatus(_Model):

@@ -194,6 +194,7 @@ def _probe(path: str, period: int, failures: int, timeout: int = 2) -> dict[str,
 
 
 def render_pod_spec(spec: ModelDeploymentSpec, owner: Owner, defaults: Defaults) -> dict[str, Any]:
+    to_zero = spec.autoscaling is not None and spec.autoscaling.to_zero is not None
     name = api.model_name(spec, owner.name)
     volume, sub_path = _model_volume(spec)
     model_mount: dict[str, Any] = {"name": "model", "mountPath": serverconfig.model_base_path(name), "readOnly": True}
@@ -219,10 +220,11 @@ def render_pod_spec(spec: ModelDeploymentSpec, owner: Owner, defaults: Defaults)
         "env": [{"name": "HOME", "value": "/tmp"}, *serverconfig.tracing_env(spec, owner.namespace, owner.name)],
         "resources": _resources(spec),
         # Warmup gates traffic: ready only when every configured model has an AVAILABLE version.
-        "readinessProbe": _probe(contract.HEALTH_READY_PATH, period=2, failures=2),
+        # With scale to zero a request waits for these probes: they look every second.
+        "readinessProbe": _probe(contract.HEALTH_READY_PATH, period=1 if to_zero else 2, failures=2),
         "livenessProbe": _probe(contract.HEALTH_LIVE_PATH, period=10, failures=3),
         # Slow loads (big models, warmup): up to 10 minutes before liveness takes over.
-        "startupProbe": _probe(contract.HEALTH_LIVE_PATH, period=5, failures=120),
+        "startupProbe": _probe(contract.HEALTH_LIVE_PATH, period=1 if to_zero else 5, failures=600 if to_zero else 120),
         # Keep serving while endpoints drop the pod; the server drains in-flight requests on SIGTERM.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
         "securityContext": {

@@ -197,27 +197,28 @@ def _condition_time(pod: Obj, ctype: str) -> float | None:
 
 
 def cold_start(act: Activator | None, pods: list[Obj], warmup_seconds: float | None = None) -> Obj | None:
-    """The last cold start in parts: held -> scheduled (PodScheduled) -> loaded (the container
-    started, plus what the model's load took before its warmup: the server reports warmup only, so
-    `loaded` ends where warmup began) -> warmed up (Ready) -> first answer. Parts the pods no longer
-    tell (the pod is gone) are left out."""
+    """The last cold start in parts that add up to its length: held -> the pod scheduled
+    (PodScheduled) -> the model loaded -> warmed up (the warmup the server reports) -> released to
+    the ready pod (the activator's own time, when the operator told it) -> the first answer. The pod
+    is the first one ready after the request was held and before its answer (condition times have
+    1 s resolution, so the scheduling part is capped by the release); without it, `loadedSeconds`
+    covers scheduling too."""
     if act is None or act.held_at is None or act.answered_at is None:
         return None
     out: Obj = {"started": _rfc3339(act.held_at), "seconds": round(act.answered_at - act.held_at, 3)}
-    # the pod that became ready first after the request was held and before its answer (condition
-    # times have 1 s resolution); a later pod belongs to a later cold start
+    if act.released_at is None:
+        return out
+    to_release = max(0.0, act.released_at - act.held_at)
     ready = sorted((t, i) for i, p in enumerate(pods)
                    if (t := _condition_time(p, "Ready")) is not None and act.held_at - 1 <= t <= act.answered_at + 1)
-    if ready:
-        ready_at, pod = ready[0][0], pods[ready[0][1]]
-        scheduled = _condition_time(pod, "PodScheduled")
-        if scheduled is not None:
-            out["scheduledSeconds"] = round(max(0.0, scheduled - act.held_at), 3)
-            warm = min(warmup_seconds or 0.0, max(0.0, ready_at - scheduled))
-            out["loadedSeconds"] = round(max(0.0, ready_at - warm - scheduled), 3)
-            out["warmedUpSeconds"] = round(warm, 3)
-    if act.released_at is not None:
-        out["firstAnswerSeconds"] = round(max(0.0, act.answered_at - act.released_at), 3)
+    scheduled_at = _condition_time(pods[ready[0][1]], "PodScheduled") if ready else None
+    scheduled = 0.0 if scheduled_at is None else min(to_release, max(0.0, scheduled_at - act.held_at))
+    warm = min(warmup_seconds or 0.0, to_release - scheduled)
+    if scheduled_at is not None:
+        out["scheduledSeconds"] = round(scheduled, 3)
+    out["loadedSeconds"] = round(to_release - scheduled - warm, 3)
+    out["warmedUpSeconds"] = round(warm, 3)
+    out["firstAnswerSeconds"] = round(max(0.0, act.answered_at - act.released_at), 3)
     return out
 
 
