@@ -80,15 +80,18 @@ def section(out: dict[str, Any]) -> str:
          f"`minReplicas: 0`, `idleSeconds: {IDLE}`. Cold: one REST request through the Service while at zero, "
          "timed to its answer; its parts from `status.scaleToZero.lastColdStart` (seconds; pod condition times "
          "have 1 s resolution).", "",
-         "| cycle | request to answer s | held -> scheduled | scheduled -> loaded | warmed up | ready -> answer |",
+         "| cycle | request to answer s | held -> scheduled | scheduled -> loaded | warmed up | released -> answer |",
          "|---:|---:|---:|---:|---:|---:|"]
     for i, c in enumerate(colds, 1):
         parts = c.get("parts") or {}
         L.append(f"| {i} | {c['seconds']:.2f} | " + " | ".join(f"{parts.get(k, float('nan')):.2f}" for k in PARTS) + " |")
     L += ["", f"Warm, {w['n']} sequential REST predictions each way (ms): through the Service (its EndpointSlice "
           f"names the pod; the activator is not in the path) p50 {w['service']['p50']}, p99 {w['service']['p99']}; "
-          f"to the pod's own port p50 {w['pod']['p50']}, p99 {w['pod']['p99']}. The difference is the Service's "
-          "hop (here the local proxy's TCP splice), not the activator.", "", END]
+          f"to the pod's own port p50 {w['pod']['p50']}, p99 {w['pod']['p99']}"
+          + (f"; through the same Service with scale to zero off (a selector, Kubernetes' own slices) p50 "
+             f"{w['plainService']['p50']}, p99 {w['plainService']['p99']}" if w.get("plainService") else "")
+          + ". The difference to the pod is the Service's hop (here the local proxy's TCP splice), which every "
+          "Service has; the activator is not in the path.", "", END]
     return "\n".join(L)
 
 
@@ -96,6 +99,9 @@ def write_section(results: Path, text: str) -> None:
     body = results.read_text()
     if START in body and END in body:
         body = body[:body.index(START)] + text + body[body.index(END) + len(END):]
+    elif "\n## Reproduce" in body:
+        i = body.index("\n## Reproduce") + 1
+        body = body[:i] + text + "\n\n" + body[i:]
     else:
         body = body.rstrip("\n") + "\n\n" + text + "\n"
     results.write_text(body)
@@ -140,6 +146,15 @@ def main(argv: list[str] | None = None) -> int:
             parts = wait(lambda prev=before: (c := cold_start(cluster)) != prev and c, 60, "the cold start in status")
             out["cold"].append({"seconds": round(seconds, 3), "parts": parts})
             print(f"cold start {i + 1}: {seconds:.2f} s {parts}", flush=True)
+        # the same Service without scale to zero (its selector back, the EndpointSlice controller's slices)
+        cluster.patch_spec(NS, NAME, {"autoscaling": {"minReplicas": 1}})
+        wait(lambda: "selector" in (cluster.get("v1", "Service", NS, NAME) or {}).get("spec", {})
+             and condition(cluster.md(NS, NAME), "Ready").get("status") == "True" and not [
+                 s for s in cluster.kube.request("GET", f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices")
+                 .get("items", []) if s["metadata"]["name"].startswith(f"{NAME}-md-")], 300, "scale to zero off")
+        with requests.Session() as s:
+            timed(s, url, 20)
+            out["warm"]["plainService"] = quantiles(timed(s, url, args.warm))
         print(json.dumps(out["warm"]), flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=1) + "\n")
