@@ -462,10 +462,13 @@ def test_our_messages_are_wire_compatible_with_tritonclients() -> None:
     from modelserver.protocol.v2_api import inference_pb2 as ours
     from tritonclient.grpc import model_config_pb2, service_pb2
 
+    def repeated(f) -> bool:  # type: ignore[no-untyped-def]  # protobuf 7 has only is_repeated, 5 only label
+        return bool(f.is_repeated) if hasattr(f, "is_repeated") else f.label == f.LABEL_REPEATED
+
     def check(mine, theirs) -> None:  # type: ignore[no-untyped-def]
         for f in mine.fields:
             t = theirs.fields_by_name[f.name]
-            assert (f.number, f.type, f.is_repeated) == (t.number, t.type, t.is_repeated), (mine.full_name, f.name)
+            assert (f.number, f.type, repeated(f)) == (t.number, t.type, repeated(t)), (mine.full_name, f.name)
             if f.message_type is not None and not f.message_type.GetOptions().map_entry:
                 check(f.message_type, t.message_type)
 
