@@ -137,7 +137,8 @@ def test_prometheus_scrapes_the_pod_with_its_labels(run: LocalRun) -> None:
     assert labels["namespace"] == "default" and labels["pod"].startswith("local-canary-")
     assert labels["serving_modeldeploy_io_model_deployment"] == "local-canary" and labels["container"] == "model-server"
     targets = requests.get(f"{prom}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
-    assert {t["labels"]["job"]: t["health"] for t in targets} == {"kubernetes-pods": "up", "modeldeploy-operator": "up"}
+    assert {t["labels"]["job"]: t["health"] for t in targets} == {"kubernetes-pods": "up", "modeldeploy-operator": "up",
+                                                                  "modeldeploy-activator": "up"}
     cfg = requests.get(f"{prom}/api/v1/status/config", timeout=5).json()["data"]["yaml"]
     assert "scrape_interval: 1s" in cfg
 
