@@ -402,11 +402,13 @@ def test_readiness_waits_for_every_model(start_server, models_dir: Path, tmp_pat
 
 def test_v2_grpc_over_tls(start_server, models_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """--ssl_config_file covers the v2 service on the gRPC port as it covers TF Serving's."""
-    from test_server_tls import pki, ssl_config
+    from test_server_tls import _cert, _key, _pem, _pem_key, ssl_config
 
-    keys = pki.__wrapped__()  # type: ignore[attr-defined]  # the fixture's function: a CA and a server certificate
-    cfg = ssl_config(tmp_path / "ssl.config", keys["server_key"], keys["server_cert"])
-    (tmp_path / "ca.pem").write_bytes(keys["ca"])
+    ca_key, server_key = _key(), _key()
+    ca = _cert("test CA", ca_key, None)
+    cfg = ssl_config(tmp_path / "ssl.config", _pem_key(server_key),
+                     _pem(_cert("model-server", server_key, (ca, ca_key), True)))
+    (tmp_path / "ca.pem").write_bytes(_pem(ca))
     srv = start_server([f"--model_config_file={models_dir / 'models.config'}", f"--ssl_config_file={cfg}"])
     x = infer_input(grpcclient, "x", np.array([2.0], np.float32), "FP32")
     with grpcclient.InferenceServerClient(srv.target, ssl=True, root_certificates=str(tmp_path / "ca.pem")) as c:
