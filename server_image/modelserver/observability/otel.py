@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +33,7 @@ log = logging.getLogger("modelserver.observability.otel")
 EXPORTERS = ("otlp", "console")
 PROTOCOLS = ("http/protobuf", "grpc")
 DEFAULT_SERVICE_NAME = "model-server"
+CLOSE_TIMEOUT_S = 2.0  # how long a stopping server waits for the last spans' export
 UNTRACED_APIS = frozenset({"reload_config"})  # an administrator's call, not a model request
 
 # attribute names (the docs' span table lists them)
@@ -144,9 +146,14 @@ class OtelTracer:
             span.set_status(self._error)
         span.end(end_time=self._ns(end))
 
-    def close(self) -> None:
-        """Exports what is queued (bounded by the exporter's timeout, OTEL_EXPORTER_OTLP_TIMEOUT)."""
-        self.provider.shutdown()
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Exports what is queued, for at most `timeout` seconds (a collector that is down would
+        hold the exporter for its own timeout and retries): the rest is lost."""
+        closer = threading.Thread(target=self.provider.shutdown, name="otel-shutdown", daemon=True)
+        closer.start()
+        closer.join(timeout)
+        if closer.is_alive():
+            log.warning("OpenTelemetry: spans not exported within %.0f s of stopping were dropped", timeout)
 
 
 def install(state: Any, env: Mapping[str, str] | None = None) -> OtelTracer | None:
