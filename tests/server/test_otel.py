@@ -161,3 +161,16 @@ def test_batched_requests_over_otlp_http_show_their_queue_wait_and_batch(models_
         sizes.append(size)
     assert max(sizes) > 1, sizes  # requests that waited together ran as one batch, and their spans say so
     assert {attributes(r)["modelserver.protocol"] for r in roots} == {"grpc", "rest"}
+
+
+def test_off_installs_nothing(monkeypatch):
+    """Tracing and payload logging off (the default): no request hook, and the front ends read no
+    trace headers and keep no payloads."""
+    from modelserver.config.flags import parse_args
+    from modelserver.observability import tracing
+
+    for k in [k for k in os.environ if k.startswith("OTEL_")]:
+        monkeypatch.delenv(k)
+    state = types.SimpleNamespace(flags=parse_args([]), request_hooks=[], trace_context=False, capture_payloads=False)
+    assert tracing.install(state) is None
+    assert (state.request_hooks, state.trace_context, state.capture_payloads) == ([], False, False)
