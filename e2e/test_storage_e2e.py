@@ -81,3 +81,32 @@ def test_a_model_from_s3_gets_a_new_version_and_a_canary_flip(cluster: Cluster, 
         deployment = cluster.get("apps/v1", "Deployment", namespace, "s3md") or {}
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         assert container["envFrom"] == [{"secretRef": {"name": "s3-reader"}}]  # referenced, not copied
+
+
+def test_refused_credentials_are_a_condition_and_an_event_not_a_crash_loop(
+        cluster: Cluster, namespace: str, operator: OperatorProcess, tmp_path: Path) -> None:
+    if cluster.local is None:
+        pytest.skip("a real cluster cannot reach the S3 server on this machine's loopback")
+    import demomodels
+
+    demomodels.build_half_plus_two(tmp_path / "src" / "1")
+    with object_stores.running("s3", tmp_path / "s3") as store:
+        store.upload_dir(tmp_path / "src" / "1", f"{MODEL}/1")
+        wrong = store.wrong_credentials()
+        cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-wrong", "namespace": namespace},
+                        "stringData": wrong})
+        cluster.create(storage_md("denied", namespace, store.uri(MODEL), "s3-wrong"))
+
+        def degraded() -> dict | None:
+            c = condition(cluster.md(namespace, "denied") or {}, "Degraded")
+            return c if c.get("reason") == "StorageUnavailable" else None
+
+        c = wait_for(degraded, READY_TIMEOUT, "Degraded=StorageUnavailable")
+        assert "access denied (HTTP 403 InvalidAccessKeyId)" in c["message"]
+        assert wrong["AWS_SECRET_ACCESS_KEY"] not in c["message"]
+        wait_for(lambda: ("Warning", "StorageUnavailable") in cluster.events(namespace, "denied"), 60,
+                 "a StorageUnavailable Warning Event")
+        (pod,) = cluster.pods(namespace, "denied")
+        statuses = pod["status"].get("containerStatuses") or []
+        assert statuses and all(s.get("restartCount", 0) == 0 and not s.get("ready") for s in statuses)
+        assert condition(cluster.md(namespace, "denied") or {}, "Ready").get("status") == "False"

@@ -360,3 +360,26 @@ def test_versions_from_object_storage_say_where_from_and_an_unlistable_store_is_
     o3 = observed(again, live_children(again), endpoints=endpoints, pods=(parse_report("m-1", "m", answer()),))
     cleared = plan.report(o3, plan.plan(o3, DEFAULTS), Outcome(), "T4").status
     assert cleared is not None and {c["type"]: c["status"] for c in cleared["conditions"]}["Degraded"] == "False"
+
+
+def test_pods_that_cannot_load_their_first_version_say_why_the_store_fails() -> None:
+    """A server whose store cannot be listed stays up and not ready (no crash loop): what its admin
+    port says (asked of the EndpointSlices' not-ready endpoints) is the condition and the Event."""
+    from modeldeploy.clients.servers import ready_endpoints, unready_endpoints
+
+    slices = [{"ports": [{"name": "admin", "port": 8502}], "endpoints": [
+        {"addresses": ["10.0.0.1"], "conditions": {"ready": True}, "targetRef": {"name": "m-1"}},
+        {"addresses": ["10.0.0.2"], "conditions": {"ready": False}, "targetRef": {"name": "m-2"}},
+        {"addresses": [], "conditions": {"ready": False}, "targetRef": {"name": "m-3"}}]}]
+    assert [e.pod for e in ready_endpoints(slices)] == ["m-1"]
+    assert [(e.pod, e.url) for e in unready_endpoints(slices)] == [("m-2", "http://10.0.0.2:8502")]
+    denied = "pod m-2: s3://models/m: access denied (HTTP 403 InvalidAccessKeyId)"
+    b = body(finalizers=[plan.FINALIZER], model={"storage": {"uri": "s3://models/m"}})
+    o = observed(b, live_children(b, ready=0), store_errors=(denied,))
+    r = plan.report(o, plan.plan(o, DEFAULTS), Outcome(), "T1")
+    conds = {c["type"]: c for c in r.status["conditions"]}  # type: ignore[index]
+    assert (conds["Degraded"]["status"], conds["Degraded"]["reason"], conds["Degraded"]["message"]) == (
+        "True", "StorageUnavailable", denied)
+    assert conds["Ready"]["status"] == "False"
+    assert [(e.type, e.reason, e.message) for e in r.events if e.type == "Warning"] == [
+        ("Warning", "StorageUnavailable", denied)]

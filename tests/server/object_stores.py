@@ -182,6 +182,9 @@ class MotoS3(Store):
         self.port = support.free_port()
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self._server.start()
+        # moto's backends live in this process: a second MotoS3 starts from nothing, as a new server would
+        urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{self.port}/moto-api/reset", method="POST"),
+                               timeout=30).close()
         self.proxy = Proxy(self.port)
         import boto3
 

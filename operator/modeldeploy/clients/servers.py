@@ -125,13 +125,23 @@ Obj = dict[str, Any]
 
 def ready_endpoints(slices: Iterable[Obj], port_name: str = "admin") -> list[Endpoint]:
     """Pure: the ready endpoints of EndpointSlices, with their named port, one per pod."""
+    return _endpoints(slices, port_name, ready=True)
+
+
+def unready_endpoints(slices: Iterable[Obj], port_name: str = "admin") -> list[Endpoint]:
+    """Pure: the endpoints that are not ready (a server still loading, or one that cannot load its
+    model: a store it cannot list), one per pod."""
+    return _endpoints(slices, port_name, ready=False)
+
+
+def _endpoints(slices: Iterable[Obj], port_name: str, ready: bool) -> list[Endpoint]:
     out: dict[str, Endpoint] = {}
     for s in slices:
         port = next((p.get("port") for p in s.get("ports") or [] if p.get("name") == port_name), None)
         if port is None:
             continue
         for ep in s.get("endpoints") or []:
-            if (ep.get("conditions") or {}).get("ready") is False or not ep.get("addresses"):
+            if ((ep.get("conditions") or {}).get("ready") is not False) != ready or not ep.get("addresses"):
                 continue
             pod = (ep.get("targetRef") or {}).get("name") or ep["addresses"][0]
             host = ep["addresses"][0]

@@ -125,7 +125,20 @@ def observe(ctx: OperatorContext, body: Obj) -> Observed:
     act, ready_pods, idle, idle_problem = observe_zero(ctx, spec, namespace, name, children)
     return Observed(body, None if isinstance(parsed, plan.Problem) else parsed, problem, children, served, endpoints,
                     pods, token, due, refused, measured, checked, now_s, tuple(ctx.cache.pods(namespace, name)),
-                    act, ready_pods, idle, idle_problem)
+                    act, ready_pods, idle, idle_problem, store_errors=ask_unready_servers(ctx, spec, namespace, name, token))
+
+
+def ask_unready_servers(ctx: OperatorContext, spec: api.ModelDeploymentSpec | None, namespace: str, name: str,
+                        token: str | None) -> tuple[str, ...]:
+    """storage.uri: why pods that are not ready cannot list the store, from their admin ports (a
+    server that cannot load its first version stays up and not ready: no crash loop to see)."""
+    if spec is None or not spec.model.storage.uri or token is None or not ctx.settings.pod_admin:
+        return ()
+    unready = servers.unready_endpoints(ctx.cache.endpoint_slices(namespace, render.admin_service_name(name)))
+    if not unready:
+        return ()
+    reports = servers.fetch_reports(unready, token, api.model_name(spec, name))
+    return tuple(f"pod {r.pod}: {r.store_error}" for r in reports if r.store_error and not r.unreachable)
 
 
 def observe_zero(ctx: OperatorContext, spec: api.ModelDeploymentSpec | None, namespace: str, name: str,

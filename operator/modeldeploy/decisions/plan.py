@@ -80,6 +80,9 @@ class Observed:
     ready_pods: tuple[scaletozero.PodEndpoint, ...] = ()
     idle_requests: float | None = None
     idle_problem: str = ""
+    # storage.uri: what pods that are not ready say about the store (they cannot load their first
+    # version while it cannot be listed), as "pod P: why"
+    store_errors: tuple[str, ...] = ()
 
     @property
     def deleting(self) -> bool:
@@ -378,7 +381,8 @@ def report(observed: Observed, plan_: Plan, outcome: Outcome, now: str) -> Repor
         token_refused=admintoken.refusal(list(observed.token_refused), len(observed.endpoints),
                                          render.token_secret_name(meta["name"]), meta["namespace"])
         if observed.token_refused and problem is None else None,
-        store_error=store_error_of(observed.pods) if problem is None else None,
+        store_error=(store_error_of(observed.pods) or next(iter(observed.store_errors), None))
+        if problem is None else None,
     )
     if plan_.zero is not None and problem is None:
         status = scaletozero.with_status(status, plan_.zero, observed.activator, observed.idle_requests,
