@@ -13,8 +13,9 @@ from support import stop_process, wait_for
 
 
 class ActivatorProcess:
-    def __init__(self, workdir: Path, token: str = ""):
+    def __init__(self, workdir: Path, token: str = "", port: int = 0):
         self.workdir = workdir
+        self.wanted_port = port
         self.port_file = workdir / "activator.port"
         self.log_path = workdir / "activator.log"
         self.token = token
@@ -22,7 +23,7 @@ class ActivatorProcess:
         self.port = 0
 
     def start(self) -> ActivatorProcess:
-        args = [sys.executable, "-m", "modeldeploy.activator", "--bind=127.0.0.1", "--admin-port=0",
+        args = [sys.executable, "-m", "modeldeploy.activator", "--bind=127.0.0.1", f"--admin-port={self.wanted_port}",
                 "--advertise-address=127.0.0.1", f"--port-file={self.port_file}"]
         if self.token:
             (self.workdir / "token").write_text(self.token)

@@ -135,3 +135,39 @@ def test_the_api_needs_the_token(activator: ActivatorProcess) -> None:
     r = requests.put(f"{activator.url}/v1/targets/{NS}/x", json={"endpoints": []}, timeout=10)
     assert r.status_code == 401
     assert requests.get(f"{activator.url}/metrics", timeout=10).status_code == 200
+
+
+async def test_the_operators_demand_watch_wakes_a_reconcile_and_survives_an_activator_restart(tmp_path: Path) -> None:
+    """controller.activation against the real activator: not there at first (so, once it answers,
+    every ModelDeployment is queued again: its gates and ports are new), then the first held
+    request of a gate queues its ModelDeployment."""
+    import asyncio
+
+    from modeldeploy.controller import activation
+    from support import free_port
+
+    port, queued, reconnects = free_port(), [], []
+    watch = asyncio.ensure_future(activation.watch(f"http://127.0.0.1:{port}", "t0ken", queued.append,
+                                                   lambda: reconnects.append(1), retry=0.05))
+    a = ActivatorProcess(tmp_path, token="t0ken", port=port)
+    try:
+        await asyncio.to_thread(a.start)  # the watch fails meanwhile: nothing listens until it has started
+        t = await asyncio.to_thread(a.put, NS, "sleepy", [])
+        for _ in range(200):
+            if reconnects:
+                break
+            await asyncio.sleep(0.05)
+        assert reconnects
+        held = asyncio.ensure_future(asyncio.to_thread(rest, t["httpPort"], timeout=30))
+        for _ in range(200):
+            if (NS, "sleepy") in queued:
+                break
+            await asyncio.sleep(0.05)
+        assert (NS, "sleepy") in queued
+        await asyncio.to_thread(a.stop)  # the held request's connection closes with it
+        await asyncio.gather(held, return_exceptions=True)
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+        if a.proc is not None and a.proc.poll() is None:
+            a.stop()

@@ -28,7 +28,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> None:
     token = Path(args.token_file).read_text().strip() if args.token_file else ""
-    runner = web.AppRunner(make_app(Registry(args.bind), args.advertise_address, token), access_log=None)
+    # a stop waits at most 2 s for open calls (the operator's long-poll of the demand among them)
+    runner = web.AppRunner(make_app(Registry(args.bind), args.advertise_address, token), access_log=None,
+                           shutdown_timeout=2)
     await runner.setup()
     await web.TCPSite(runner, args.bind, args.admin_port).start()
     port = runner.addresses[0][1]

@@ -34,7 +34,8 @@ class Target:
         server.add_generic_rpc_handlers((forwarder,))
         grpc_port = server.add_insecure_port(f"{bind}:0")
         await server.start()
-        runner = web.AppRunner(RestForwarder(gate).app(), access_log=None, handle_signals=False)
+        # a stop (DELETE, SIGTERM) waits at most 2 s for held requests: their clients see the connection close
+        runner = web.AppRunner(RestForwarder(gate).app(), access_log=None, handle_signals=False, shutdown_timeout=2)
         await runner.setup()
         site = web.TCPSite(runner, bind, 0)
         await site.start()

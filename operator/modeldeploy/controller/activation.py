@@ -1,7 +1,10 @@
 """The first held request of a ModelDeployment at zero wakes its reconcile at once: a task
 long-polls the activator's demand (`GET /v1/demand`) and queues every ModelDeployment with held
 requests. Its first answer lists those already waiting (an operator restarted while requests are
-held picks them up). Without it the periodic look would find them, up to a resync later.
+held picks them up). Without it the periodic look would find them, up to a resync later. When the
+activator answers again after it did not (it restarted: its gates and ports are gone), `reconnected`
+queues every ModelDeployment, so that their gates are put again and their Services' slices name the
+new ports at once.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ log = logging.getLogger("modeldeploy.controller.activation")
 WAIT_SECONDS = 30.0
 
 
-async def watch(url: str, token: str, enqueue: Callable[[tuple[str, str]], None], retry: float = 1.0) -> None:
+async def watch(url: str, token: str, enqueue: Callable[[tuple[str, str]], None],
+                reconnected: Callable[[], None] = lambda: None, retry: float = 1.0) -> None:
     """Until cancelled."""
     seq = -1
     failing = False
@@ -33,6 +37,8 @@ async def watch(url: str, token: str, enqueue: Callable[[tuple[str, str]], None]
                 seq = -1  # a restarted activator counts from 0 again
                 await asyncio.sleep(retry)
                 continue
+            if failing:
+                reconnected()
             failing = False
             for key in waiting:
                 enqueue(key)

@@ -92,6 +92,11 @@ class Cache:
         with self._lock:
             return self._objects.get((kind, namespace, name))
 
+    def names(self, kind: str) -> list[tuple[str, str]]:
+        """(namespace, name) of every object of a kind."""
+        with self._lock:
+            return sorted((ns, name) for k, ns, name in self._objects if k == kind)
+
     def endpoint_slices(self, namespace: str, service: str) -> list[Obj]:
         """The EndpointSlices of a Service (by their kubernetes.io/service-name label)."""
         with self._lock:

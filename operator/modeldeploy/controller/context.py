@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from modeldeploy.api import v1alpha1 as api
 from modeldeploy.clients import servers
 from modeldeploy.clients.kube import Kube
 from modeldeploy.controller import activation, metrics
@@ -93,7 +94,12 @@ class OperatorContext:
         self.queue.start()
         if self.settings.activator_url:
             self.demand = asyncio.get_running_loop().create_task(
-                activation.watch(self.settings.activator_url, self.settings.activator_token, self.queue.add))
+                activation.watch(self.settings.activator_url, self.settings.activator_token, self.queue.add,
+                                 self._requeue_all))
+
+    def _requeue_all(self) -> None:
+        for key in self.cache.names(api.KIND):
+            self.queue.add(key)
 
     async def stop(self) -> None:
         if self.demand is not None:
