@@ -13,7 +13,7 @@ APT_PACKAGES := prometheus wrk libb64-0d
 AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 AZURITE_VERSION := 3.37.0
 
-.PHONY: setup system-deps test-tools run serve test e2e bench bench-rollouts bench-storage lint docs crds chart image demo-models clean
+.PHONY: setup system-deps test-tools run serve serve-s3 test e2e bench bench-rollouts bench-storage lint docs crds chart image demo-models clean
 
 setup: $(STAMP) system-deps $(AZURITE)
 
@@ -60,6 +60,11 @@ run: demo-models
 # The model server alone on the demo models (gRPC :8500, REST :8501).
 serve: demo-models
 	$(VENV)/bin/model-server --port=8500 --rest_api_port=8501 --model_config_file=demo_models/models.config
+
+# The model server alone on the demo models read from a local S3-compatible server (moto on :9000),
+# as from MinIO or S3: examples/serve-from-s3.sh (docs/model-server.md, Models from object storage).
+serve-s3: demo-models
+	bash examples/serve-from-s3.sh
 
 # The load tool bench/test_bench.py drives: perf_analyzer from the tritonclient wheel and its
 # libcudart, under bench/work/ (git-ignored; bench/setup.sh installs the rest for make bench).

@@ -220,3 +220,42 @@ def test_wrong_credentials_are_reported_without_the_secret(store: object_stores.
         secrets.append(key.splitlines()[1])  # a line of the private key itself
     for text in (log, r.text):
         assert secrets and not any(s in text for s in secrets)
+
+
+def test_the_serve_from_s3_example(models_dir: Path, tmp_path: Path) -> None:
+    """examples/serve-from-s3.sh (make serve-s3): moto, `aws s3 cp`, model-server on s3://; stopped
+    by SIGTERM, it stops both."""
+    import signal
+    import subprocess
+
+    from server_support import REPO
+
+    ports = {"S3_PORT": str(free_port()), "GRPC_PORT": str(free_port()), "REST_PORT": str(free_port())}
+    env = {**object_stores.no_store_env(), **ports, "MODELS": str(models_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with open(tmp_path / "example.log", "wb") as log:
+        proc = subprocess.Popen(["bash", str(REPO / "examples" / "serve-from-s3.sh")], stdout=log, stderr=subprocess.STDOUT,
+                                env=env, cwd=REPO, start_new_session=True)
+    url = f"http://127.0.0.1:{ports['REST_PORT']}/v1/models/two_versions:predict"
+
+    def answer() -> Any:
+        if proc.poll() is not None:
+            raise AssertionError((tmp_path / "example.log").read_text()[-3000:])
+        with contextlib.suppress(requests.RequestException):
+            return requests.post(url, json={"instances": [1.0, 2.0]}, timeout=5).json().get("predictions")
+        return None
+
+    try:
+        assert wait_for(answer, what="the example's server answering", timeout=120) == V2  # the latest version
+        assert "s3://models/two_versions" in (tmp_path / "example.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    for port in ports.values():  # moto and model-server are gone with it
+        wait_for(lambda port=port: not _listening(int(port)), what=f"port {port} closed", timeout=30)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
