@@ -13,6 +13,7 @@ status subresource, ownerReference GC, Deployment readiness simulation, and the 
 
 from __future__ import annotations
 
+import base64
 import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from activator_support import ActivatorProcess
 from chart_support import (
     NAMESPACE,
     RELEASE,
@@ -29,6 +31,7 @@ from chart_support import (
     http_get,
     objects,
     one,
+    operator_deployment,
 )
 from localcluster import fakeapi
 from rbac_eval import Request, allowed, granted_permissions, grants_for, requests_from_audit, used_by
@@ -42,6 +45,9 @@ MODES: dict[str, dict[str, Any]] = {
         "scope": {"mode": "namespaced", "watchNamespaces": ["team-a", "team-b"]},
         "monitoring": {"serviceMonitor": {"enabled": True}},
     },
+    # scale to zero: the operator against a real activator (its URL rewritten to loopback), and a
+    # ModelDeployment with minReplicas 0, then without
+    "activator": {"activator": {"enabled": True}, "monitoring": {"serviceMonitor": {"enabled": True}}},
 }
 
 
@@ -52,6 +58,24 @@ class Run:
     audit: list[Any]
     health: tuple[int, str]
     metrics: tuple[int, str]
+
+
+def scale_to_zero_scenario(fake: Any, ns: str) -> None:
+    """A ModelDeployment that scales to zero: the operator writes its Service's EndpointSlice (the
+    activator's ports, nothing being ready yet); turned off, the slice is deleted."""
+    md_r = fake.resource_for(f"{GROUP}/{VERSION}", "ModelDeployment")
+    fake.add_object({"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelDeployment", "metadata": {"name": "idle", "namespace": ns},
+                     "spec": {"model": {"storage": {"pvc": {"claimName": "models", "subPath": "idle"}}},
+                              "autoscaling": {"minReplicas": 0, "maxReplicas": 2, "target": 100}}})
+
+    def ours() -> list[dict[str, Any]]:
+        return [s for s in fake.list_objects("discovery.k8s.io", "endpointslices", ns)
+                if s["metadata"]["labels"].get("kubernetes.io/service-name") == "idle"]
+    wait_for(ours, "the operator's EndpointSlice")
+    obj = fake.get(GROUP, "modeldeployments", ns, "idle")
+    obj["spec"]["autoscaling"]["minReplicas"] = 1
+    fake.update(md_r, ns, "idle", obj)
+    wait_for(lambda: not ours(), "the EndpointSlice deleted")
 
 
 def scenario(fake: Any, watched: list[str]) -> None:
@@ -163,18 +187,30 @@ def run_operator(mode: str, tmp_path: Path) -> Run:
             }
         )
         kubeconfig = fake.write_kubeconfig(tmp_path / f"kubeconfig-{mode}")
-        operator = OperatorProcess(one(rendered, "Deployment"), kubeconfig, tmp_path / f"operator-{mode}.log",
+        deployment = operator_deployment(rendered)
+        activator = None
+        if mode == "activator":  # the chart's activator, on loopback, with the token of the Secret it renders
+            (secret,) = [o for o in by_kind(rendered, "Secret") if o["metadata"]["name"].endswith("-activator")]
+            (tmp_path / "activator").mkdir()
+            activator = ActivatorProcess(tmp_path / "activator", base64.b64decode(secret["data"]["token"]).decode()).start()
+            c = deployment["spec"]["template"]["spec"]["containers"][0]
+            c["args"] = [f"--activator-url={activator.url}" if a.startswith("--activator-url=") else a for a in c["args"]]
+        operator = OperatorProcess(deployment, kubeconfig, tmp_path / f"operator-{mode}.log",
                                    {o["metadata"]["name"]: o["data"] for o in by_kind(rendered, "Secret")})
         metrics_path = one(rendered, "ServiceMonitor")["spec"]["endpoints"][0]["path"]
         try:
             operator.start()
             scenario(fake, watched)
+            if activator is not None:
+                scale_to_zero_scenario(fake, watched[0])
             health = http_get(operator.health_url)
             metrics = http_get(f"http://127.0.0.1:{operator.metrics_port}{metrics_path}")
         except AssertionError as e:
             raise AssertionError(f"{e}\n--- operator log ---\n{operator.logs()}") from None
         finally:
             operator.stop()
+            if activator is not None:
+                activator.stop()
         audit = fake.audit()
     return Run(rendered, requests_from_audit(audit), audit, health, metrics)
 
