@@ -8,6 +8,7 @@
   API, with a file-system backend so that a restart keeps the objects. It checks no credentials.
 - `Azurite`: Azure's own Blob emulator (npm `azurite`, installed by `make setup` under .tools/),
   which checks SharedKey signatures (wrong key: 403 AuthenticationFailed); --location on disk.
+- `WebDAV`: WsgiDAV serving a directory (PROPFIND listings), for https:// and http:// base paths.
 
 Each one sits behind a `Proxy` the model-server talks to: a TCP relay that can slow the answers
 down (`rate`, bytes per second), so that a test can stop the store in the middle of a download
@@ -24,6 +25,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -424,11 +426,46 @@ class Azurite(_Process):
             return [b.name for b in c.get_container_client(BUCKET).list_blobs(name_starts_with=prefix + "/")]
 
 
+class WebDAV(_Process):
+    """WsgiDAV (PyPI wsgidav on cheroot) serving `root`'s files: a directory listing over PROPFIND,
+    what the server reads for an https:// or http:// base path that names no cloud. Anonymous (a
+    WebDAV URL carries no credentials); objects are written to the directory, renamed into place."""
+
+    kind = "http"
+
+    def command(self) -> list[str]:
+        return [str(Path(sys.executable).parent / "wsgidav"), "--host", "127.0.0.1", "--port", str(self.port),
+                "--root", str(self.root), "--auth", "anonymous", "--no-config", "-q"]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {}
+
+    def uri(self, prefix: str, bucket: str = BUCKET) -> str:
+        return f"http://127.0.0.1:{self.proxy.port}/{bucket}/{prefix}"
+
+    def put(self, key: str, data: bytes) -> None:
+        dest = self.root / BUCKET / key
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+
+    def delete(self, key: str) -> None:
+        (self.root / BUCKET / key).unlink()
+
+    def keys(self, prefix: str) -> list[str]:
+        base = self.root / BUCKET
+        return [p.relative_to(base).as_posix() for p in (base / prefix).rglob("*") if p.is_file()]
+
+
 def start_store(kind: str, root: Path) -> Store:
     if kind == "s3":
         return MotoS3()
     if kind == "gcs":
         return FakeGCS(root)
+    if kind == "http":
+        return WebDAV(root)
     return Azurite(root)
 
 

@@ -259,3 +259,25 @@ def _listening(port: int) -> bool:
 
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_model_from_a_webdav_server(models_dir: Path, tmp_path: Path) -> None:
+    """An http(s):// base path that names no cloud: a directory listing over WebDAV (WsgiDAV). The
+    model is served, a new version is loaded, and a deleted one is unloaded."""
+    with object_stores.running("http", tmp_path / "dav" / "data") as store:
+        store.upload_dir(models_dir / "two_versions" / "1", "m/1")
+        srv = ServerProcess(["--model_name=m", f"--model_base_path={store.uri('m')}", "--file_system_poll_wait_seconds=1",
+                             f"--model_cache_dir={tmp_path / 'cache'}"], tmp_path / "server.log",
+                            env=object_stores.no_store_env())
+        try:
+            served = Served(srv, store, 0)
+            srv.wait_until(lambda: served.states().get("1") == "AVAILABLE", "version 1 over WebDAV")
+            assert served.predict().json() == {"predictions": V1}
+            store.upload_dir(models_dir / "two_versions" / "2", "m/2", last="saved_model.pb")
+            srv.wait_until(lambda: served.states().get("2") == "AVAILABLE", "version 2 over WebDAV")
+            assert served.predict().json() == {"predictions": V2}
+            store.delete_prefix("m/2")
+            srv.wait_until(lambda: served.states() == {"1": "AVAILABLE", "2": "END"}, "version 2 unloaded")
+            assert served.predict().json() == {"predictions": V1}
+        finally:
+            srv.stop()

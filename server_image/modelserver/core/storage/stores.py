@@ -200,9 +200,10 @@ class ObstoreStore:
                 self._store = AzureStore(uri.bucket, prefix=uri.prefix or None, config=config, client_options=client,
                                          retry_config=retry)
             else:
+                # at the server's root: object_store's WebDAV listing names objects from the root
+                # (PROPFIND hrefs), so the prefix is a listing prefix and part of each read's path
                 client["allow_http"] = uri.bucket.startswith("http://")
-                base = uri.bucket + "/" + (uri.prefix + "/" if uri.prefix else "")
-                self._store = HTTPStore.from_url(base, client_options=client, retry_config=retry)
+                self._store = HTTPStore.from_url(uri.bucket + "/", client_options=client, retry_config=retry)
         except Exception as exc:  # a configuration the library refuses (a bad region, an endpoint)
             raise StoreError("invalid", clean(f"{uri}: cannot configure the store: {_short_cause(str(exc))}")) from None
 
@@ -210,10 +211,15 @@ class ObstoreStore:
         import obstore
 
         out: list[ObjectInfo] = []
+        rooted = self.uri.kind == "http" and self.uri.prefix  # names from the server's root (see __init__)
+        strip = self.uri.prefix + "/" if rooted else ""
         try:
-            async for chunk in obstore.list(self._store, None, chunk_size=1000):
+            async for chunk in obstore.list(self._store, self.uri.prefix if rooted else None, chunk_size=1000):
                 for meta in chunk:
-                    out.append(ObjectInfo(meta["path"], int(meta["size"]), meta.get("e_tag") or "",
+                    path = str(meta["path"])
+                    if strip and not path.startswith(strip):
+                        continue
+                    out.append(ObjectInfo(path[len(strip):], int(meta["size"]), meta.get("e_tag") or "",
                                           _etag_md5(meta.get("e_tag") or "") if self.uri.kind == "s3" else ""))
         except Exception as exc:
             raise classify(self.uri, exc, "list") from None
@@ -225,6 +231,8 @@ class ObstoreStore:
         options: Any = {"range": (start, end)}
         if etag and self.uri.kind != "http":
             options["if_match"] = etag
+        if self.uri.kind == "http":
+            path = self.uri.key(path)  # the store is at the server's root (see __init__)
         try:
             result = await obstore.get_async(self._store, path, options=options)
             return bytes(await result.bytes_async())
