@@ -108,6 +108,30 @@ def test_rest_and_grpc_requests_and_answers_arrive_as_cloudevents(models_dir, tm
     assert len(lines) == 4 and {"data", "data_base64"} & set(lines[0])
 
 
+def test_v2_binary_bodies_keep_their_header_length_in_the_content_type(models_dir, tmp_path):
+    """The v2 binary data extension's bodies are not JSON: the events say application/octet-stream
+    with the JSON header's length, so that a reader can split them as the server did."""
+    raw = np.array([1.0, 2.0], np.float32).tobytes()
+    head = json.dumps({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": len(raw)}}],
+                       "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}).encode()
+    with EventSink() as sink:
+        server = _server(models_dir, tmp_path, sink.url)
+        try:
+            r = requests.post(f"{server.url}/v2/models/half_plus_two/infer", data=head + raw, timeout=30,
+                              headers={"Inference-Header-Content-Length": str(len(head))})
+            assert r.status_code == 200, r.text
+            wait_for(lambda: len(sink.events) == 2, what="2 events", timeout=30)
+        finally:
+            server.stop()
+    req, resp = (sink.of_type(k)[0] for k in ("request", "response"))
+    assert req["body"] == head + raw and resp["body"] == r.content
+    assert req["headers"]["content-type"] == f"application/octet-stream; inference-header-content-length={len(head)}"
+    n = int(r.headers["Inference-Header-Content-Length"])
+    assert resp["headers"]["content-type"] == f"application/octet-stream; inference-header-content-length={n}"
+    assert np.frombuffer(resp["body"][n:], np.float32).tolist() == [2.5, 3.0]
+
+
 def test_a_refusing_slow_or_absent_sink_never_fails_serving(models_dir, tmp_path):
     with EventSink(mode="refuse", delay=3.0) as sink:
         server = _server(models_dir, tmp_path, sink.url, "--payload_log_queue_size=4")

@@ -13,6 +13,14 @@ from dataclasses import dataclass, field
 _ids = itertools.count(1)
 
 
+@dataclass(frozen=True, slots=True)
+class RawBody:
+    """A captured REST body that is not JSON (the v2 binary data extension), with its content type."""
+
+    data: bytes
+    content_type: str
+
+
 @dataclass(slots=True)
 class RequestContext:
     protocol: str  # "grpc" | "rest"
@@ -37,8 +45,8 @@ class RequestContext:
     traceparent: str | None = None
     tracestate: str | None = None
     trace_id: str | None = None  # the server span's trace id (32 hex digits) once traced
-    # what the client sent and got (REST: the JSON bytes; gRPC: the messages), kept only while
-    # payload logging is on (ServerState.capture_payloads)
+    # what the client sent and got (REST: the JSON bytes, or a RawBody; gRPC: the messages), kept
+    # only while payload logging is on (ServerState.capture_payloads)
     request_payload: object = None
     response_payload: object = None
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from modelserver.core.request_context import RequestContext
+from modelserver.core.request_context import RawBody, RequestContext
 from modelserver.observability.httppost import KeepAliveClient
 
 log = logging.getLogger("modelserver.observability.payload")
@@ -61,10 +61,12 @@ class Event:
 
 
 def encode_payload(payload: object) -> tuple[bytes, str, str | None]:
-    """(body, content type, dataschema) of a captured payload: REST's JSON bytes as they are, a
-    gRPC message serialized."""
+    """(body, content type, dataschema) of a captured payload: REST's JSON bytes as they are (a
+    RawBody with its own content type), a gRPC message serialized."""
     if isinstance(payload, bytes | bytearray | memoryview):
         return bytes(payload), JSON, None
+    if isinstance(payload, RawBody):
+        return payload.data, payload.content_type, None
     return payload.SerializeToString(), PROTOBUF, f"type.googleapis.com/{payload.DESCRIPTOR.full_name}"  # type: ignore[attr-defined]
 
 

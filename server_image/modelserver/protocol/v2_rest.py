@@ -30,7 +30,7 @@ from aiohttp import web
 from modelserver.contract import ROUTE_KEY_HEADER
 from modelserver.core.dataplane import ModelRef
 from modelserver.core.errors import ServingError, invalid_argument
-from modelserver.core.request_context import RequestContext
+from modelserver.core.request_context import RawBody, RequestContext
 from modelserver.core.state import ServerState
 from modelserver.protocol import v2_model
 from modelserver.protocol.rest import (
@@ -59,6 +59,7 @@ PROTOCOL = "v2_rest"
 _MODEL_RE = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
                        r"(?P<verb>/ready|/config|/stats|/infer)?")
 _JSON = "application/json"
+BINARY_CONTENT_TYPE = "application/octet-stream"  # the binary data extension's bodies
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:
@@ -263,14 +264,14 @@ class V2Rest:
                 else:
                     body, head = await self._infer(request, m, ctx, _inline)
                 if ctx.request_payload is not None:
-                    ctx.response_payload = body
+                    ctx.response_payload = body if head is None else binary_body(body, head)
         except ServingError as exc:
             if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED and request.get(_READING):
                 exc = ServingError(exc.code, f"{exc.message}: the request body did not arrive in time", http=408)
             return with_version_headers(error_response(exc), seen)
         if head is None:
             return with_version_headers(web.Response(body=body, content_type=_JSON), seen)
-        response = web.Response(body=body, content_type="application/octet-stream")
+        response = web.Response(body=body, content_type=BINARY_CONTENT_TYPE)
         response.headers[HEADER_LENGTH] = str(head)
         return with_version_headers(response, seen)
 
@@ -278,7 +279,8 @@ class V2Rest:
                      ) -> tuple[bytes, int | None]:
         raw = await self.api._read(request)
         if self.state.capture_payloads:
-            ctx.request_payload = raw
+            head = request.headers.get(HEADER_LENGTH)
+            ctx.request_payload = raw if head is None else binary_body(raw, head)
         req: InferRequest = await run(decode_infer, raw, request.headers.get(HEADER_LENGTH),
                                       self.api.max_tensor_bytes)
         del raw
@@ -287,6 +289,15 @@ class V2Rest:
         pred = await self.plane.predict(servable, sig, req.inputs, ctx, req.outputs)
         req.inputs = {}
         return await run(encode_infer, req, servable.name, servable.version, pred.outputs)  # type: ignore[no-any-return]
+
+
+def binary_body(body: bytes, header_length: int | str) -> RawBody:
+    """A body of the binary data extension as payload logging keeps it: its JSON header's length
+    in the content type, as the request or answer had it in Inference-Header-Content-Length."""
+    text = str(header_length)
+    if not (text.isascii() and text.isdigit() and len(text) <= 12):
+        return RawBody(body, BINARY_CONTENT_TYPE)
+    return RawBody(body, f"{BINARY_CONTENT_TYPE}; inference-header-content-length={text}")
 
 
 async def _inline(fn: Any, *args: Any) -> Any:
