@@ -130,25 +130,37 @@ def test_rest_and_grpc_spans_continue_the_clients_trace(models_dir, tmp_path):
 
 
 def test_batched_requests_over_otlp_http_show_their_queue_wait_and_batch(models_dir, tmp_path):
+    """One batch thread, held by bytes_model's read_file (it waits for a file) while four gRPC and
+    one REST request queue for half_plus_two; once the file appears they run as one batch of five
+    (max_batch_size 5; the 60 s timeout never passes), and each request's spans say so."""
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     (tmp_path / "batching.config").write_text(
-        "max_batch_size { value: 8 }\nbatch_timeout_micros { value: 200000 }\nnum_batch_threads { value: 1 }\n")
+        "max_batch_size { value: 5 }\nbatch_timeout_micros { value: 60000000 }\nnum_batch_threads { value: 1 }\n")
+    (tmp_path / "monitoring.config").write_text('prometheus_config { enable: true path: "/metrics" }\n')
+    gate = tmp_path / "gate"
     with OtlpHttpReceiver() as rx:
         server = _server(models_dir, tmp_path, [f"--tracing_endpoint={rx.endpoint}", "--enable_batching",
-                                                f"--batching_parameters_file={tmp_path / 'batching.config'}"])
+                                                f"--batching_parameters_file={tmp_path / 'batching.config'}",
+                                                f"--monitoring_config_file={tmp_path / 'monitoring.config'}"])
         try:
-            with grpc.insecure_channel(server.target) as channel:
+            with grpc.insecure_channel(server.target) as channel, ThreadPoolExecutor(2) as pool:
+                held = pool.submit(requests.post, f"{server.url}/v1/models/bytes_model:predict", timeout=60,
+                                   json={"signature_name": "read_file", "inputs": {"path": str(gate)}})
+                server.wait_until(lambda: (tmp_path / "gate.started").exists(), "the batch thread held")
                 stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
                 calls = [stub.Predict.future(predict_request("half_plus_two", {"x": np.array([[float(i)]], np.float32)}),
-                                             timeout=30) for i in range(4)]
-                with ThreadPoolExecutor(1) as pool:
-                    rest = pool.submit(requests.post, f"{server.url}/v1/models/half_plus_two:predict",
-                                       json={"instances": [[5.0]]}, timeout=30)
-                    for c in calls:
-                        c.result()
-                    assert rest.result().status_code == 200
-            roots = wait_for(lambda: r if len(r := _roots(rx)) >= 5 else None, what="5 request spans", timeout=30)
+                                             timeout=60) for i in range(4)]
+                rest = pool.submit(requests.post, f"{server.url}/v1/models/half_plus_two:predict",
+                                   json={"instances": [[5.0]]}, timeout=60)
+                server.wait_until(lambda: server.metric("modelserver_queue_depth", path="/metrics") == 5,
+                                  "five requests queued")
+                gate.write_text("open")
+                for c in calls:
+                    c.result()
+                assert rest.result().status_code == 200 and held.result().status_code == 200
+            roots = wait_for(lambda: r if len(r := [s for s in _roots(rx) if "half_plus_two" in s.name]) >= 5 else None,
+                             what="5 request spans", timeout=30)
         finally:
             server.stop()
     sizes = []
@@ -159,7 +171,7 @@ def test_batched_requests_over_otlp_http_show_their_queue_wait_and_batch(models_
         size = attributes(root)["modelserver.batch_size"]
         assert attributes(kids["compute"])["modelserver.batch_size"] == size
         sizes.append(size)
-    assert max(sizes) > 1, sizes  # requests that waited together ran as one batch, and their spans say so
+    assert sizes == [5] * 5, sizes  # requests that waited together ran as one batch, and their spans say so
     assert {attributes(r)["modelserver.protocol"] for r in roots} == {"grpc", "rest"}
 
 
