@@ -46,7 +46,7 @@ def endpoint_slice(name: str, port: int) -> dict:
 
 async def _until(check, what: str) -> None:  # type: ignore[no-untyped-def]
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
+    deadline = loop.time() + 30
     while not await check():
         assert loop.time() < deadline, what
         await asyncio.sleep(0.05)

@@ -153,13 +153,13 @@ async def test_the_operators_demand_watch_wakes_a_reconcile_and_survives_an_acti
     try:
         await asyncio.to_thread(a.start)  # the watch fails meanwhile: nothing listens until it has started
         t = await asyncio.to_thread(a.put, NS, "sleepy", [])
-        for _ in range(200):
+        for _ in range(600):  # 30 s
             if reconnects:
                 break
             await asyncio.sleep(0.05)
         assert reconnects
         held = asyncio.ensure_future(asyncio.to_thread(rest, t["httpPort"], timeout=30))
-        for _ in range(200):
+        for _ in range(600):  # 30 s
             if (NS, "sleepy") in queued:
                 break
             await asyncio.sleep(0.05)
