@@ -157,7 +157,8 @@ class OperatorProcess:
     def health_url(self) -> str:
         return f"http://127.0.0.1:{self.health_port}{self.container['livenessProbe']['httpGet']['path']}"
 
-    def start(self) -> OperatorProcess:
+    def spawn(self) -> None:
+        """Writes the mounted files and starts the process, as the Deployment's pod would."""
         for path, content in self.files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content)
@@ -165,6 +166,9 @@ class OperatorProcess:
         env.pop("KUBERNETES_SERVICE_HOST", None)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.command, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def start(self) -> OperatorProcess:
+        self.spawn()
         wait_for(
             lambda: http_get(self.health_url)[0] == 200 or self.proc is None or self.proc.poll() is not None,
             "the liveness endpoint",

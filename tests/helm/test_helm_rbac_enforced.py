@@ -120,16 +120,7 @@ class ChartOperator(OperatorProcess):
     """chart_support's OperatorProcess, not waiting for liveness (kopf may be denied before it serves)."""
 
     def start(self) -> ChartOperator:
-        import os
-        import subprocess
-
-        for path, content in self.files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content)
-        env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
-        env.pop("KUBERNETES_SERVICE_HOST", None)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.spawn()
         return self
 
     def ready(self) -> bool:

@@ -94,13 +94,22 @@ class ServerProcess:
         return int(self.proc.returncode)
 
 
+def started(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> ServerProcess:
+    """A ServerProcess once it is ready; stopped (by PID) when it never gets there."""
+    server = ServerProcess(args, log_path, env)
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
 @contextlib.contextmanager
 def model_server(args: list[str], log_path: Path, wait_ready: bool = True) -> Iterator[ServerProcess]:
     """A ServerProcess for one `with` block (the `start_server` fixture keeps one per module)."""
-    server = ServerProcess(args, log_path)
+    server = started(args, log_path) if wait_ready else ServerProcess(args, log_path)
     try:
-        if wait_ready:
-            server.wait_ready()
         yield server
     finally:
         server.stop()

@@ -15,7 +15,7 @@ import pytest
 import requests
 from modelserver.observability.otel import TracingConfigError, tracing_settings
 from otel_sinks import OtlpGrpcReceiver, OtlpHttpReceiver, attributes
-from server_support import ServerProcess, predict_request, wait_for
+from server_support import ServerProcess, predict_request, started, wait_for
 
 SERVER_KIND = 2  # opentelemetry.proto.trace.v1.Span.SPAN_KIND_SERVER
 STATUS_ERROR = 2  # Status.STATUS_CODE_ERROR
@@ -49,15 +49,8 @@ def test_unusable_settings_are_refused(env):
 
 
 def _server(models_dir, tmp_path, args: list[str], **env: str) -> ServerProcess:
-    server = ServerProcess([f"--model_config_file={models_dir / 'models.config'}", "--file_system_poll_wait_seconds=0",
-                            *args], tmp_path / "server.log",
-                           env=dict(os.environ, OTEL_BSP_SCHEDULE_DELAY="100", **env))
-    try:
-        server.wait_ready()
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return started([f"--model_config_file={models_dir / 'models.config'}", "--file_system_poll_wait_seconds=0", *args],
+                   tmp_path / "server.log", env=dict(os.environ, OTEL_BSP_SCHEDULE_DELAY="100", **env))
 
 
 def _roots(rx: Any) -> list[Any]:

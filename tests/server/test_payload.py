@@ -6,7 +6,6 @@ Plus the logger itself in-process (modes, sampling, header encoding)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import grpc
@@ -16,7 +15,7 @@ import requests
 from modelserver.core.request_context import RequestContext
 from modelserver.observability.payload import PayloadLogger, event_headers
 from otel_sinks import EventSink
-from server_support import ServerProcess, predict_request, wait_for
+from server_support import ServerProcess, predict_request, started, wait_for
 
 TRACE, PARENT = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 
@@ -56,15 +55,9 @@ def test_modes_and_sampling_in_process():
 
 def _server(models_dir, tmp_path, url: str, *args: str) -> ServerProcess:
     (tmp_path / "monitoring.config").write_text('prometheus_config { enable: true path: "/metrics" }\n')
-    server = ServerProcess([f"--model_config_file={models_dir / 'models.config'}", "--file_system_poll_wait_seconds=0",
-                            f"--monitoring_config_file={tmp_path / 'monitoring.config'}",
-                            f"--payload_log_url={url}", *args], tmp_path / "server.log", env=dict(os.environ))
-    try:
-        server.wait_ready()
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return started([f"--model_config_file={models_dir / 'models.config'}", "--file_system_poll_wait_seconds=0",
+                    f"--monitoring_config_file={tmp_path / 'monitoring.config'}", f"--payload_log_url={url}", *args],
+                   tmp_path / "server.log")
 
 
 def test_rest_and_grpc_requests_and_answers_arrive_as_cloudevents(models_dir, tmp_path):
