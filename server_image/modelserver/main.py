@@ -29,6 +29,7 @@ from modelserver.core.routing import load_table
 from modelserver.protocol.admin import TokenFile
 from modelserver.protocol.tls import TlsConfig, load_ssl_config
 from modelserver.warmup.sources import WarmupPlan, load_plan
+from modelserver.workers.cores import frontend_worker_count
 
 log = logging.getLogger("modelserver")
 
@@ -136,6 +137,10 @@ def read_config_files(flags: Flags) -> ConfigFiles:
     batching = load_batching_parameters(flags.batching_parameters_file) if flags.enable_batching else None
     tls = load_ssl_config(flags.ssl_config_file) if flags.ssl_config_file else None
     check_admin_and_routing_flags(flags)
+    try:
+        frontend_worker_count(flags.frontend_workers)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     plan = load_plan(flags.warmup_config_file) if flags.warmup_config_file else None
     return ConfigFiles(models, monitoring, batching, tls, plan)
 
@@ -163,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here, after TensorFlow is configured: the server's modules import TensorFlow.
     from modelserver.server import ModelServer
 
-    server = ModelServer(flags, config.models, config.monitoring, config.batching, config.tls, config.warmup_plan)
+    server = ModelServer(flags, config.models, config.monitoring, config.batching, config.tls, config.warmup_plan,
+                         argv=sys.argv[1:] if argv is None else argv)
     return asyncio.run(server.run())
 
 

@@ -11,12 +11,15 @@ exactly what the steps before it started:
     grpc       PredictionService and ModelService (and ProfilerService) on --port / --grpc_socket_path
     rest       the REST API on --rest_api_port
     admin      the admin API (routing pushes) on --admin_port
+    workers    with --frontend_workers above 1: the front-end worker processes, which bind the gRPC
+               and REST ports instead of this process (workers/pool.py)
 
 `wait(stop)` loads the models, applies the routing file, starts the pollers and serves until
 `stop` is set. `drain()` is the shutdown protocol: readiness turns 503; for DRAIN_HOLD_SECONDS the
 REST port takes no new connections and answers on the open ones with "Connection: close", and new
 gRPC calls are held; then gRPC shuts down (GOAWAY) while the held and in-flight requests finish, up
-to --drain_timeout_seconds. `stop()` unwinds the stack: the batcher finishes its queues, the trace
+to --drain_timeout_seconds (with front-end workers, each of them does that while this process
+answers their model calls, and this process stops once they have exited). `stop()` unwinds the stack: the batcher finishes its queues, the trace
 file is closed, the thread pools are shut down. `run()` does all of it, with SIGTERM and SIGINT
 setting `stop`.
 """
@@ -57,6 +60,8 @@ from modelserver.protocol.v2_model import ModelStats
 from modelserver.protocol.v2_rest import V2Rest
 from modelserver.warmup import replay as warmup
 from modelserver.warmup.sources import WarmupPlan
+from modelserver.workers.cores import frontend_worker_count
+from modelserver.workers.pool import WorkerPool
 
 log = logging.getLogger("modelserver")
 
@@ -76,15 +81,19 @@ def saved_model_tags(text: str) -> tuple[str, ...]:
 class ModelServer:
     """One model-server: its parts, its ports, and the order they start and stop in."""
 
+    reuse_port = False  # front-end workers share their ports (SO_REUSEPORT); a lone server does not
+
     def __init__(self, flags: Flags, configs: list[ModelConfig], monitoring_config: object | None = None,
                  batching_options: BatchingOptions | None = None, tls: TlsConfig | None = None,
-                 warmup_plan: WarmupPlan | None = None) -> None:
+                 warmup_plan: WarmupPlan | None = None, argv: list[str] | None = None) -> None:
         self.flags = flags
         self.configs = configs
         self.monitoring_config = monitoring_config
         self.batching_options = batching_options
         self.tls = tls
         self.warmup_plan = warmup_plan
+        self.argv = argv or []  # the command line, for front-end workers
+        self.workers: WorkerPool | None = None
         self.manager: Manager | None = None
         self.state: ServerState | None = None
         self.grpc_server: grpc.aio.Server | None = None
@@ -102,7 +111,7 @@ class ModelServer:
         """Builds the parts and binds the ports; on failure, unwinds what was started and raises."""
         try:
             for step in (self._start_core, self._start_observe, self._start_batching, self._start_grpc,
-                         self._start_rest, self._start_admin):
+                         self._start_rest, self._start_admin, self._start_workers):
                 await step()
         except BaseException:
             await self.stop()
@@ -133,6 +142,8 @@ class ModelServer:
         self.state.draining = True  # readiness 503
         for t in self._pollers:
             t.cancel()
+        if self.workers is not None:
+            await self.workers.drain(self.flags.drain_timeout_seconds)
         if hold:
             await self._hold_new_requests()
         self._grpc_grace = self.flags.drain_timeout_seconds
@@ -262,17 +273,19 @@ class ModelServer:
     async def _start_grpc(self) -> None:
         assert self.state is not None
         flags = self.flags
-        if not (flags.port or flags.grpc_socket_path):
+        if not (flags.port or flags.grpc_socket_path) or self._worker_count() > 1:
             return
         try:
             options = server_options(flags.grpc_channel_arguments, flags.max_request_tensor_bytes)
         except ValueError as exc:
             raise StartError(str(exc)) from None
+        if self.reuse_port:
+            options = [(k, 1 if k == "grpc.so_reuseport" else v) for k, v in options]
         server = grpc.aio.server(options=options)
         add_services(server, self.state)
         add_v2_services(server, self.state, self.v2_stats)  # the Open Inference Protocol (KServe v2)
         if flags.enable_profiler:  # TensorBoard's profile capture, on the gRPC port as in TF Serving
-            profiler.add_service(server, flags.profiler_dir, flags.profiler_max_duration_seconds)
+            profiler.add_service(server, service=self._profiler_service())
         self._add_close(lambda: server.stop(self._grpc_grace))
         host = f"[{flags.bind_address}]" if ":" in flags.bind_address else flags.bind_address
         addresses = [f"{host}:{flags.port}"] if flags.port else []
@@ -293,8 +306,9 @@ class ModelServer:
         if port != flags.rest_api_port:
             log.error("--rest_api_port cannot be same as --port. Please use a different port for HTTP/REST API. "
                       "Skipped exporting HTTP/REST API.")
-        if not port:
+        if not port or self._worker_count() > 1:
             return
+
         def add_v2_routes(app: web.Application, api: RestApi) -> None:  # the Open Inference Protocol (KServe v2)
             assert self.state is not None
             V2Rest(self.state, api, self.v2_stats).add_routes(app)
@@ -314,14 +328,35 @@ class ModelServer:
         await self._bind_site(runner, flags.admin_port, "the admin port")
         log.info("admin API (routing pushes) at %s:%d", flags.bind_address, flags.admin_port)
 
+    async def _start_workers(self) -> None:
+        count = self._worker_count()
+        if count <= 1:
+            return
+        assert self.state is not None
+        flags = self.flags
+        service = self._profiler_service() if flags.enable_profiler and (flags.port or flags.grpc_socket_path) else None
+        pool = WorkerPool(self.state, self.argv, count, flags.frontend_worker_shm_bytes, self._server_metrics, service)
+        self._stack.push_async_callback(pool.stop)
+        try:
+            await pool.start()
+        except ServingError as exc:
+            raise StartError(exc.message) from None
+        self.workers = pool
+
     # -- helpers of the steps --
+    def _worker_count(self) -> int:
+        return frontend_worker_count(self.flags.frontend_workers)
+
+    def _profiler_service(self) -> profiler.ProfilerService:
+        return profiler.ProfilerService(self.flags.profiler_dir, self.flags.profiler_max_duration_seconds)
+
     async def _bind_site(self, runner: web.AppRunner, port: int, what: str) -> None:
         """Sets `runner` up on bind_address:port, its cleanup on the stack; StartError when the
         port cannot be bound."""
         await runner.setup()
         self._add_close(runner.cleanup)
         try:
-            await web.TCPSite(runner, self.flags.bind_address, port).start()
+            await web.TCPSite(runner, self.flags.bind_address, port, reuse_port=self.reuse_port or None).start()
         except OSError as exc:
             raise StartError(f"cannot bind {what} {self.flags.bind_address}:{port}: {exc}") from None
 

@@ -85,6 +85,11 @@ _FLAGS: dict[str, tuple[type, Any, bool, str]] = {
         "TF pool threads spin after each op before sleeping (false: ConfigProto disable_thread_spinning)"),
     "tensorflow_caller_thread": (str, "auto", True,
         "run a signature's ops on the calling thread: auto (the faster, measured per signature) | always | never"),
+    "frontend_workers": (str, "1", True,
+        "processes that accept and decode requests (both protocols) beside the one that runs the models: "
+        "a number, or auto (from the CPUs this container may use); 1 = one process, as tensorflow_model_server"),
+    "frontend_worker_shm_bytes": (int, 32 * 1024 * 1024, True,
+        "shared memory per front-end worker for tensors crossing to the model process (half each way)"),
     "drain_timeout_seconds": (float, 30.0, True, "on SIGTERM, wait this long for in-flight requests"),
     "trace_file": (str, "", True, "write request traces (JSON lines) to this file"),
     "trace_sample_rate": (int, 0, True, "trace every Nth request to --trace_file (0: every request)"),

@@ -163,6 +163,7 @@ class Manager:
         self._lock = asyncio.Lock()
         self.routing: RoutingTable = EMPTY  # the routing table in force
         self.routing_required = False  # --routing_config_file: not ready until a table is in force
+        self.on_change: Callable[[], None] | None = None  # versions or labels changed (workers/pool.py)
 
     # -- queries (hot path: plain dict lookups) --
 
@@ -236,6 +237,7 @@ class Manager:
             await self._reload(configs)
         finally:
             self._configured = True
+            self._changed()
 
     def apply_routing(self, table: RoutingTable) -> None:
         """Puts a routing table in force, all of it or nothing: an older generation is ABORTED,
@@ -261,6 +263,7 @@ class Manager:
             rec.route = new_route
             self._drop_unneeded(rec)  # versions whose last label just moved away
         self.routing = table
+        self._changed()
 
     async def _reload(self, configs: list[ModelConfig]) -> None:
         async with self._lock:
@@ -450,7 +453,11 @@ class Manager:
         for v in sorted(self._available(rec)):
             self._unload(rec, v)
 
-    @staticmethod
-    def _refresh_latest(rec: ModelRecord) -> None:
+    def _refresh_latest(self, rec: ModelRecord) -> None:
         avail = [r for r in rec.versions.values() if r.state == AVAILABLE and r.servable is not None]
         rec.latest = max(avail, key=lambda r: r.version).servable if avail else None
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()

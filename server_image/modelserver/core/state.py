@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,7 @@ class ServerState:
     draining: bool = False
     drain_gate: asyncio.Event | None = None  # set while draining: new gRPC calls wait on it
     trace_context: bool = False  # the front ends read the client's traceparent (observability/tracing)
+    render_metrics: Callable[[], Awaitable[bytes]] | None = None  # a front-end worker: the pod's metrics
     capture_payloads: bool = False  # the front ends keep request and answer payloads on the context
     plane: DataPlane = field(init=False)
 

@@ -214,6 +214,46 @@ class ServerMetrics:
         """Requests received and not yet answered (the autoscaler's concurrency metric)."""
         self._in_flight = source
 
+    # ---- several processes (workers/pool.py: front-end workers record, the model process renders)
+
+    def recorded(self) -> dict[str, Any]:
+        """What the request hooks of this process have recorded, to be merged elsewhere."""
+        return {"series": dict(self._series), "latency": dict(self._latency),
+                "shadow_results": dict(self._shadow_results), "shadow_diff": dict(self._shadow_diff),
+                "shadow_ratio": dict(self._shadow_ratio), "shadow_top1": dict(self._shadow_top1),
+                "in_flight": self._in_flight() if self._in_flight is not None else 0}
+
+    def merged(self, others: Sequence[Mapping[str, Any]]) -> ServerMetrics:
+        """This process's metrics plus what `others` recorded (`recorded()` of each worker): one
+        set of series for the pod, counters and histograms summed per label set, the in-flight
+        gauge summed; batches, queues and warmups are this process's own."""
+        out = ServerMetrics(self._thread_pool_name, self._labels_of)
+        out._batches, out._padding = self._batches, self._padding
+        out._warmup, out._warmup_s = self._warmup, self._warmup_s
+        out._queue_depth, out._busy = self._queue_depth, self._busy
+        parts = [self.recorded(), *others]
+        total = sum(int(p["in_flight"]) for p in parts)
+        out._in_flight = lambda: total
+        for p in parts:
+            for k, s in p["series"].items():
+                acc = out._series.get(k)
+                if acc is None:
+                    acc = out._series[k] = _Series()
+                acc.requests += s.requests
+                for name in _Series.__slots__[1:]:
+                    _add(getattr(acc, name), getattr(s, name))
+            for field, target in (("latency", out._latency), ("shadow_diff", out._shadow_diff),
+                                  ("shadow_ratio", out._shadow_ratio)):
+                for k, h in p[field].items():
+                    acc_h = target.get(k)
+                    if acc_h is None:
+                        acc_h = target[k] = _Hist(h.bounds)
+                    _add(acc_h, h)
+            for field, counts in (("shadow_results", out._shadow_results), ("shadow_top1", out._shadow_top1)):
+                for k, n in p[field].items():
+                    counts[k] = counts.get(k, 0) + n
+        return out
+
     # ---- exposition
 
     def render(self) -> bytes:
@@ -409,7 +449,9 @@ def install(state: Any, thread_pool_name: str = "batch_threads") -> ServerMetric
     m.set_in_flight_source(lambda: state.in_flight)
 
     async def handler(_request: web.Request) -> web.Response:
-        return web.Response(body=m.render(), headers={"Content-Type": CONTENT_TYPE})
+        render = state.render_metrics  # set in a front-end worker: the model process renders the pod's
+        body = await render() if render is not None else m.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     state.rest_routes.append(web.get(path, handler))
     return m

@@ -212,8 +212,8 @@ def _parsed(cls: Any, method: Any) -> tuple[Any, Any]:
 
 
 def add_service(server: grpc.aio.Server, root: str | Path | None = None,
-                max_duration_s: float = MAX_DURATION_MS / 1000) -> ProfilerService:
-    service = ProfilerService(root, max_duration_s)
+                max_duration_s: float = MAX_DURATION_MS / 1000, service: ProfilerService | None = None) -> ProfilerService:
+    service = service if service is not None else ProfilerService(root, max_duration_s)
     m = service.msgs
     handlers = {}
     for name, method, req, resp in (("Profile", service.Profile, "ProfileRequest", "ProfileResponse"),

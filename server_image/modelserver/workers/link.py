@@ -1,0 +1,96 @@
+"""One end of a worker's UNIX socket: framed messages, and calls with replies for the rare
+control operations (a reload, a metrics scrape, a profile) whose arguments are pickled."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import pickle
+from typing import Any
+
+import grpc
+
+from modelserver.core.errors import ServingError
+from modelserver.workers.shm import CALL, REPLY, Frames, frame
+
+log = logging.getLogger("modelserver.workers")
+
+
+class Peer(asyncio.Protocol):
+    """Subclasses handle their message kinds in `received(msg)` and answer calls in `handle(op, arg)`."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._frames = Frames()
+        self._calls: dict[int, asyncio.Future[Any]] = {}
+        self._ids = itertools.count(1)
+        self.closed = asyncio.get_running_loop().create_future()
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        for msg in self._frames.feed(data):
+            kind = msg[0]
+            if kind == CALL:
+                asyncio.ensure_future(self._reply(msg[1], msg[2], msg[3]))
+            elif kind == REPLY:
+                fut = self._calls.pop(msg[1], None)
+                if fut is not None and not fut.done():
+                    if msg[2]:
+                        fut.set_result(pickle.loads(msg[3]))  # noqa: S301 - our own processes
+                    else:
+                        code, message = msg[3]
+                        fut.set_exception(ServingError(grpc.StatusCode[code], message))
+            else:
+                self.received(msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        for fut in self._calls.values():
+            if not fut.done():
+                fut.set_exception(ServingError(grpc.StatusCode.UNAVAILABLE, "the model process link closed"))
+        self._calls.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.lost()
+
+    # -- to override
+    def received(self, msg: tuple[Any, ...]) -> None:
+        raise NotImplementedError
+
+    async def handle(self, op: str, arg: Any) -> Any:
+        raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"unknown operation {op}")
+
+    def lost(self) -> None:
+        """The other side is gone."""
+
+    # -- sending
+    def send(self, msg: tuple[Any, ...]) -> None:
+        t = self.transport
+        if t is not None:
+            t.write(frame(msg))
+
+    async def call(self, op: str, arg: Any = None, timeout: float | None = None) -> Any:
+        if self.transport is None:
+            raise ServingError(grpc.StatusCode.UNAVAILABLE, "the model process link is closed")
+        cid = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._calls[cid] = fut
+        self.send((CALL, cid, op, pickle.dumps(arg, protocol=pickle.HIGHEST_PROTOCOL)))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._calls.pop(cid, None)
+
+    async def _reply(self, cid: int, op: str, data: bytes) -> None:
+        try:
+            result = await self.handle(op, pickle.loads(data))  # noqa: S301 - our own processes
+            self.send((REPLY, cid, True, pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)))
+        except ServingError as exc:
+            self.send((REPLY, cid, False, (exc.code.name, exc.message)))
+        except Exception as exc:  # a bug: the caller gets INTERNAL, the process goes on
+            log.exception("%s failed", op)
+            self.send((REPLY, cid, False, ("INTERNAL", f"{type(exc).__name__}: {exc}")))
