@@ -25,7 +25,9 @@ class Peer(asyncio.Protocol):
         self._frames = Frames()
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
-        self.closed = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._out: list[bytes] = []
+        self.closed = self._loop.create_future()
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -69,9 +71,20 @@ class Peer(asyncio.Protocol):
 
     # -- sending
     def send(self, msg: tuple[Any, ...]) -> None:
+        """Queues a message; the queue is written in one system call at the end of this turn of
+        the event loop (under load, many requests' messages share a write and a wake-up)."""
+        if self.transport is None:
+            return
+        out = self._out
+        out.append(frame(msg))
+        if len(out) == 1:
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
         t = self.transport
-        if t is not None:
-            t.write(frame(msg))
+        if t is not None and out:
+            t.write(b"".join(out) if len(out) > 1 else out[0])
 
     async def call(self, op: str, arg: Any = None, timeout: float | None = None) -> Any:
         if self.transport is None:
