@@ -13,7 +13,7 @@ APT_PACKAGES := prometheus wrk libb64-0d
 AZURITE := .tools/azurite/node_modules/.bin/azurite-blob
 AZURITE_VERSION := 3.37.0
 
-.PHONY: setup system-deps test-tools run serve serve-s3 test e2e bench bench-rollouts bench-storage lint docs crds chart image demo-models clean
+.PHONY: setup system-deps test-tools run serve serve-s3 test e2e bench bench-rollouts bench-storage bench-workers lint docs crds chart image demo-models clean
 
 setup: $(STAMP) system-deps $(AZURITE)
 
@@ -81,6 +81,7 @@ e2e: setup
 
 bench: setup
 	$(PY) bench/run.py
+	$(PY) bench/workers.py
 	$(PY) bench/operator_scale.py
 	$(PY) bench/rollouts.py
 	$(PY) bench/storage.py
@@ -93,6 +94,12 @@ bench-rollouts: setup
 # `aws s3 cp`, on a local moto S3 server (about 3 min; bench/RESULTS.md's object-storage section).
 bench-storage: setup
 	$(PY) bench/storage.py
+
+# Front-end workers (--frontend_workers): one process against two workers beside PyTriton and the no-op
+# server, with 1 and 4 load clients; CPU and memory per process; a projection to more cores (about 6 min;
+# bench/RESULTS.md's front-end workers section).
+bench-workers: setup
+	$(PY) bench/workers.py
 
 # Lint: the same verdict on every machine (the tools are pinned in pyproject.toml's dev extra).
 lint: setup

@@ -188,3 +188,84 @@ def test_scale_to_zero_section_is_replaced_in_place(tmp_path: Path) -> None:
     once = results.read_text()
     scale_to_zero.write_section(results, text)
     assert results.read_text() == once and once.count(scale_to_zero.START) == 1
+
+
+# -- bench/workers.py's pure parts
+
+STAT = "4242 (model server) S 1 4242 4242 0 -1 4194560 9000 0 12 0 250 50 3 1 20 0 9 0 100 0 0\n"
+SMAPS_ROLLUP = """55d0c0000000-7ffd4a7ff000 ---p 00000000 00:00 0                          [rollup]
+Rss:              646144 kB
+Pss:              386048 kB
+Pss_Anon:         300000 kB
+Shared_Clean:     200000 kB
+"""
+METRICS = """# TYPE :tensorflow:serving:request_count counter
+:tensorflow:serving:request_count{model_name="mlp",status="OK"} 1500.0
+:tensorflow:serving:request_count{model_name="mlp",status="INVALID_ARGUMENT"} 2.0
+:tensorflow:serving:request_count_created{model_name="mlp",status="OK"} 1.7e9
+:tensorflow:serving:request_latency_count{model_name="mlp",API="predict",entrypoint="GRPC"} 1502.0
+"""
+
+
+def test_workers_proc_parsing() -> None:
+    import workers
+
+    # utime 250 + stime 50 ticks (fields 14, 15), counted after the command name's spaces
+    assert workers.stat_cpu_seconds(STAT) == pytest.approx(300 / workers.CLK_TCK)
+    assert workers.smaps_rollup_mb(SMAPS_ROLLUP) == {"rss_mb": 631.0, "pss_mb": 377.0}
+    assert workers.request_total(METRICS) == 1502.0
+
+
+def test_workers_cpu_and_combine() -> None:
+    import workers
+
+    cpu = workers.cpu_per_request({"model process": 1.0, "worker 0": 2.0, "worker 1": 0.5},
+                                  {"model process": 1.3, "worker 0": 2.6, "worker 1": 0.5, "worker 2": 9.0}, 3000)
+    assert cpu == pytest.approx({"model process": 100.0, "worker 0": 200.0, "worker 1": 0.0, "total": 300.0})
+    assert workers.cpu_per_request({"a": 1.0}, {"a": 2.0}, 0) == {}
+    both = workers.combine([{"throughput": 1000.0, "p50_us": 900.0, "p99_us": 3000.0},
+                            {"throughput": 1500.0, "p50_us": 700.0, "p99_us": 5000.0},
+                            {"throughput": 500.0, "p50_us": 800.0, "p99_us": 4000.0}])
+    assert both == {"throughput": 3000.0, "p50_us": 800.0, "p99_us": 5000.0}
+
+
+def test_workers_projection() -> None:
+    import workers
+
+    # m = 64 µs, w = 250 µs per request: 2 cores -> 2 / 314 µs = 6,369/s, the workers bound it;
+    # 16 cores -> the model process's core saturates first: 1 / 64 µs = 15,625/s
+    two = workers.project(2, 64, 250)
+    assert two["throughput"] == pytest.approx(2 / 314e-6) and two["bound"] == "workers"
+    assert two["model_process_cores"] + two["worker_cores"] == pytest.approx(2)
+    sixteen = workers.project(16, 64, 250)
+    assert sixteen["throughput"] == pytest.approx(15625) and sixteen["bound"] == "model process"
+    assert sixteen["model_process_cores"] == pytest.approx(1)
+    assert sixteen["worker_cores"] < 16 - 1
+
+
+def test_workers_section_is_replaced_in_place() -> None:
+    import workers_report
+
+    fig = {"throughput": 1000.0, "p50_us": 2000.0, "p99_us": 4000.0, "n": 3}
+    servers = {s: {"c32_k1": fig, "c32_k4": fig, "c1_k1": fig} for s in ("single", "workers2", "pytriton", "noop")}
+    goal = {"limit": 2000.0, "peer": 500.0, "single": {"vs_peer": 2.0, "vs_limit": 0.5},
+            "workers2": {"vs_peer": 1.5, "vs_limit": 0.9}}
+    cpu = {"single": {"k4": {"single process": 200.0, "total": 200.0}},
+           "workers2": {"k4": {"model process": 60.0, "worker 0": 100.0, "worker 1": 90.0, "total": 250.0}}}
+    summary = {"servers": servers, "goals": {"c32_k1": goal, "c32_k4": goal}, "latency_budget_us": 2500.0,
+               "inprocess": {"b1_call_p50_us": 5.0, "b32_inferences_per_s": 1e6}, "cpu_us": cpu,
+               "projection": {"model_us": 60.0, "workers_us": 190.0, "cores": [{"cores": 2, "throughput": 8000.0,
+                              "bound": "workers", "model_process_cores": 0.5, "worker_cores": 1.5}]}}
+    r = {"settings": {"window_ms": 1000, "windows": 3, "concurrency": 32, "ks": [1, 4]}, "rounds": 3,
+         "recorded": "T", "commit": "c", "elapsed_s": 360, "nproc": 2, "cpu_model": "cpu", "load_start": "0.1",
+         "load_end": "0.2", "summary": {"mlp": summary},
+         "memory": {"workers2": {"model process": {"rss_mb": 600.0, "pss_mb": 400.0},
+                                 "worker 0": {"rss_mb": 70.0, "pss_mb": 45.0}}}}
+    text = workers_report.section(r)
+    for needle in ("| model-server, 1 process | 1,000 | 2.00 / 4.00 |", "2.00× (met)", "50% (**not met**)",
+                   "90% (met)", "| mlp | model-server, `--frontend_workers=2` | K=4 | 60 | 100 | 90 | 250 |",
+                   "| **total** | 670 | 445 |", "| 8,000 | workers |", "(met)"):
+        assert needle in text, needle
+    once = report.with_section("# Results\n\n## Reproduce\n", text, *workers_report.MARK)
+    assert once.index("Front-end workers") < once.index("## Reproduce")
+    assert report.with_section(once, text, *workers_report.MARK) == once
