@@ -323,7 +323,8 @@ class ModelServer:
         flags = self.flags
         if not flags.admin_port:
             return
-        runner = web.AppRunner(make_admin_app(self.manager, TokenFile(flags.admin_token_file)),  # type: ignore[arg-type]
+        runner = web.AppRunner(make_admin_app(self.manager, TokenFile(flags.admin_token_file),  # type: ignore[arg-type]
+                                              self._workers_synced),
                                access_log=None, keepalive_timeout=flags.rest_api_idle_timeout_seconds)
         await self._bind_site(runner, flags.admin_port, "the admin port")
         log.info("admin API (routing pushes) at %s:%d", flags.bind_address, flags.admin_port)
@@ -342,6 +343,10 @@ class ModelServer:
         except ServingError as exc:
             raise StartError(exc.message) from None
         self.workers = pool
+
+    async def _workers_synced(self) -> None:
+        if self.workers is not None:
+            await self.workers.sync()
 
     # -- helpers of the steps --
     def _worker_count(self) -> int:

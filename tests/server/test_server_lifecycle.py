@@ -64,11 +64,13 @@ class Hammer(threading.Thread):
                     self.failures.append(r.text)
 
 
-def test_version_polling_swap_without_failures(start_server, models_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("workers", ["1", "2"])  # one process, and front-end workers (the model call crosses)
+def test_version_polling_swap_without_failures(start_server, workers: str, models_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     base = tmp_path / "m"
     shutil.copytree(models_dir / "two_versions" / "1", base / "1")  # y = 0.5x + 2
     srv = start_server([f"--model_base_path={base}", "--model_name=m", "--file_system_poll_wait_seconds=1",
-                        "--max_num_load_retries=1", "--load_retry_interval_micros=3000000"])
+                        "--max_num_load_retries=1", "--load_retry_interval_micros=3000000",
+                        f"--frontend_workers={workers}"])
     assert predict(srv, "m", 2.0).json() == {"predictions": [3.0]}
     hammer = Hammer(srv, "m")
     hammer.start()
@@ -118,10 +120,12 @@ def _reload(stub, text: str) -> None:  # type: ignore[no-untyped-def]
     stub.HandleReloadConfigRequest(req, timeout=60)
 
 
-def test_config_reload_by_file_and_rpc_with_label_rules(start_server, models_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("workers", ["1", "2"])  # one process, and front-end workers (the model call crosses)
+def test_config_reload_by_file_and_rpc_with_label_rules(start_server, workers: str, models_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg = tmp_path / "models.config"
     cfg.write_text(_config(models_dir, "half_plus_two"))
-    srv = start_server([f"--model_config_file={cfg}", "--model_config_file_poll_wait_seconds=1"])
+    srv = start_server([f"--model_config_file={cfg}", "--model_config_file_poll_wait_seconds=1",
+                        f"--frontend_workers={workers}"])
     assert predict(srv, "half_plus_two", 1.0).status_code == 200
     assert predict(srv, "two_versions", 1.0).status_code == 404
     # by file: add two_versions (all versions, labels), remove half_plus_two
@@ -169,8 +173,10 @@ def test_labels_for_unavailable_versions_flag(start_server, models_dir: Path) ->
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def test_sigterm_drains_in_flight_requests(start_server, models_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    srv = start_server(["--model_name=bytes_model", f"--model_base_path={models_dir / 'bytes_model'}"])
+@pytest.mark.parametrize("workers", ["1", "2"])  # one process, and front-end workers (the model call crosses)
+def test_sigterm_drains_in_flight_requests(start_server, workers: str, models_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    srv = start_server(["--model_name=bytes_model", f"--model_base_path={models_dir / 'bytes_model'}",
+                        f"--frontend_workers={workers}"])
     # the read_file signature writes <path>.started, then waits in the model until <path> exists
     fifo_rest, fifo_grpc = tmp_path / "rest.data", tmp_path / "grpc.data"
     results: dict[str, object] = {}
@@ -215,11 +221,13 @@ def test_sigterm_drains_in_flight_requests(start_server, models_dir: Path, tmp_p
     assert srv.proc.wait(30) == 0
 
 
-def test_sigterm_under_load_fails_no_request(start_server, models_dir: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("workers", ["1", "2"])  # one process, and front-end workers (the model call crosses)
+def test_sigterm_under_load_fails_no_request(start_server, workers: str, models_dir: Path) -> None:  # type: ignore[no-untyped-def]
     """Closed-loop gRPC and REST (keep-alive) clients keep calling through SIGTERM: every request the
     server took is answered OK (no gRPC CANCELLED, no reset HTTP connection); after the drain,
     requests fail only to connect (gRPC UNAVAILABLE, HTTP connection refused)."""
-    srv = start_server(["--model_name=half_plus_two", f"--model_base_path={models_dir / 'half_plus_two'}"])
+    srv = start_server(["--model_name=half_plus_two", f"--model_base_path={models_dir / 'half_plus_two'}",
+                        f"--frontend_workers={workers}"])
     req = predict_pb2.PredictRequest()
     req.model_spec.name = "half_plus_two"
     req.inputs["x"].CopyFrom(tf.make_tensor_proto([1.0, 2.0], dtype=tf.float32))

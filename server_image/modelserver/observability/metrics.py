@@ -124,6 +124,7 @@ class ServerMetrics:
         self._busy: list[Callable[[], int]] = []
         self._in_flight: Callable[[], int] | None = None
         self._thread_pool_name = thread_pool_name
+        self.extra: Callable[[], Iterable[Metric]] | None = None  # more families (the front-end workers')
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
 
@@ -231,6 +232,7 @@ class ServerMetrics:
         out._batches, out._padding = self._batches, self._padding
         out._warmup, out._warmup_s = self._warmup, self._warmup_s
         out._queue_depth, out._busy = self._queue_depth, self._busy
+        out.extra = self.extra
         parts = [self.recorded(), *others]
         total = sum(int(p["in_flight"]) for p in parts)
         out._in_flight = lambda: total
@@ -396,6 +398,8 @@ def _shadow_families(m: ServerMetrics) -> Iterator[Metric]:
     yield _merged_hist("modelserver_shadow_latency_ratio", "The shadow version's time over the primary's on the same "
                        "inputs (queue and model), per mirrored request.", ["model", "version"], SHADOW_RATIO_BUCKETS,
                        list(m._shadow_ratio.items()))
+    if m.extra is not None:
+        yield from m.extra()
 
 
 def _tf_hist(name: str, doc: str, labels: list[str],

@@ -22,6 +22,7 @@ admits only its own pods to this port. Without `--admin_token_file` the admin po
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 import hmac
 import json
 import logging
@@ -113,7 +114,11 @@ def _json(obj: Any, status: int = 200) -> web.Response:
     return web.Response(body=json.dumps(obj).encode(), status=status, content_type="application/json")
 
 
-def make_admin_app(manager: Manager, token: TokenFile) -> web.Application:
+def make_admin_app(manager: Manager, token: TokenFile,
+                   applied: Callable[[], Awaitable[None]] | None = None) -> web.Application:
+    """`applied()` is awaited after a routing push and before its answer (with front-end
+    workers: until every worker has the new table, so that the pusher's next request sees it)."""
+
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
         if not token.matches(request.headers.get("Authorization")):
@@ -143,6 +148,8 @@ def make_admin_app(manager: Manager, token: TokenFile) -> web.Application:
                 raise invalid_argument(f"routing document is not JSON: {exc}") from None
             table = parse_table(doc, "routing document")
             manager.apply_routing(table)
+            if applied is not None:
+                await applied()
         except ServingError as exc:
             message = wire_message(exc.message)
             log.warning("routing push refused: %s", message)

@@ -77,6 +77,8 @@ class ModelLink(Peer):
             return self.metrics.recorded() if self.metrics is not None else {"series": {}, "latency": {}, "shadow_results": {},
                                                                               "shadow_diff": {}, "shadow_ratio": {},
                                                                               "shadow_top1": {}, "in_flight": 0}
+        if op == "sync":  # the snapshots before this call are applied
+            return None
         return await super().handle(op, arg)
 
     def lost(self) -> None:

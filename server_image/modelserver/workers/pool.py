@@ -83,6 +83,7 @@ class WorkerLink(Peer):
         except ServingError as exc:
             self.send((ANSWER, rid, exc.code.name, exc.message, None))
             return
+        self.worker.calls += 1
         ctx = RequestContext("worker", "predict", model=model, version=servable.version, signature=sig.name,
                              batch_size=rows, deadline=deadline)
         runner = self.pool.state.runner_for(model)
@@ -117,7 +118,9 @@ class Worker:
         self.region = Region(region_bytes)
         self.proc: asyncio.subprocess.Process | None = None
         self.link: WorkerLink | None = None
-        self.restarts = 0
+        self.restarts = 0  # in a row (for the back-off)
+        self.exits = 0  # unexpected exits, all told
+        self.calls = 0  # model calls it sent
         self.started_at = 0.0
 
 
@@ -145,6 +148,8 @@ class WorkerPool:
         """Starts every worker and waits until each has bound its ports; ServingError names the
         first that could not."""
         self.manager.on_change = self._schedule_push
+        if self.metrics is not None:
+            self.metrics.extra = self.families
         self._refresh_snapshot()
         results = await asyncio.gather(*(self._spawn(w) for w in self.workers))
         for ok, message in results:
@@ -224,6 +229,7 @@ class WorkerPool:
                 w.restarts = 0
             delay = RESTART_BACKOFF_S[min(w.restarts, len(RESTART_BACKOFF_S) - 1)]
             w.restarts += 1
+            w.exits += 1
             log.error("front-end worker %d (pid %d) exited with %s; its in-flight requests failed; restarting in %.1f s",
                       w.index, w.proc.pid, rc, delay)
             if w.link is not None and w.link.transport is not None:
@@ -258,6 +264,13 @@ class WorkerPool:
         self._snapshot = self._snapshots.build(self.manager, self.draining)
         return True
 
+    async def sync(self) -> None:
+        """Pushes the current snapshot and returns once every worker has applied it (a worker
+        answers calls in order, after the messages before them)."""
+        self._push_now()
+        links = [w.link for w in self.workers if w.link is not None and w.link.transport is not None]
+        await asyncio.gather(*(ln.call("sync", None, timeout=10) for ln in links), return_exceptions=True)
+
     async def _watch(self) -> None:
         """A backstop for changes no hook reports (a version's state while it loads)."""
         while True:
@@ -280,7 +293,10 @@ class WorkerPool:
                 link.hello.set_result(arg)
             return None
         if op == "reload":
-            await self.manager.reload(arg)
+            try:
+                await self.manager.reload(arg)
+            finally:
+                await self.sync()
             return None
         if op == "metrics":
             return await self.render_metrics()
@@ -292,6 +308,24 @@ class WorkerPool:
                 event.set()
             return None
         raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"unknown operation {op}")
+
+    def families(self) -> list[Any]:
+        """The workers' own metrics: how many, each one's model calls, process id and restarts."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        up = GaugeMetricFamily("modelserver_frontend_workers", "Front-end worker processes running.")
+        up.add_metric([], sum(1 for w in self.workers if w.proc is not None and w.proc.returncode is None))
+        calls = CounterMetricFamily("modelserver_frontend_worker_model_calls", "Model calls each front-end worker "
+                                    "handed to the model process.", labels=["worker"])
+        exits = CounterMetricFamily("modelserver_frontend_worker_exits", "Front-end workers that exited "
+                                    "unexpectedly (each was restarted).", labels=["worker"])
+        pid = GaugeMetricFamily("modelserver_frontend_worker_pid", "Each front-end worker's process id.",
+                                labels=["worker"])
+        for w in self.workers:
+            calls.add_metric([str(w.index)], w.calls)
+            exits.add_metric([str(w.index)], w.exits)
+            pid.add_metric([str(w.index)], w.proc.pid if w.proc is not None else 0)
+        return [up, calls, exits, pid]
 
     async def render_metrics(self) -> bytes:
         """The pod's metrics: this process's (batches, queues, warmup) and every worker's requests."""
