@@ -24,8 +24,12 @@ import pytest
 import requests
 import tensorflow as tf
 from server_support import ServerProcess, free_port, predict_request, wait_for
-from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc
-from tensorflow_serving.apis import prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
+)
 
 TOKEN = "workers-token"
 CALLS = "modelserver_frontend_worker_model_calls_total"

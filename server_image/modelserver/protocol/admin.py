@@ -22,11 +22,11 @@ admits only its own pods to this port. Without `--admin_token_file` the admin po
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 import hmac
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 

@@ -3,7 +3,7 @@ model in one process.
 
 With N > 1 the process started as model-server is the *model process*: it loads the models,
 runs the batcher and TensorFlow, serves the admin port, and starts N *front-end workers*
-(`python -m modelserver.workers.frontend`). Each worker binds the gRPC and REST ports itself
+(`python -m modelserver.frontend`). Each worker binds the gRPC and REST ports itself
 (SO_REUSEPORT: the kernel spreads connections over them), decodes and encodes both protocols and
 runs the whole request lifecycle (version resolution, routing, input checks, metrics, traces,
 payload logging) on a mirror of the model process's versions and labels; only the model call
@@ -16,5 +16,5 @@ copy of each model. Workers never import TensorFlow (`protos.without_tensorflow`
   every worker when they change, and the worker's read-only Manager built from it.
 - `pool`: the model process's side: starts, feeds, restarts and drains the workers, aggregates
   their metrics.
-- `frontend`: the worker process.
+- `modelserver.frontend` (beside main.py): the worker process.
 """

@@ -101,9 +101,13 @@ def _lite(s: Servable) -> Servable:
     sdm = get_model_metadata_pb2.SignatureDefMap()
     for k, v in s.signature_defs.items():
         sdm.signature_def[k].CopyFrom(v)
-    sigs = {n: Signature(g.name, g.method_name, g.inputs, g.outputs, fn=None, input_names_text=g.input_names_text)
+    sigs = {n: Signature(g.name, g.method_name, g.inputs, g.outputs, fn=_remote, input_names_text=g.input_names_text)
             for n, g in s.signatures.items()}
     return Servable(s.name, s.version, s.path, sigs, sdm.SerializeToString())
+
+
+def _remote(inputs: Any) -> Any:
+    raise AssertionError("a mirrored signature runs in the model process")  # RemoteRunner never calls it
 
 
 def _unpack_servable(s: Servable) -> Servable:
@@ -128,7 +132,6 @@ class MirrorManager(Manager):
         self._ready = False
         self._not_ready: list[str] = []
         self.linked = True  # False once the model process is gone: never ready again
-        self.snapshots = 0
 
     def apply(self, data: bytes) -> None:
         snap: Snapshot = pickle.loads(data)  # noqa: S301 - from the model process, over its own socket
@@ -147,7 +150,6 @@ class MirrorManager(Manager):
         self._ready = snap.ready
         self._not_ready = snap.not_ready
         self._configured = True
-        self.snapshots += 1
 
     def is_ready(self) -> bool:
         return self.linked and self._ready

@@ -104,7 +104,7 @@ class WorkerLink(Peer):
             return
         if self.transport is None:
             return
-        view, arena, unused = self.region.view, self.region.answers, []
+        view, arena, unused = self.region.view, self.region.answers, list[int]()
         wires = [put(arena, view, n, a, unused) for n, a in outputs.items()]
         self.send((ANSWER, rid, "OK", wires, (ctx.t_queue_start, ctx.t_compute_start, ctx.t_compute_end)))
 
@@ -202,7 +202,7 @@ class WorkerPool:
         env[WORKER_ENV] = f"{w.index}:{theirs.fileno()}:{w.region.fd}:{w.region_bytes}:{os.getpid()}"
         try:
             w.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "modelserver.workers.frontend", *self.argv,
+                sys.executable, "-m", "modelserver.frontend", *self.argv,
                 pass_fds=(theirs.fileno(), w.region.fd), env=env, stdin=asyncio.subprocess.DEVNULL)
         finally:
             theirs.close()

@@ -17,19 +17,20 @@ strings and bytes in about a microsecond each way, no pickle, no code objects ac
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import mmap
 import os
 import struct
 from collections import deque
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 SHM_MIN_BYTES = 4096  # below this a tensor is copied into the message (cheaper than a block)
 ALIGN = 64
 _LEN = struct.Struct("<I")
-MAX_MESSAGE = 1 << 31
 
 # message kinds
 RUN = 1  # worker -> model: (RUN, id, model, version, signature, label, route_key, rows, deadline, tensors, frees)
@@ -106,10 +107,10 @@ class Region:
 
     def close(self) -> None:
         """Closes the descriptor; the mapping goes when the last numpy view on it does."""
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
+        fd, self.fd = self.fd, -1
+        if fd >= 0:  # once: a descriptor number closed twice may be someone else's by then
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def put(arena: Arena, view: memoryview, name: str, arr: np.ndarray, frees: list[int]) -> Wire:
@@ -131,17 +132,18 @@ def put(arena: Arena, view: memoryview, name: str, arr: np.ndarray, frees: list[
 def get(view: memoryview, wire: Wire) -> np.ndarray:
     """The array a message's tensor describes: a view on the region, or on the message's bytes."""
     _name, dtype, shape, off, data = wire
+    payload: Any = data
     if off == -2:
-        out = np.empty(len(data), dtype=object)  # type: ignore[arg-type]
-        out[:] = data
+        out = np.empty(len(payload), dtype=np.object_)
+        out[:] = payload
         return out.reshape(shape)
     if off == -1:
-        return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)  # type: ignore[arg-type]
+        return np.frombuffer(payload, dtype=np.dtype(dtype)).reshape(shape)
     dt = np.dtype(dtype)
-    return np.frombuffer(view, dtype=dt, count=int(data) // dt.itemsize, offset=off).reshape(shape)  # type: ignore[call-overload]
+    return np.frombuffer(view, dtype=dt, count=int(payload) // dt.itemsize, offset=off).reshape(shape)
 
 
-def frame(msg: tuple[object, ...]) -> bytes:
+def frame(msg: tuple[Any, ...]) -> bytes:
     body = marshal.dumps(msg)
     return _LEN.pack(len(body)) + body
 

@@ -1,4 +1,4 @@
-"""A front-end worker process: `python -m modelserver.workers.frontend <model-server flags>`,
+"""A front-end worker process: `python -m modelserver.frontend <model-server flags>`,
 started by the model process (pool.py) with its socket, shared memory and index in
 MODELSERVER_FRONTEND_WORKER.
 
@@ -21,8 +21,7 @@ import socket
 import sys
 import weakref
 from collections.abc import Hashable
-from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from modelserver.workers.protos import without_tensorflow
 
@@ -92,13 +91,13 @@ class ModelLink(Peer):
 
     # -- model calls
     def run(self, key: Hashable, inputs: Tensors, ctx: RequestContext) -> asyncio.Future[Any]:
-        model, version, sig = key  # type: ignore[misc]
+        model, version, sig = cast(tuple[str, int, str], key)  # as DataPlane.run builds it
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.transport is None:
             fut.set_exception(ServingError(grpc.StatusCode.UNAVAILABLE, "the model process is gone"))
             return fut
         rid = next(self._ids)
-        region, frees = self.region, []
+        region, frees = self.region, list[int]()
         view, arena = region.view, region.requests
         wires = [put(arena, view, n, a, frees) for n, a in inputs.items()]
         released, self._answer_frees = self._answer_frees, []
@@ -257,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         index, sock_fd, mem_fd, size, parent = (int(x) for x in spec.split(":"))
     except ValueError:
-        sys.stderr.write(f"modelserver.workers.frontend is started by model-server ({WORKER_ENV} is not set)\n")
+        sys.stderr.write(f"modelserver.frontend is started by model-server ({WORKER_ENV} is not set)\n")
         return 2
     _die_with_parent(parent)
     # TensorFlow's own profiler server (--profiler_port) runs in the model process only
