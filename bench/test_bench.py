@@ -204,6 +204,11 @@ METRICS = """# TYPE :tensorflow:serving:request_count counter
 :tensorflow:serving:request_count{model_name="mlp",status="INVALID_ARGUMENT"} 2.0
 :tensorflow:serving:request_count_created{model_name="mlp",status="OK"} 1.7e9
 :tensorflow:serving:request_latency_count{model_name="mlp",API="predict",entrypoint="GRPC"} 1502.0
+modelserver_batch_size_count{model="mlp",version="1"} 60.0
+modelserver_batch_size_sum{model="mlp",version="1"} 1200.0
+modelserver_batch_size_count{model="mlp",version="2"} 40.0
+modelserver_batch_size_sum{model="mlp",version="2"} 300.0
+modelserver_batch_size_sum{model="half_plus_two",version="1"} 9.0
 """
 
 
@@ -214,6 +219,7 @@ def test_workers_proc_parsing() -> None:
     assert workers.stat_cpu_seconds(STAT) == pytest.approx(300 / workers.CLK_TCK)
     assert workers.smaps_rollup_mb(SMAPS_ROLLUP) == {"rss_mb": 631.0, "pss_mb": 377.0}
     assert workers.request_total(METRICS) == 1502.0
+    assert workers.batch_totals(METRICS, "mlp") == (100.0, 1500.0)
 
 
 def test_workers_cpu_and_combine() -> None:
@@ -227,6 +233,21 @@ def test_workers_cpu_and_combine() -> None:
                             {"throughput": 1500.0, "p50_us": 700.0, "p99_us": 5000.0},
                             {"throughput": 500.0, "p50_us": 800.0, "p99_us": 4000.0}])
     assert both == {"throughput": 3000.0, "p50_us": 800.0, "p99_us": 5000.0}
+
+
+def test_workers_cpu_summary() -> None:
+    import workers
+
+    def point(model: float, w0: float, w1: float) -> dict[str, object]:
+        cpu = {"model process": model, "worker 0": w0, "worker 1": w1, "total": model + w0 + w1}
+        return {"cpu_us": cpu, "throughput": 1000.0, "avg_batch": 8.0}
+
+    # three rounds; the kernel put every connection on one worker in two of them
+    s = workers.cpu_summary([point(80, 140, 120), point(90, 264, 2), point(84, 227, 1)])
+    assert s["process"] == 84 and s["workers"] == 260 and s["total"] == 340 and s["rounds"] == 3
+    assert s["split"] == [[140, 120], [264, 2], [227, 1]]
+    single = workers.cpu_summary([{"cpu_us": {"single process": 230.0, "total": 230.0}, "throughput": 5.0}])
+    assert single["process"] == 230 and "workers" not in single
 
 
 def test_workers_projection() -> None:
@@ -250,8 +271,9 @@ def test_workers_section_is_replaced_in_place() -> None:
     servers = {s: {"c32_k1": fig, "c32_k4": fig, "c1_k1": fig} for s in ("single", "workers2", "pytriton", "noop")}
     goal = {"limit": 2000.0, "peer": 500.0, "single": {"vs_peer": 2.0, "vs_limit": 0.5},
             "workers2": {"vs_peer": 1.5, "vs_limit": 0.9}}
-    cpu = {"single": {"k4": {"single process": 200.0, "total": 200.0}},
-           "workers2": {"k4": {"model process": 60.0, "worker 0": 100.0, "worker 1": 90.0, "total": 250.0}}}
+    cpu = {"single": {"k4": {"process": 200.0, "total": 200.0, "rounds": 3, "avg_batch": 9.0, "throughput": 5e3}},
+           "workers2": {"k4": {"process": 60.0, "workers": 190.0, "split": [[100, 90], [189, 1]], "total": 250.0,
+                               "rounds": 2, "avg_batch": 8.0, "throughput": 4e3}}}
     summary = {"servers": servers, "goals": {"c32_k1": goal, "c32_k4": goal}, "latency_budget_us": 2500.0,
                "inprocess": {"b1_call_p50_us": 5.0, "b32_inferences_per_s": 1e6}, "cpu_us": cpu,
                "projection": {"model_us": 60.0, "workers_us": 190.0, "cores": [{"cores": 2, "throughput": 8000.0,
@@ -263,7 +285,7 @@ def test_workers_section_is_replaced_in_place() -> None:
                                  "worker 0": {"rss_mb": 70.0, "pss_mb": 45.0}}}}
     text = workers_report.section(r)
     for needle in ("| model-server, 1 process | 1,000 | 2.00 / 4.00 |", "2.00× (met)", "50% (**not met**)",
-                   "90% (met)", "| mlp | model-server, `--frontend_workers=2` | K=4 | 60 | 100 | 90 | 250 |",
+                   "90% (met)", "| mlp | model-server, `--frontend_workers=2` | K=4 | 4,000 | 8.0 | 60 | 190 | 100 / 90, 189 / 1 | 250 |",
                    "| **total** | 670 | 445 |", "| 8,000 | workers |", "(met)"):
         assert needle in text, needle
     once = report.with_section("# Results\n\n## Reproduce\n", text, *workers_report.MARK)

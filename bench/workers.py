@@ -105,6 +105,16 @@ def request_total(metrics: str) -> float:
                if line.startswith(":tensorflow:serving:request_count{"))
 
 
+def batch_totals(metrics: str, model: str) -> tuple[float, float]:
+    """(executed batches, their summed sizes) for `model` from model-server's metrics."""
+    vals = {"count": 0.0, "sum": 0.0}
+    for line in metrics.splitlines():
+        for kind in vals:
+            if line.startswith(f"modelserver_batch_size_{kind}{{") and f'model="{model}"' in line:
+                vals[kind] += float(line.rsplit(" ", 1)[1])
+    return vals["count"], vals["sum"]
+
+
 def combine(clients: Sequence[dict[str, float]]) -> dict[str, float]:
     """K parallel clients as one load: throughputs summed, the median of their p50s, the worst p99."""
     return {"throughput": sum(c["throughput"] for c in clients),
@@ -118,6 +128,24 @@ def cpu_per_request(before: dict[str, float], after: dict[str, float], requests:
         return {}
     out = {role: (after[role] - before[role]) / requests * 1e6 for role in after if role in before}
     out["total"] = sum(out.values())
+    return out
+
+
+def cpu_summary(points: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over rounds of the model (or single) process's, all workers' and the total CPU per
+    request, and each round's split between the workers (which the kernel chose, by connection)."""
+    def main_of(cpu: dict[str, float]) -> float:
+        return cpu.get("model process", cpu.get("single process", 0.0))
+
+    ps = [p for p in points if p.get("cpu_us")]
+    split = [[round(v) for r, v in sorted(p["cpu_us"].items()) if r.startswith("worker ")] for p in ps]
+    out: dict[str, Any] = {"process": med([main_of(p["cpu_us"]) for p in ps]),
+                           "total": med([p["cpu_us"]["total"] for p in ps]), "rounds": len(ps),
+                           "avg_batch": med([p.get("avg_batch", 0.0) for p in ps]),
+                           "throughput": med([p["throughput"] for p in ps])}
+    if any(split):
+        out["workers"] = med([sum(w) for w in split])
+        out["split"] = split
     return out
 
 
@@ -193,10 +221,10 @@ def pin(roles: dict[str, int], cpus: set[int]) -> None:
                 os.sched_setaffinity(int(t.name), cpus)
 
 
-def scrape_requests(rest_port: int) -> float:
+def scrape(rest_port: int) -> str:
     url = f"http://{LOCALHOST}:{rest_port}/monitoring/prometheus/metrics"
     with urllib.request.urlopen(url, timeout=10) as r:
-        return request_total(r.read().decode())
+        return r.read().decode()  # type: ignore[no-any-return]
 
 
 def clients(port: int, model: str, concurrency: int, k: int, settings: Settings, kind: str = "tfserving",
@@ -267,13 +295,16 @@ class Bench:
         port, metrics = self.ports[server]
         kind, token = ("triton", self.token) if server == "pytriton" else ("tfserving", None)
         roles = tree(self.pids[server]) if metrics else {}
-        reqs0 = scrape_requests(metrics) if metrics else 0.0
+        text0 = scrape(metrics) if metrics else ""
         cpu0, t0 = cpu_of(roles), time.monotonic()
         p = clients(port, model, c, k, self.settings, kind, token, cpu=1 if pinned else None)
         cpu1, wall = cpu_of(roles), time.monotonic() - t0
         point = {"server": server, "model": model, "c": c, "k": k, "round": rnd, "pinned": pinned, **p}
         if metrics:
-            reqs = scrape_requests(metrics) - reqs0
+            text1 = scrape(metrics)
+            reqs = request_total(text1) - request_total(text0)
+            (b0, n0), (b1, n1) = batch_totals(text0, model), batch_totals(text1, model)
+            point["avg_batch"] = round((n1 - n0) / (b1 - b0), 1) if b1 > b0 else 0.0
             point.update(requests=reqs, wall_s=round(wall, 2), cpu_us=cpu_per_request(cpu0, cpu1, reqs),
                          cores={r: round((cpu1[r] - cpu0[r]) / wall, 2) for r in cpu1 if r in cpu0})
         log(f"r{rnd} {server:9} {model:13} c={c:<2} K={k}{' pinned' if pinned else ''}: {p['throughput']:8,.0f}/s "
@@ -331,14 +362,12 @@ def summarize(points: Sequence[dict[str, Any]], inproc: dict[str, Any]) -> dict[
         for s in ("single", "workers2"):
             for k in KS:
                 ps = pick(points, server=s, model=model, c=CONCURRENCY, k=k, pinned=False)
-                roles = sorted({r for p in ps for r in p.get("cpu_us", {})})
-                cpu.setdefault(s, {})[f"k{k}"] = {r: med([p["cpu_us"].get(r, 0) for p in ps]) for r in roles}
+                cpu.setdefault(s, {})[f"k{k}"] = cpu_summary(ps)
             pp = pick(points, server=s, model=model, pinned=True)
             if pp:
-                cpu[s]["k4_pinned"] = pp[0]["cpu_us"] | {"throughput": pp[0]["throughput"]}
+                cpu[s][f"k{KS[-1]}_pinned"] = cpu_summary(pp)
         w2 = cpu["workers2"][f"k{KS[-1]}"]
-        m_us = w2.get("model process", 0.0)
-        w_us = sum(v for r, v in w2.items() if r.startswith("worker "))
+        m_us, w_us = w2["process"], w2.get("workers", 0.0)
         projection = [project(n, m_us, w_us) for n in PROJECT_CORES] if m_us and w_us else []
         out[model] = {"servers": figs, "goals": goals, "latency_budget_us": latency_budget,
                       "inprocess": {"b1_call_p50_us": by_batch[1]["call_p50_us"],
@@ -352,9 +381,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--window-ms", type=int, default=1000, help="perf_analyzer window; 3 windows per point")
     ap.add_argument("--render-only", action="store_true", help="rewrite the section from results/workers.json")
+    ap.add_argument("--notes", help="with --render-only: a Markdown file of notes on that run, kept in the JSON")
     args = ap.parse_args(argv)
     if args.render_only:
-        write_section(section(json.loads(RESULTS.read_text())))
+        saved = json.loads(RESULTS.read_text())
+        saved["summary"] = summarize(saved["points"], saved["inprocess"])
+        if args.notes:
+            saved["notes"] = Path(args.notes).read_text()
+        RESULTS.write_text(json.dumps(saved, indent=1) + "\n")
+        write_section(section(saved))
         return 0
     started = time.monotonic()
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout

@@ -53,14 +53,13 @@ def _cpu_rows(model: str, s: Mapping[str, Any]) -> list[str]:
     out = []
     for srv in OURS:
         for key, cpu in s["cpu_us"].get(srv, {}).items():
-            if not cpu:
+            if not cpu.get("rounds"):
                 continue
-            main = cpu.get("model process", cpu.get("single process", 0.0))
-            w = [cpu.get(f"worker {i}") for i in range(2)]
-            ws = " | ".join("–" if v is None else f"{v:.0f}" for v in w)
             label = key.replace("k", "K=").replace("_pinned", ", pinned apart")
-            extra = f" ({cpu['throughput']:,.0f}/s)" if "throughput" in cpu else ""
-            out.append(f"| {model} | {TITLES[srv]} | {label}{extra} | {main:.0f} | {ws} | {cpu.get('total', 0):.0f} |")
+            workers = f"{cpu['workers']:.0f}" if "workers" in cpu else "–"
+            split = ", ".join(" / ".join(str(v) for v in w) for w in cpu.get("split", [])) or "–"
+            out.append(f"| {model} | {TITLES[srv]} | {label} | {_rps(cpu['throughput'])} | {cpu['avg_batch'] or '–'} | "
+                       f"{cpu['process']:.0f} | {workers} | {split} | {cpu['total']:.0f} |")
     return out
 
 
@@ -122,11 +121,15 @@ def section(r: Mapping[str, Any]) -> str:
         L += _goal_lines(model, s, ks, c)
     L += ["", f"### CPU per request (µs of CPU time per request, c={c})", "",
           "Each process's utime+stime (`/proc/PID/stat`) over the measurement divided by the requests the "
-          "server's metrics counted in it (`:tensorflow:serving:request_count`); a worker's figure is its CPU over "
-          "*all* requests, so the columns add up to the total. *Pinned apart*: perf_analyzer on CPU 1 "
+          "server's metrics counted in it (`:tensorflow:serving:request_count`), medians over the rounds; a "
+          "worker's figure is its CPU over *all* requests, so the process and workers columns add up to the total "
+          "(in each round: medians of different rounds need not). Which worker gets a connection is the kernel's "
+          "choice (SO_REUSEPORT hashes it), so each round's split is shown. Mean batch: executed batch size from "
+          "the server's metrics. *Pinned apart*: perf_analyzer on CPU 1 "
           "(`taskset -c 1`), every thread of the server's processes on CPU 0 (half_plus_two).", "",
-          "| model | server | clients | model (or only) process | worker 0 | worker 1 | total |",
-          "|---|---|---|---:|---:|---:|---:|"]
+          "| model | server | clients | req/s | mean batch | model (or single) process | workers | "
+          "each round: worker 0 / worker 1 | total |",
+          "|---|---|---|---:|---:|---:|---:|---|---:|"]
     for model, s in r["summary"].items():
         L += _cpu_rows(model, s)
     L += ["", "### Memory after the load (`/proc/PID/smaps_rollup`)", ""] + _memory(r)
