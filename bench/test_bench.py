@@ -291,3 +291,23 @@ def test_workers_section_is_replaced_in_place() -> None:
     once = report.with_section("# Results\n\n## Reproduce\n", text, *workers_report.MARK)
     assert once.index("Front-end workers") < once.index("## Reproduce")
     assert report.with_section(once, text, *workers_report.MARK) == once
+
+
+def test_workers_tree_finds_the_front_end_workers() -> None:
+    """A process whose children run the front-end worker entry is a model process with workers;
+    the harness's CPU and memory readings hang on this (the entry was renamed once)."""
+    import subprocess
+
+    import workers
+
+    code = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import sys; sys.stdin.read()', '-m', " \
+           "'modelserver.frontend'], stdin=sys.stdin)"
+    parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
+    try:
+        roles = workers.wait_for_children(parent.pid, 1, timeout=30)
+        assert set(roles) == {"model process", "worker 0"} and roles["model process"] == parent.pid
+        cpu = workers.cpu_of(roles)
+        mem = workers.memory_of(roles)
+        assert set(cpu) == set(mem) == set(roles) and all(m["pss_mb"] > 0 for m in mem.values())
+    finally:
+        parent.communicate(b"", timeout=30)

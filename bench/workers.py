@@ -14,7 +14,7 @@ measured with K=1 client and with K=4 clients in parallel (concurrency 8 each; t
 p50 the clients' median, p99 their maximum), against every server alike; concurrency 1 with one.
 
 For model-server, the CPU time of every process of its tree (/proc/PID/stat utime+stime; workers
-are the children whose command line runs modelserver.workers.frontend) over each measurement,
+are the children whose command line runs modelserver.frontend) over each measurement,
 divided by the requests its metrics counted (:tensorflow:serving:request_count) = CPU per request
 per process. Once more with the load tool pinned apart (perf_analyzer on CPU 1, the server tree on
 CPU 0). RSS and PSS (/proc/PID/smaps_rollup) after the load. From the per-request costs, a
@@ -187,7 +187,7 @@ def tree(pid: int) -> dict[str, int]:
             cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "modelserver.workers.frontend" in cmd:
+        if "modelserver.frontend" in cmd or "modelserver.workers.frontend" in cmd:  # the entry's new and old name
             workers.append(p)
         else:
             roles[f"{Path(cmd.split(' ', 1)[0]).name} {p}"] = p
@@ -195,6 +195,16 @@ def tree(pid: int) -> dict[str, int]:
     for i, p in enumerate(sorted(workers)):
         roles[f"worker {i}"] = p
     return roles
+
+
+def wait_for_children(pid: int, n: int, timeout: float) -> dict[str, int]:
+    """tree(pid) once it holds `n` front-end workers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        roles = tree(pid)
+        if sum(r.startswith("worker ") for r in roles) >= n or time.monotonic() > deadline:
+            return roles
+        time.sleep(0.1)
 
 
 def cpu_of(roles: dict[str, int]) -> dict[str, float]:
