@@ -259,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"modelserver.frontend is started by model-server ({WORKER_ENV} is not set)\n")
         return 2
     _die_with_parent(parent)
-    # TensorFlow's own profiler server (--profiler_port) runs in the model process only
-    flags = parse_or_exit([*(sys.argv[1:] if argv is None else argv), "--profiler_port=0"])
+    # TensorFlow's own profiler server (--profiler_port) runs in the model process only; a UNIX
+    # socket (--grpc_socket_path) cannot be shared (no SO_REUSEPORT): the first worker serves it
+    own = ["--profiler_port=0"] + (["--grpc_socket_path="] if index > 0 else [])
+    flags = parse_or_exit([*(sys.argv[1:] if argv is None else argv), *own])
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s[w{index}]: %(message)s")
     try:
         config = read_config_files(flags)

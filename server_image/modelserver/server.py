@@ -31,6 +31,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -335,6 +336,7 @@ class ModelServer:
             return
         assert self.state is not None
         flags = self.flags
+        self._check_ports_free()
         service = self._profiler_service() if flags.enable_profiler and (flags.port or flags.grpc_socket_path) else None
         pool = WorkerPool(self.state, self.argv, count, flags.frontend_worker_shm_bytes, self._server_metrics, service)
         self._stack.push_async_callback(pool.stop)
@@ -347,6 +349,21 @@ class ModelServer:
     async def _workers_synced(self) -> None:
         if self.workers is not None:
             await self.workers.sync()
+
+    def _check_ports_free(self) -> None:
+        """Workers bind with SO_REUSEPORT, which would let them share a port with another server
+        of the same user that binds it that way too; so the ports are bound once here first,
+        without it, and a port in use is a start-up error (as for one process)."""
+        flags = self.flags
+        for port, what in ((flags.port, "gRPC"), (rest_api_port(flags), "the REST port")):
+            if not port:
+                continue
+            family = socket.AF_INET6 if ":" in flags.bind_address else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind((flags.bind_address, port))
+                except OSError as exc:
+                    raise StartError(f"cannot bind {what} {flags.bind_address}:{port}: {exc}") from None
 
     # -- helpers of the steps --
     def _worker_count(self) -> int:

@@ -67,7 +67,12 @@ def _established(pid: int, port: int) -> int:
 def on_each_worker(srv: ServerProcess, port: int, connect: Callable[[], Any], tries: int = 64) -> dict[str, Any]:
     """Opens connections with `connect()` (which must return once connected) until every worker
     holds one: {worker index: connection}. The others are closed."""
-    pids = worker_pids(srv)
+    return on_each_worker_pids(srv, worker_pids(srv), port, connect, tries)
+
+
+def on_each_worker_pids(srv: ServerProcess, workers: dict[str, int] | list[int], port: int, connect: Callable[[], Any],
+                        tries: int = 64) -> dict[str, Any]:
+    pids = workers if isinstance(workers, dict) else {str(i): p for i, p in enumerate(workers)}
     found: dict[str, Any] = {}
     spare = []
     for _ in range(tries):
@@ -122,7 +127,9 @@ def served(start_server, models_dir: Path, tmp_path_factory: pytest.TempPathFact
     (d / "token").write_text(TOKEN + "\n")
     admin = free_port()
     srv = start_server([f"--model_config_file={d / 'models.config'}", f"--monitoring_config_file={d / 'monitoring.config'}",
-                        f"--admin_port={admin}", f"--admin_token_file={d / 'token'}", "--frontend_workers=2"])
+                        f"--admin_port={admin}", f"--admin_token_file={d / 'token'}", "--frontend_workers=2",
+                        f"--trace_file={d / 'traces.jsonl'}"])
+    srv.trace_file = d / "traces.jsonl"
     srv.admin_url = f"http://127.0.0.1:{admin}/v1/admin/routing"
     channels = on_each_worker(srv, srv.grpc_port, grpc_channel(srv.target))
     sessions = on_each_worker(srv, srv.rest_port, rest_session(srv.url))
@@ -184,6 +191,21 @@ def test_the_pod_has_one_set_of_metrics(served) -> None:  # type: ignore[no-unty
         assert srv.metric("modelserver_frontend_workers") == 2
     for w in channels:
         assert srv.metric(CALLS, worker=w) == calls[w] + 5
+
+
+def test_both_workers_append_whole_lines_to_one_trace_file(served) -> None:  # type: ignore[no-untyped-def]
+    srv, channels, _ = served
+
+    def records() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in srv.trace_file.read_text().splitlines()]  # each line whole JSON
+
+    before = len(records())
+    for ch in channels.values():
+        for _ in range(200):
+            predict_y(ch, [1.0], model="two_versions")
+    got = wait_for(lambda: r if len(r := records()) >= before + 400 else None, what="400 more trace lines")
+    assert len(got) == before + 400
+    assert sum(1 for r in got[before:] if r["model"] == "two_versions") == 400
 
 
 def test_a_routing_push_is_on_every_worker_when_it_returns(served) -> None:  # type: ignore[no-untyped-def]
@@ -335,3 +357,50 @@ def test_the_worker_count(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="--frontend_workers"):
             frontend_worker_count(bad)
     assert json.dumps(frontend_worker_count("auto", tmp_path)).isdigit()
+
+
+def test_readiness_is_the_model_process_on_every_worker(start_server, models_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """No version yet: every worker answers not ready (and the model's status says why); once a
+    version has loaded and warmed up in the model process, every worker is ready."""
+    import shutil
+
+    base = tmp_path / "m"
+    base.mkdir()
+    srv = start_server([f"--model_base_path={base}", "--model_name=m", "--file_system_poll_wait_seconds=1",
+                        "--frontend_workers=2"], ready=False)
+    srv.wait_until(lambda: "2 front-end worker(s) up" in srv.output(), "both workers bound")
+    sessions = on_each_worker_pids(srv, worker_pids_of(srv), srv.rest_port, rest_session(srv.url))
+    for s in sessions.values():
+        r = s.get(f"{srv.url}/v1/health/ready", timeout=10)
+        assert r.status_code == 503 and r.json()["models_not_ready"] == ["m"]
+    shutil.copytree(models_dir / "half_plus_two" / "1", tmp_path / "staging")
+    os.rename(tmp_path / "staging", base / "1")
+    for s in sessions.values():
+        wait_for(lambda: s.get(f"{srv.url}/v1/health/ready", timeout=10).status_code == 200,  # noqa: B023
+                 what="ready on this worker")
+        assert s.post(f"{srv.url}/v1/models/m:predict", json={"instances": [2.0]}, timeout=30).json() == {"predictions": [3.0]}
+        s.close()
+
+
+def worker_pids_of(srv: ServerProcess) -> list[int]:
+    """The worker processes (children of the model process), from /proc: before metrics or readiness."""
+    out = subprocess.run(["pgrep", "-P", str(srv.proc.pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def test_a_port_in_use_is_a_start_up_error(models_dir: Path) -> None:
+    """Workers bind with SO_REUSEPORT; a port another server holds must still be refused, not shared."""
+    import socket
+
+    from server_support import MODEL_SERVER, REPO
+
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # even a listener that would share it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([*MODEL_SERVER, "--bind_address=127.0.0.1", f"--port={port}", f"--rest_api_port={free_port()}",
+                            "--model_name=half_plus_two", f"--model_base_path={models_dir / 'half_plus_two'}",
+                            "--frontend_workers=2"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 1 and f"cannot bind gRPC 127.0.0.1:{port}" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
+    assert "Traceback" not in r.stdout + r.stderr

@@ -83,9 +83,11 @@ def _predict(channel: grpc.Channel) -> float:
     return float(tf.make_ndarray(out.outputs["y"])[0])
 
 
-def test_grpc_over_tls(start_server, models_dir: Path, tmp_path: Path, pki: dict[str, bytes]) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("workers", ["1", "2"])  # front-end workers serve TLS from the same files
+def test_grpc_over_tls(start_server, models_dir: Path, tmp_path: Path, pki: dict[str, bytes], workers: str) -> None:  # type: ignore[no-untyped-def]
     cfg = ssl_config(tmp_path / "ssl.config", pki["server_key"], pki["server_cert"])
-    srv = start_server([f"--model_config_file={models_dir / 'models.config'}", f"--ssl_config_file={cfg}"])
+    srv = start_server([f"--model_config_file={models_dir / 'models.config'}", f"--ssl_config_file={cfg}",
+                        f"--frontend_workers={workers}"])
     with grpc.secure_channel(srv.target, grpc.ssl_channel_credentials(root_certificates=pki["ca"])) as ch:
         assert _predict(ch) == 3.0
     with grpc.insecure_channel(srv.target) as ch, pytest.raises(grpc.RpcError) as err:
@@ -94,10 +96,12 @@ def test_grpc_over_tls(start_server, models_dir: Path, tmp_path: Path, pki: dict
     assert "(TLS)" in srv.output()
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])  # front-end workers serve TLS from the same files
 def test_mutual_tls_requires_a_client_certificate(start_server, models_dir: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
-                                                  pki: dict[str, bytes]) -> None:
+                                                  pki: dict[str, bytes], workers: str) -> None:
     cfg = ssl_config(tmp_path / "mtls.config", pki["server_key"], pki["server_cert"], pki["ca"], verify=True)
-    srv = start_server([f"--model_config_file={models_dir / 'models.config'}", f"--ssl_config_file={cfg}"])
+    srv = start_server([f"--model_config_file={models_dir / 'models.config'}", f"--ssl_config_file={cfg}",
+                        f"--frontend_workers={workers}"])
     creds = grpc.ssl_channel_credentials(root_certificates=pki["ca"], private_key=pki["client_key"],
                                          certificate_chain=pki["client_cert"])
     with grpc.secure_channel(srv.target, creds) as ch:

@@ -60,12 +60,14 @@ def good_config(models: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def server(start_server, good_config: Path):  # type: ignore[no-untyped-def]
-    """Every testdata model, with TF Serving's own batching and monitoring config files."""
+@pytest.fixture(scope="module", params=["1", "2"], ids=["one-process", "frontend-workers"])
+def server(start_server, good_config: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Every testdata model, with TF Serving's own batching and monitoring config files; as one
+    process, and with front-end workers (every answer then crosses to the model process)."""
     return start_server([f"--model_config_file={good_config}", "--file_system_poll_wait_seconds=0",
                          "--enable_batching", f"--batching_parameters_file={TESTDATA / 'batching_config.txt'}",
-                         f"--monitoring_config_file={TESTDATA / 'monitoring_config.txt'}"])
+                         f"--monitoring_config_file={TESTDATA / 'monitoring_config.txt'}",
+                         f"--frontend_workers={request.param}"])
 
 
 @pytest.fixture(scope="module")

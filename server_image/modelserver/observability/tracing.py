@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from modelserver.core.request_context import RequestContext
 from modelserver.observability import otel, payload
@@ -55,7 +56,12 @@ def trace_record(ctx: RequestContext, offset: float) -> dict[str, Any]:
 
 
 class TraceWriter:
-    """Request-completion hook writing every `sample_rate`-th request to `path` (appending)."""
+    """Request-completion hook writing every `sample_rate`-th request to `path` (appending).
+
+    Lines are kept and written whole, many per `write` on a descriptor opened with O_APPEND, so
+    that several processes (front-end workers) can append to one file without splitting a line."""
+
+    BUFFER_BYTES = 1 << 16
 
     def __init__(self, path: str | Path, sample_rate: int, flush_interval: float = 1.0) -> None:
         if sample_rate < 1:
@@ -65,9 +71,11 @@ class TraceWriter:
         self._seen = 0
         self._offset = _wall_offset()
         try:
-            self._file: IO[str] | None = open(self.path, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
             raise ValueError(f"cannot open --trace_file {path}: {e.strerror}") from None
+        self._lines: list[str] = []
+        self._pending = 0
         self._flush_interval = flush_interval
         self._last_flush = time.monotonic()
         self._lock = threading.Lock()
@@ -76,30 +84,35 @@ class TraceWriter:
         self._seen += 1
         if self._seen % self.sample_rate:
             return
-        line = json.dumps(trace_record(ctx, self._offset), separators=(",", ":"))
+        line = json.dumps(trace_record(ctx, self._offset), separators=(",", ":")) + "\n"
         with self._lock:
-            f = self._file
-            if f is None:
+            if self._fd is None:
                 return
-            f.write(line)
-            f.write("\n")
+            self._lines.append(line)
+            self._pending += len(line)
             now = time.monotonic()
-            if now - self._last_flush >= self._flush_interval:
-                f.flush()
-                self._last_flush = now
+            if self._pending >= self.BUFFER_BYTES or now - self._last_flush >= self._flush_interval:
+                self._write()
+
+    def _write(self) -> None:
+        """(under the lock) Writes the kept lines whole."""
+        lines, self._lines, self._pending = self._lines, [], 0
+        self._last_flush = time.monotonic()
+        if lines and self._fd is not None:
+            data = "".join(lines).encode("utf-8")
+            while data:
+                data = data[os.write(self._fd, data):]
 
     def flush(self) -> None:
         with self._lock:
-            if self._file is not None:
-                self._file.flush()
-                self._last_flush = time.monotonic()
+            self._write()
 
     def flush_periodically(self, loop: asyncio.AbstractEventLoop) -> None:
         """Flushes every `flush_interval` seconds on `loop` until closed, so that traces of a
         server gone quiet reach the file too."""
 
         def tick() -> None:
-            if self._file is None:
+            if self._fd is None:
                 return
             if time.monotonic() - self._last_flush >= self._flush_interval:
                 self.flush()
@@ -109,9 +122,10 @@ class TraceWriter:
 
     def close(self) -> None:
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            if self._fd is not None:
+                self._write()
+                os.close(self._fd)
+                self._fd = None
 
 
 def start_profiler_server(port: int) -> None:

@@ -27,6 +27,7 @@ class Peer(asyncio.Protocol):
         self._ids = itertools.count(1)
         self._loop = asyncio.get_running_loop()
         self._out: list[bytes] = []
+        self._turn_open = False  # a message went out this turn: the next ones are queued
         self.closed = self._loop.create_future()
 
     # -- asyncio.Protocol
@@ -71,16 +72,28 @@ class Peer(asyncio.Protocol):
 
     # -- sending
     def send(self, msg: tuple[Any, ...]) -> None:
-        """Queues a message; the queue is written in one system call at the end of this turn of
-        the event loop (under load, many requests' messages share a write and a wake-up)."""
-        if self.transport is None:
+        """Sends a message: at once when it is the first in this turn of the event loop (a lone
+        request waits for nothing), else queued and written with the others of the turn in one
+        system call when the turn ends (under load, many requests share a write and a wake-up)."""
+        t = self.transport
+        if t is None:
             return
-        out = self._out
-        out.append(frame(msg))
-        if len(out) == 1:
-            self._loop.call_soon(self._flush)
+        if self._turn_open:
+            out = self._out
+            out.append(frame(msg))
+            if len(out) == 1:
+                self._loop.call_soon(self._flush)
+            return
+        t.write(frame(msg))
+        self._turn_open = True
+        self._loop.call_soon(self._end_turn)
+
+    def _end_turn(self) -> None:
+        if not self._out:
+            self._turn_open = False
 
     def _flush(self) -> None:
+        self._turn_open = False
         out, self._out = self._out, []
         t = self.transport
         if t is not None and out:

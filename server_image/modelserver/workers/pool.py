@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -48,7 +48,6 @@ class WorkerLink(Peer):
         self.pool = pool
         self.worker = worker
         self.region = worker.region
-        self.tasks: set[asyncio.Task[None]] = set()
         self.hello: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
 
     def received(self, msg: tuple[Any, ...]) -> None:
@@ -64,8 +63,7 @@ class WorkerLink(Peer):
         return await self.pool.handle(self, op, arg)
 
     def lost(self) -> None:
-        for t in self.tasks:  # their answers have nowhere to go; the batch they are in goes on
-            t.cancel()
+        # model calls still running finish (the batch they are in goes on); their answers are dropped
         if not self.hello.done():
             self.hello.set_result((False, "the worker exited before it was up"))
 
@@ -87,10 +85,7 @@ class WorkerLink(Peer):
         ctx = RequestContext("worker", "predict", model=model, version=servable.version, signature=sig.name,
                              batch_size=rows, deadline=deadline)
         runner = self.pool.state.runner_for(model)
-        task = asyncio.ensure_future(self._answer(rid, runner.submit((servable.name, servable.version, sig.name),
-                                                                      sig.run, inputs, ctx), ctx))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        _Drive(self._answer(rid, runner.submit((servable.name, servable.version, sig.name), sig.run, inputs, ctx), ctx))
 
     async def _answer(self, rid: int, call: Any, ctx: RequestContext) -> None:
         try:
@@ -107,6 +102,32 @@ class WorkerLink(Peer):
         view, arena, unused = self.region.view, self.region.answers, list[int]()
         wires = [put(arena, view, n, a, unused) for n, a in outputs.items()]
         self.send((ANSWER, rid, "OK", wires, (ctx.t_queue_start, ctx.t_compute_start, ctx.t_compute_end)))
+
+
+class _Drive:
+    """Runs a model call's coroutine as far as it goes right now, then on from each future it
+    waits for: a Task without the Task's extra turn of the event loop, so that a call the
+    batcher runs at once (a quiet server) is answered within the same turn as its message."""
+
+    __slots__ = ("coro",)
+
+    def __init__(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.coro = coro
+        self.step(None)
+
+    def step(self, _done: Any) -> None:
+        try:
+            waiting = self.coro.send(None)
+        except StopIteration:
+            return
+        except BaseException:  # _answer answers every error; this is a bug
+            log.exception("model call driver failed")
+            return
+        if waiting is None:  # a bare yield (asyncio.sleep(0))
+            asyncio.get_running_loop().call_soon(self.step, None)
+        else:
+            waiting._asyncio_future_blocking = False
+            waiting.add_done_callback(self.step)
 
 
 class Worker:
