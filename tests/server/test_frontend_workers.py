@@ -351,7 +351,7 @@ def test_the_worker_count(tmp_path: Path) -> None:
     assert usable_cpus(tmp_path) == min(len(os.sched_getaffinity(0)), 3)
     (tmp_path / "cpu.max").write_text("max 100000\n")
     assert cpu_quota(tmp_path) is None
-    assert [auto_workers(n) for n in (1, 2, 3, 4, 8, 64)] == [1, 1, 1, 3, 7, 16]
+    assert [auto_workers(n) for n in (1, 2, 3, 4, 8, 64)] == [1, 1, 2, 3, 7, 16]
     assert frontend_worker_count("3") == 3
     for bad in ("0", "-1", "many"):
         with pytest.raises(ValueError, match="--frontend_workers"):
