@@ -1,7 +1,7 @@
 """Canary traffic end to end (`make e2e`): on the local cluster, or on the cluster E2E_KUBECONFIG names.
 
 - a weight change, a promotion and a rollback with `kubectl patch`, under continuous REST and gRPC
-  load through the Service on 2 pods: zero failed requests, every answer from version 1 or 2, and the
+  load through the Service on 2 pods (each one process, and each with two front-end workers): zero failed requests, every answer from version 1 or 2, and the
   time from each patch until every pod answers by the new table (printed; the goal is 2 s);
 - a canary version that fails to load never receives traffic, and status says why.
 
@@ -132,9 +132,13 @@ def time_until_every_pod(cluster: Cluster, ns: str, name: str, patch: dict, chec
     return time.monotonic() - started
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "frontend-workers"])
 def test_weights_a_promotion_and_a_rollback_under_load_lose_nothing(cluster: Cluster, namespace: str,
-                                                                     operator: OperatorProcess) -> None:
-    cluster.create(canary_md("flip", namespace))
+                                                                     operator: OperatorProcess, workers: int) -> None:
+    """Also with `--frontend_workers=2` (spec.server.extraArgs): every worker of every pod answers
+    by the new table, and no request fails."""
+    spec: dict[str, Any] = {"server": {"extraArgs": [f"--frontend_workers={workers}"]}} if workers > 1 else {}
+    cluster.create(canary_md("flip", namespace, **spec))
     obj = wait_for(lambda: settled(cluster, namespace, "flip", 2), READY_TIMEOUT, "2 pods with the table live")
     assert routed(obj)["delivery"] == "Push" and routed(obj)["weights"] == {"stable": 90, "canary": 10}
     moved_by_50 = key_between(50, 90)  # stable at 90/10, canary at 50/50
