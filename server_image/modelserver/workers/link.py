@@ -24,6 +24,7 @@ class Peer(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._frames = Frames()
         self._calls: dict[int, asyncio.Future[Any]] = {}
+        self._replying: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._loop = asyncio.get_running_loop()
         self._out: list[bytes] = []
@@ -38,7 +39,9 @@ class Peer(asyncio.Protocol):
         for msg in self._frames.feed(data):
             kind = msg[0]
             if kind == CALL:
-                asyncio.ensure_future(self._reply(msg[1], msg[2], msg[3]))
+                task = asyncio.ensure_future(self._reply(msg[1], msg[2], msg[3]))
+                self._replying.add(task)  # (the loop keeps only a weak reference to a task)
+                task.add_done_callback(self._replying.discard)
             elif kind == REPLY:
                 fut = self._calls.pop(msg[1], None)
                 if fut is not None and not fut.done():
