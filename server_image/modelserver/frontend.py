@@ -41,7 +41,7 @@ from modelserver.server import ModelServer, StartError  # noqa: E402
 from modelserver.workers.link import Peer  # noqa: E402
 from modelserver.workers.mirror import MirrorManager  # noqa: E402
 from modelserver.workers.pool import WORKER_ENV  # noqa: E402
-from modelserver.workers.shm import ANSWER, FREE, RUN, STATE, Region, get, put  # noqa: E402
+from modelserver.workers.shm import ANSWER, CANCEL, FREE, RUN, STATE, Region, get, put  # noqa: E402
 
 log = logging.getLogger("modelserver.workers")
 
@@ -90,20 +90,31 @@ class ModelLink(Peer):
         self.pending.clear()
 
     # -- model calls
-    def run(self, key: Hashable, inputs: Tensors, ctx: RequestContext) -> asyncio.Future[Any]:
+    async def call_model(self, key: Hashable, inputs: Tensors, ctx: RequestContext) -> Tensors:
+        """A model call in the model process. If this request is cancelled meanwhile (its client
+        went away), the model process is told, so that a call still queued there never runs."""
+        rid, fut = self.run(key, inputs, ctx)
+        try:
+            return await fut  # type: ignore[no-any-return]
+        except asyncio.CancelledError:
+            if rid in self.pending:
+                self.send((CANCEL, rid))
+            raise
+
+    def run(self, key: Hashable, inputs: Tensors, ctx: RequestContext) -> tuple[int, asyncio.Future[Any]]:
         model, version, sig = cast(tuple[str, int, str], key)  # as DataPlane.run builds it
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        rid = next(self._ids)
         if self.transport is None:
             fut.set_exception(ServingError(grpc.StatusCode.UNAVAILABLE, "the model process is gone"))
-            return fut
-        rid = next(self._ids)
+            return rid, fut
         region, frees = self.region, list[int]()
         view, arena = region.view, region.requests
         wires = [put(arena, view, n, a, frees) for n, a in inputs.items()]
         released, self._answer_frees = self._answer_frees, []
         self.pending[rid] = (fut, frees, ctx)
         self.send((RUN, rid, model, version, sig, ctx.label, ctx.route_key, ctx.batch_size, ctx.deadline, wires, released))
-        return fut
+        return rid, fut
 
     def _answer(self, msg: tuple[Any, ...]) -> None:
         _, rid, code, payload, times = msg
@@ -149,7 +160,7 @@ class RemoteRunner:
         self.link = link
 
     async def submit(self, key: Hashable, fn: Any, inputs: Tensors, ctx: RequestContext) -> Tensors:
-        return await self.link.run(key, inputs, ctx)  # type: ignore[no-any-return]
+        return await self.link.call_model(key, inputs, ctx)
 
 
 class ForwardingProfiler(ProfilerService):

@@ -272,49 +272,82 @@ def test_a_worker_that_dies_is_restarted_and_the_other_serves_on(served, tmp_pat
     assert srv.proc.poll() is None and "Traceback" not in srv.output()
 
 
-def test_batches_form_across_workers(start_server, models_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """The one batch thread is held by bytes_model's read_file (it waits for a file) while four
-    one-row requests queue, two through each worker; once the file appears they run as one batch
-    of four: the model process's one batcher took them all."""
-    (tmp_path / "batching.txt").write_text("max_batch_size { value: 4 } batch_timeout_micros { value: 60000000 } "
-                                           "num_batch_threads { value: 1 }\n")
-    (tmp_path / "monitoring.config").write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
-    (tmp_path / "models.config").write_text(
+@pytest.fixture(scope="module")
+def batching(start_server, models_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Two workers, one batch thread (which bytes_model's read_file can hold: it waits for a file),
+    batches of up to 4 rows and a 60 s window that the tests never reach."""
+    d = tmp_path_factory.mktemp("batching")
+    (d / "batching.txt").write_text("max_batch_size { value: 4 } batch_timeout_micros { value: 60000000 } "
+                                    "num_batch_threads { value: 1 }\n")
+    (d / "monitoring.config").write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
+    (d / "models.config").write_text(
         "model_config_list {\n"
         f' config {{ name: "half_plus_two" base_path: "{models_dir / "half_plus_two"}" model_platform: "tensorflow" }}\n'
         f' config {{ name: "bytes_model" base_path: "{models_dir / "bytes_model"}" model_platform: "tensorflow" }}\n}}\n')
-    srv = start_server([f"--model_config_file={tmp_path / 'models.config'}", "--enable_batching",
-                        f"--batching_parameters_file={tmp_path / 'batching.txt'}",
-                        f"--monitoring_config_file={tmp_path / 'monitoring.config'}", "--frontend_workers=2"])
+    srv = start_server([f"--model_config_file={d / 'models.config'}", "--enable_batching",
+                        f"--batching_parameters_file={d / 'batching.txt'}",
+                        f"--monitoring_config_file={d / 'monitoring.config'}", "--frontend_workers=2",
+                        "--inline_call_max_us=0"])  # every batch on the thread, however cheap the model
     channels = on_each_worker(srv, srv.grpc_port, grpc_channel(srv.target))
-    gate = tmp_path / "gate"
-    answers: list[Any] = []
-
-    def call(ch: grpc.Channel, x: float) -> None:
-        try:
-            answers.append(predict_y(ch, [x]).tolist())
-        except grpc.RpcError as exc:
-            answers.append(exc.code())
-
-    def hold() -> None:
-        req = predict_request("bytes_model", {"path": np.array(str(gate).encode(), dtype=object)}, signature="read_file")
-        prediction_service_pb2_grpc.PredictionServiceStub(channels["0"]).Predict(req, timeout=60)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    wait_for(lambda: Path(f"{gate}.started").exists(), what="the batch thread held")
-    threads = [threading.Thread(target=call, args=(ch, float(i))) for i, ch in enumerate(list(channels.values()) * 2)]
-    for t in threads:
-        t.start()
-    wait_for(lambda: srv.metric("modelserver_queue_depth") == 4, what="four requests queued")
-    gate.write_text("open")
-    for t in [*threads, holder]:
-        t.join(30)  # well before the 60 s window
-    assert sorted(answers) == [[2.0], [2.5], [3.0], [3.5]]
-    sizes = {le: srv.metric("modelserver_batch_size_bucket", model="half_plus_two", le=le) for le in ("2.0", "4.0")}
-    assert sizes == {"2.0": 0, "4.0": 1}, sizes  # one batch of 4, none smaller
+    yield srv, channels
     for ch in channels.values():
         ch.close()
+
+
+class HeldBatchThread:
+    """Holds the one batch thread with bytes_model's read_file until `release()`."""
+
+    def __init__(self, ch: grpc.Channel, gate: Path) -> None:
+        self.gate = gate
+        req = predict_request("bytes_model", {"path": np.array(str(gate).encode(), dtype=object)}, signature="read_file")
+        self.call = prediction_service_pb2_grpc.PredictionServiceStub(ch).Predict.future(req, timeout=60)
+        wait_for(lambda: Path(f"{gate}.started").exists(), what="the batch thread held")
+
+    def release(self) -> None:
+        self.gate.write_text("open")
+        self.call.result()
+
+
+def batch_sizes(srv: ServerProcess) -> dict[str, float]:
+    return {le: srv.metric("modelserver_batch_size_bucket", model="half_plus_two", le=le) for le in ("1.0", "2.0", "4.0")}
+
+
+def test_batches_form_across_workers(batching, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Four one-row requests, two through each worker, queued while the batch thread is held, run
+    as one batch of four: the model process's one batcher took them all."""
+    srv, channels = batching
+    before = batch_sizes(srv)
+    held = HeldBatchThread(channels["0"], tmp_path / "gate")
+    stub = {w: prediction_service_pb2_grpc.PredictionServiceStub(ch) for w, ch in channels.items()}
+    calls = [stub[w].Predict.future(predict_request("half_plus_two", {"x": np.array([float(i)], np.float32)}), timeout=60)
+             for i, w in enumerate(["0", "1", "0", "1"])]
+    wait_for(lambda: srv.metric("modelserver_queue_depth") == 4, what="four requests queued")
+    held.release()
+    assert sorted(float(tf.make_ndarray(c.result().outputs["y"])[0]) for c in calls) == [2.0, 2.5, 3.0, 3.5]
+    after = batch_sizes(srv)
+    assert {le: after[le] - before[le] for le in after} == {"1.0": 0, "2.0": 0, "4.0": 1}  # one batch of 4
+
+
+def test_a_request_whose_client_leaves_never_runs(batching, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A queued request cancelled by its client is cancelled in the model process too: the batch
+    that runs once the thread is free holds only the request that is still wanted."""
+    srv, channels = batching
+    before = batch_sizes(srv)
+    cancels = srv.metric("modelserver_frontend_worker_cancelled_calls_total")
+    held = HeldBatchThread(channels["0"], tmp_path / "gate")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channels["1"])
+    gone = stub.Predict.future(predict_request("half_plus_two", {"x": np.array([1.0], np.float32)}), timeout=60)
+    wait_for(lambda: srv.metric("modelserver_queue_depth") == 1, what="the request queued")
+    gone.cancel()
+    wait_for(lambda: srv.metric("modelserver_frontend_worker_cancelled_calls_total") == cancels + 1,
+             what="the model process told")
+    assert srv.metric("modelserver_queue_depth") == 0  # no longer waiting to run
+    wanted = stub.Predict.future(predict_request("half_plus_two", {"x": np.array([4.0], np.float32)}), timeout=60)
+    wait_for(lambda: srv.metric("modelserver_queue_depth") == 1, what="the second request queued")
+    held.release()
+    assert tf.make_ndarray(wanted.result().outputs["y"]).tolist() == [4.0]
+    after = batch_sizes(srv)
+    assert {le: after[le] - before[le] for le in after} == {"1.0": 1, "2.0": 1, "4.0": 1}  # one batch of 1 row
 
 
 def test_the_workers_go_when_the_model_process_does(models_dir: Path, tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from modelserver.core.servable import Servable
 from modelserver.core.state import ServerState
 from modelserver.workers.link import Peer
 from modelserver.workers.mirror import Snapshots
-from modelserver.workers.shm import ANSWER, FREE, RUN, STATE, Region, get, put
+from modelserver.workers.shm import ANSWER, CANCEL, FREE, RUN, STATE, Region, get, put
 
 log = logging.getLogger("modelserver.workers")
 
@@ -49,6 +49,7 @@ class WorkerLink(Peer):
         self.worker = worker
         self.region = worker.region
         self.hello: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
+        self.running: dict[int, _Drive] = {}  # model calls waiting, by request id
 
     def received(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
@@ -58,6 +59,11 @@ class WorkerLink(Peer):
             answers = self.region.answers
             for off in msg[1]:
                 answers.free(off)
+        elif kind == CANCEL:
+            drive = self.running.get(msg[1])
+            if drive is not None:
+                self.worker.cancels += 1
+                drive.cancel()
 
     async def handle(self, op: str, arg: Any) -> Any:
         return await self.pool.handle(self, op, arg)
@@ -85,18 +91,28 @@ class WorkerLink(Peer):
         ctx = RequestContext("worker", "predict", model=model, version=servable.version, signature=sig.name,
                              batch_size=rows, deadline=deadline)
         runner = self.pool.state.runner_for(model)
-        _Drive(self._answer(rid, runner.submit((servable.name, servable.version, sig.name), sig.run, inputs, ctx), ctx))
+        drive = _Drive(self._answer(rid, runner.submit((servable.name, servable.version, sig.name), sig.run, inputs,
+                                                       ctx), ctx))
+        if not drive.done:
+            self.running[rid] = drive
 
     async def _answer(self, rid: int, call: Any, ctx: RequestContext) -> None:
+        """Awaits a model call and answers it, whatever happens: the worker frees the call's
+        input blocks only on its answer."""
         try:
             outputs = await call
         except ServingError as exc:
             self.send((ANSWER, rid, exc.code.name, exc.message, None))
             return
+        except asyncio.CancelledError:  # the worker's request went away (CANCEL)
+            self.send((ANSWER, rid, "CANCELLED", "the request was cancelled", None))
+            return
         except Exception as exc:  # a bug: INTERNAL for this request, the server goes on
             log.error("model call failed", exc_info=exc)
             self.send((ANSWER, rid, "INTERNAL", f"{type(exc).__name__}: {exc}", None))
             return
+        finally:
+            self.running.pop(rid, None)
         if self.transport is None:
             return
         view, arena, unused = self.region.view, self.region.answers, list[int]()
@@ -109,25 +125,37 @@ class _Drive:
     waits for: a Task without the Task's extra turn of the event loop, so that a call the
     batcher runs at once (a quiet server) is answered within the same turn as its message."""
 
-    __slots__ = ("coro",)
+    __slots__ = ("coro", "waiting", "done")
 
     def __init__(self, coro: Coroutine[Any, Any, None]) -> None:
         self.coro = coro
+        self.waiting: asyncio.Future[Any] | None = None
+        self.done = False
         self.step(None)
 
     def step(self, _done: Any) -> None:
+        self.waiting = None
         try:
             waiting = self.coro.send(None)
         except StopIteration:
+            self.done = True
             return
         except BaseException:  # _answer answers every error; this is a bug
+            self.done = True
             log.exception("model call driver failed")
             return
         if waiting is None:  # a bare yield (asyncio.sleep(0))
             asyncio.get_running_loop().call_soon(self.step, None)
         else:
             waiting._asyncio_future_blocking = False
+            self.waiting = waiting
             waiting.add_done_callback(self.step)
+
+    def cancel(self) -> None:
+        """Cancels what the call waits for (a queued request leaves the batcher's queue: it is
+        skipped when the next batch forms), as Task.cancel does."""
+        if self.waiting is not None:
+            self.waiting.cancel()
 
 
 class Worker:
@@ -142,6 +170,7 @@ class Worker:
         self.restarts = 0  # in a row (for the back-off)
         self.exits = 0  # unexpected exits, all told
         self.calls = 0  # model calls it sent
+        self.cancels = 0  # of which it cancelled while they waited (their clients went away)
         self.started_at = 0.0
 
 
@@ -342,11 +371,14 @@ class WorkerPool:
                                     "unexpectedly (each was restarted).", labels=["worker"])
         pid = GaugeMetricFamily("modelserver_frontend_worker_pid", "Each front-end worker's process id.",
                                 labels=["worker"])
+        cancels = CounterMetricFamily("modelserver_frontend_worker_cancelled_calls", "Model calls a front-end "
+                                      "worker cancelled while they waited (their clients went away).", labels=["worker"])
         for w in self.workers:
             calls.add_metric([str(w.index)], w.calls)
+            cancels.add_metric([str(w.index)], w.cancels)
             exits.add_metric([str(w.index)], w.exits)
             pid.add_metric([str(w.index)], w.proc.pid if w.proc is not None else 0)
-        return [up, calls, exits, pid]
+        return [up, calls, cancels, exits, pid]
 
     async def render_metrics(self) -> bytes:
         """The pod's metrics: this process's (batches, queues, warmup) and every worker's requests."""

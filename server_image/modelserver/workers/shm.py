@@ -39,6 +39,7 @@ STATE = 3  # model -> worker: (STATE, snapshot bytes)
 CALL = 4  # either way: (CALL, id, op, pickled args)
 REPLY = 5  # either way: (REPLY, id, ok, pickled result | message)
 FREE = 6  # worker -> model: (FREE, frees)
+CANCEL = 7  # worker -> model: (CANCEL, id): the request is gone (its client left); drop it if still queued
 
 # A tensor in a message: (name, dtype str, shape, offset, data): offset >= 0: `data` bytes at that
 # offset of the sender's half; offset -1: `data` is the bytes; offset -2: a string tensor, `data`
