@@ -135,11 +135,17 @@ def time_until_every_pod(cluster: Cluster, ns: str, name: str, patch: dict, chec
 @pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "frontend-workers"])
 def test_weights_a_promotion_and_a_rollback_under_load_lose_nothing(cluster: Cluster, namespace: str,
                                                                      operator: OperatorProcess, workers: int) -> None:
-    """Also with `--frontend_workers=2` (spec.server.extraArgs): every worker of every pod answers
-    by the new table, and no request fails."""
-    spec: dict[str, Any] = {"server": {"extraArgs": [f"--frontend_workers={workers}"]}} if workers > 1 else {}
+    """Also with two front-end workers per pod (spec.server.frontendWorkers): every worker of every
+    pod answers by the new table, and no request fails."""
+    spec: dict[str, Any] = {"server": {"frontendWorkers": workers}} if workers > 1 else {}
     cluster.create(canary_md("flip", namespace, **spec))
     obj = wait_for(lambda: settled(cluster, namespace, "flip", 2), READY_TIMEOUT, "2 pods with the table live")
+    if workers > 1:
+        from modelserver.contract import METRICS_PATH
+
+        for pod in cluster.pods(namespace, "flip"):
+            text = cluster.pod_request(pod, "GET", METRICS_PATH).text
+            assert "\nmodelserver_frontend_workers 2.0\n" in text  # each pod runs its two workers
     assert routed(obj)["delivery"] == "Push" and routed(obj)["weights"] == {"stable": 90, "canary": 10}
     moved_by_50 = key_between(50, 90)  # stable at 90/10, canary at 50/50
     timings: dict[str, float] = {}

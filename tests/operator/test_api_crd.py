@@ -108,6 +108,8 @@ REJECTED = {
     "uri with a signature": ({"model": {"storage": {"uri": "s3://models/m?X-Amz-Signature=1"}}}, "spec.model.storage.uri"),
     "uri with a password": ({"model": {"storage": {"uri": "https://u:p@models.example.com/m"}}}, "spec.model.storage.uri"),
     "one-letter bucket": ({"model": {"storage": {"uri": "s3://b/m"}}}, "spec.model.storage.uri"),
+    "zero front-end workers": ({"model": PVC, "server": {"frontendWorkers": 0}}, "frontendWorkers"),
+    "many front-end workers": ({"model": PVC, "server": {"frontendWorkers": "many"}}, "frontendWorkers"),
     "credentials without uri": ({"model": {"storage": {"pvc": {"claimName": "m"}, "credentials": {
         "serviceAccountName": "reader"}}}}, "storage.credentials and storage.cacheSizeLimit need storage.uri"),
 }
@@ -122,6 +124,12 @@ def test_schema_and_cel_rules_reject_real_mistakes(case: str) -> None:
     # The models reject the same specs (so an outdated CRD in a cluster cannot let them through).
     with pytest.raises(ValidationError):
         api.ModelDeploymentSpec.model_validate(spec)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 64, "auto", "8"])
+def test_front_end_workers_a_number_or_auto(workers: int | str) -> None:
+    admit({"model": PVC, "server": {"frontendWorkers": workers}})
+    api.ModelDeploymentSpec.model_validate({"model": PVC, "server": {"frontendWorkers": workers}})
 
 
 def test_models_reject_what_cel_does_not_express() -> None:

@@ -166,6 +166,17 @@ def test_the_profiler_and_the_reload_rpc_are_off_unless_the_spec_asks(server: di
     assert flags["enable_profiler"] is profiler and flags["enable_reload_config_rpc"] is reload
 
 
+@pytest.mark.parametrize(("workers", "flag"), [(None, None), (2, "2"), ("3", "3"), ("auto", "auto")])
+def test_front_end_workers_from_the_spec(workers: int | str | None, flag: str | None) -> None:
+    from modelserver.config.flags import parse_args
+
+    rendered = serverconfig.server_args(spec(server={} if workers is None else {"frontendWorkers": workers}))
+    assert parse_args(rendered).values["frontend_workers"] == (flag or "1")  # unset: the server's default
+    assert serverconfig.args_problem(spec(server={"extraArgs": ["--frontend_workers=4"]})) == (
+        "spec.server.extraArgs: --frontend_workers is set by the operator (ports, config files, warmup, batching, "
+        "the profiler, the reload RPC and front-end workers come from the spec); remove it")
+
+
 def test_a_model_from_object_storage() -> None:
     """storage.uri: the server reads the URI itself (base_path, checked by its own config parser)
     and downloads into an emptyDir; the Secret is referenced (envFrom), never read."""

@@ -41,8 +41,13 @@ def _structural(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     node = dict(node)
-    if node.get("x-kubernetes-int-or-string"):
-        out: dict[str, Any] = {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string", "pattern": api.QUANTITY_PATTERN}]}
+    if node.get("x-kubernetes-int-or-string"):  # a quantity, unless the field names its own string pattern and bounds
+        number: dict[str, Any] = {"type": "integer"}
+        for k in ("minimum", "maximum"):
+            if node.get(f"x-{k}") is not None:
+                number[k] = node[f"x-{k}"]
+        out: dict[str, Any] = {"x-kubernetes-int-or-string": True, "anyOf": [
+            number, {"type": "string", "pattern": node.get("x-string-pattern", api.QUANTITY_PATTERN)}]}
         for k in ("description", "default"):
             if node.get(k) is not None:
                 out[k] = node[k]

@@ -35,6 +35,8 @@ MODEL_NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$"
 
 # A marker the CRD generator turns into an int-or-string schema (Kubernetes quantities).
 INT_OR_STRING: dict[str, Any] = {"x-kubernetes-int-or-string": True}
+FRONTEND_WORKERS_PATTERN = r"^(auto|[1-9][0-9]?)$"
+MAX_FRONTEND_WORKERS = 64
 PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
 
 
@@ -481,6 +483,21 @@ class Server(_Model):
     enable_reload_config_rpc: bool = Field(
         False, description="serve ModelService.HandleReloadConfigRequest, unauthenticated on the gRPC port "
                            "(--enable_reload_config_rpc): a client could replace the served models")
+    frontend_workers: int | str | None = Field(
+        None, description="processes that accept and decode requests beside the model process (--frontend_workers): "
+                          "a number, or auto (from the pod's CPU limit); unset: one process",
+        json_schema_extra={"x-kubernetes-int-or-string": True, "x-string-pattern": FRONTEND_WORKERS_PATTERN,
+                           "x-minimum": 1, "x-maximum": MAX_FRONTEND_WORKERS})
+
+    @field_validator("frontend_workers")
+    @classmethod
+    def _workers(cls, v: int | str | None) -> int | str | None:
+        if v is None or v == "auto":
+            return v
+        n = int(v) if isinstance(v, str) and v.isdigit() else v
+        if not isinstance(n, int) or not 1 <= n <= MAX_FRONTEND_WORKERS:
+            raise ValueError(f"frontendWorkers must be auto or a number from 1 to {MAX_FRONTEND_WORKERS}")
+        return n
 
 
 class Tracing(_Model):

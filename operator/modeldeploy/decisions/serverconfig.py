@@ -46,6 +46,7 @@ OWNED_FLAGS = frozenset({
     "routing_config_file", "admin_port", "admin_token_file", "warmup_config_file",
     # spec.server.enableProfiler / enableReloadConfigRpc: both off unless the spec asks
     "enable_profiler", "enable_reload_config_rpc",
+    "frontend_workers",  # spec.server.frontendWorkers
 })
 
 
@@ -181,6 +182,8 @@ def server_args(spec: ModelDeploymentSpec) -> list[str]:
         args += [f"--payload_log_url={spec.logging.url}", f"--payload_log_mode={spec.logging.mode}",
                  f"--payload_log_sample_rate={spec.logging.sample_rate:g}",
                  f"--payload_log_queue_size={spec.logging.queue_size}"]
+    if spec.server.frontend_workers is not None:
+        args.append(f"--frontend_workers={spec.server.frontend_workers}")
     args += list(spec.server.extra_args or [])
     return args
 
@@ -216,8 +219,8 @@ def args_problem(spec: ModelDeploymentSpec) -> str | None:
         base = name[2:] if name.startswith("no") and name[2:] in OWNED_FLAGS else name
         if base in OWNED_FLAGS:
             return (
-                f"spec.server.extraArgs: --{base} is set by the operator (ports, config files, warmup and "
-                "batching come from the spec); remove it"
+                f"spec.server.extraArgs: --{base} is set by the operator (ports, config files, warmup, "
+                "batching, the profiler, the reload RPC and front-end workers come from the spec); remove it"
             )
     try:
         server_flags.parse_args(server_args(spec))
