@@ -42,7 +42,7 @@ def usable_cpus(root: Path = CGROUP) -> int:
 
 def auto_workers(cpus: int) -> int:
     """The rule behind `auto` (docs/performance.md has the measurements): one process on 1 or 2
-    CPUs, where two workers measured 0.8-0.9x one process (the split costs 40-50% more CPU per
+    CPUs, where two workers measured 0.8-1.0x one process (the split costs 25-60% more CPU per
     request, and one event loop already has most of a core); from 3 CPUs, one worker per CPU
     left after one for the model process (at most MAX_AUTO_WORKERS), where the measured costs
     project that workers serve more than one process can."""
