@@ -46,7 +46,7 @@ from common import (
     server_env,
 )
 from load import Point, Settings, perf_analyzer, wrk
-from report import operator_section, render, with_operator_section
+from report import operator_section, render, with_operator_section, with_section
 from spy import record, to_markdown
 from targets import Figures, verdicts
 
@@ -319,11 +319,24 @@ def wait_models(rest_port: int, timeout: float = 180.0) -> None:
 
 
 def write_report(path: Path, text: str) -> None:
-    """RESULTS.md, with the operator-at-scale section (bench/operator_scale.py's figures) kept."""
+    """RESULTS.md, with the operator-at-scale section (bench/operator_scale.py's figures) and every
+    other section the other benchmarks wrote between their markers (`<!-- name -->` ...
+    `<!-- /name -->`: rollouts, storage, front-end workers, ...) kept as they are."""
     scale = BENCH / "results" / "operator_scale.json"
     if scale.exists():
         text = with_operator_section(text, operator_section(json.loads(scale.read_text())))
+    if path.exists():
+        text = kept_sections(path.read_text(), text)
     path.write_text(text)
+
+
+def kept_sections(old: str, new: str) -> str:
+    """`new` with each marked section of `old` that `new` lacks (a benchmark run.py does not run)."""
+    for m in re.finditer(r"<!-- ([a-z0-9-]+) -->.*?<!-- /\1 -->", old, re.DOTALL):
+        start, end = f"<!-- {m.group(1)} -->", f"<!-- /{m.group(1)} -->"
+        if start not in new:
+            new = with_section(new, m.group(0), start, end)
+    return new
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -311,3 +311,14 @@ def test_workers_tree_finds_the_front_end_workers() -> None:
         assert set(cpu) == set(mem) == set(roles) and all(m["pss_mb"] > 0 for m in mem.values())
     finally:
         parent.communicate(b"", timeout=30)
+
+
+def test_run_keeps_the_sections_other_benchmarks_wrote() -> None:
+    """run.py rewrites RESULTS.md; the sections other benchmarks keep between their markers stay."""
+    from run import kept_sections
+
+    old = "# R\n\n<!-- storage -->\n## S\nfigures\n<!-- /storage -->\n\n<!-- v2 -->\nv\n<!-- /v2 -->\n\n## Reproduce\n"
+    new = "# R\nnew tables\n\n<!-- v2 -->\nnewer v\n<!-- /v2 -->\n\n## Reproduce\nx\n"
+    out = kept_sections(old, new)
+    assert "<!-- storage -->\n## S\nfigures\n<!-- /storage -->" in out and out.index("storage") < out.index("## Reproduce")
+    assert "newer v" in out and "\nv\n" not in out  # a section the new text has is its own
