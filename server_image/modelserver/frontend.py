@@ -12,6 +12,7 @@ TensorFlow. It exits when the model process goes (its socket closes, or the pare
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes
 import itertools
 import logging
@@ -59,7 +60,9 @@ class ModelLink(Peer):
         self.first_state = asyncio.get_running_loop().create_future()
         self.pending: dict[int, tuple[asyncio.Future[Any], list[int], RequestContext]] = {}
         self._ids = itertools.count(1)
-        self._answer_frees: list[int] = []  # answer blocks no array refers to any more
+        # answer blocks no array refers to any more (appended by finalizers, which may run on any
+        # thread: a deque's append and popleft are atomic, a list swapped for a new one is not)
+        self._answer_frees: collections.deque[int] = collections.deque()
 
     def received(self, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
@@ -111,7 +114,7 @@ class ModelLink(Peer):
         region, frees = self.region, list[int]()
         view, arena = region.view, region.requests
         wires = [put(arena, view, n, a, frees) for n, a in inputs.items()]
-        released, self._answer_frees = self._answer_frees, []
+        released = self._take_frees()
         self.pending[rid] = (fut, frees, ctx)
         self.send((RUN, rid, model, version, sig, ctx.label, ctx.route_key, ctx.batch_size, ctx.deadline, wires, released))
         return rid, fut
@@ -144,13 +147,18 @@ class ModelLink(Peer):
     def _release(self, offset: int) -> None:
         self._answer_frees.append(offset)
 
+    def _take_frees(self) -> list[int]:
+        q, out = self._answer_frees, []
+        while q:
+            out.append(q.popleft())
+        return out
+
     async def flush_frees(self) -> None:
         """Hands released answer blocks back when no model call is carrying them."""
         while True:
             await asyncio.sleep(0.02)
             if self._answer_frees and self.transport is not None:
-                released, self._answer_frees = self._answer_frees, []
-                self.send((FREE, released))
+                self.send((FREE, self._take_frees()))
 
 
 class RemoteRunner:
