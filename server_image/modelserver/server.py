@@ -19,9 +19,9 @@ exactly what the steps before it started:
 REST port takes no new connections and answers on the open ones with "Connection: close", and new
 gRPC calls are held; then gRPC shuts down (GOAWAY) while the held and in-flight requests finish, up
 to --drain_timeout_seconds (with front-end workers, each of them does that while this process
-answers their model calls, and this process stops once they have exited). `stop()` unwinds the stack: the batcher finishes its queues, the trace
-file is closed, the thread pools are shut down. `run()` does all of it, with SIGTERM and SIGINT
-setting `stop`.
+answers their model calls, and this process stops once they have exited). `stop()` unwinds the
+stack: the batcher finishes its queues, the trace file is closed, the thread pools are shut down.
+`run()` does all of it, with SIGTERM and SIGINT setting `stop`.
 """
 
 from __future__ import annotations
