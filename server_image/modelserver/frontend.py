@@ -22,6 +22,7 @@ import socket
 import sys
 import weakref
 from collections.abc import Hashable
+from pathlib import Path
 from typing import Any, cast
 
 from modelserver.workers.protos import without_tensorflow
@@ -37,7 +38,7 @@ from modelserver.core.errors import ServingError  # noqa: E402
 from modelserver.core.request_context import RequestContext  # noqa: E402
 from modelserver.core.state import ServerState  # noqa: E402
 from modelserver.main import read_config_files  # noqa: E402
-from modelserver.observability.profiler import ProfilerService, xplane_path  # noqa: E402
+from modelserver.observability.profiler import ProfilerService  # noqa: E402
 from modelserver.server import ModelServer, StartError  # noqa: E402
 from modelserver.workers.link import Peer  # noqa: E402
 from modelserver.workers.mirror import MirrorManager  # noqa: E402
@@ -76,9 +77,7 @@ class ModelLink(Peer):
 
     async def handle(self, op: str, arg: Any) -> Any:
         if op == "metrics_state":
-            return self.metrics.recorded() if self.metrics is not None else {"series": {}, "latency": {}, "shadow_results": {},
-                                                                              "shadow_diff": {}, "shadow_ratio": {},
-                                                                              "shadow_top1": {}, "in_flight": 0}
+            return self.metrics.recorded() if self.metrics is not None else None  # (None: metrics are off)
         if op == "sync":  # the snapshots before this call are applied
             return None
         return await super().handle(op, arg)
@@ -179,18 +178,12 @@ class ForwardingProfiler(ProfilerService):
         super().__init__(root, max_duration_s)
         self.link = link
 
-    async def Profile(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        try:
-            path = (xplane_path(self.root, request.repository_root, request.session_id, request.host_name)
-                    if request.repository_root else None)
-            data = await self.link.call("profile", (request.SerializeToString(), str(path) if path else None))
-        except ServingError as exc:
-            await context.abort(exc.code, exc.message)
+    async def capture(self, request: Any, path: Path | None) -> Any:
+        data = await self.link.call("profile", (request.SerializeToString(), str(path) if path else None))
         return self.msgs["ProfileResponse"].FromString(data)
 
-    async def Terminate(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        await self.link.call("terminate", request.session_id)
-        return self.msgs["TerminateResponse"]()
+    async def terminate_capture(self, session_id: str) -> None:
+        await self.link.call("terminate", session_id)
 
 
 class FrontendServer(ModelServer):

@@ -136,17 +136,25 @@ class ProfilerService:
         try:
             path = (xplane_path(self.root, request.repository_root, request.session_id, request.host_name)
                     if request.repository_root else None)
+            return await self.capture(request, path)
         except ServingError as exc:
             await context.abort(exc.code, exc.message)
+
+    async def capture(self, request: Any, path: Path | None) -> Any:
+        """One capture (UNAVAILABLE while another runs), its XSpace written to `path` if given."""
         if self._busy:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "Cannot start profiling: another capture is running")
+            raise ServingError(grpc.StatusCode.UNAVAILABLE, "Cannot start profiling: another capture is running")
         self._busy = True
         try:
             return await self._profile(request, path)
-        except ServingError as exc:
-            await context.abort(exc.code, exc.message)
         finally:
             self._busy = False
+
+    def terminate(self, session_id: str) -> None:
+        """Ends the open capture of `session_id` early (nothing when there is none)."""
+        event = self._terminate.get(session_id)
+        if event is not None:
+            event.set()
 
     async def _profile(self, request: Any, path: Path | None) -> Any:
         from tensorflow.python.profiler.internal import _pywrap_profiler
@@ -175,10 +183,11 @@ class ProfilerService:
         return response
 
     async def Terminate(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        event = self._terminate.get(request.session_id)
-        if event is not None:
-            event.set()
+        await self.terminate_capture(request.session_id)
         return self.msgs["TerminateResponse"]()
+
+    async def terminate_capture(self, session_id: str) -> None:
+        self.terminate(session_id)
 
 
 def _collect(session: Any, scratch: Path) -> bytes:

@@ -20,6 +20,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -353,9 +354,8 @@ class WorkerPool:
         if op == "profile":
             return await self._profile(arg)
         if op == "terminate":
-            event = self.profiler._terminate.get(arg) if self.profiler is not None else None
-            if event is not None:
-                event.set()
+            if self.profiler is not None:
+                self.profiler.terminate(arg)
             return None
         raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"unknown operation {op}")
 
@@ -391,17 +391,9 @@ class WorkerPool:
         return self.metrics.merged(recorded).render()  # type: ignore[no-any-return]
 
     async def _profile(self, arg: tuple[bytes, str | None]) -> bytes:
-        from pathlib import Path
-
         if self.profiler is None:
             raise ServingError(grpc.StatusCode.UNIMPLEMENTED, "the profiler is off")
         data, path = arg
-        if self.profiler._busy:
-            raise ServingError(grpc.StatusCode.UNAVAILABLE, "Cannot start profiling: another capture is running")
-        self.profiler._busy = True
-        try:
-            request = self.profiler.msgs["ProfileRequest"].FromString(data)
-            response = await self.profiler._profile(request, Path(path) if path else None)
-            return response.SerializeToString()  # type: ignore[no-any-return]
-        finally:
-            self.profiler._busy = False
+        request = self.profiler.msgs["ProfileRequest"].FromString(data)
+        response = await self.profiler.capture(request, Path(path) if path else None)
+        return response.SerializeToString()  # type: ignore[no-any-return]
